@@ -1,0 +1,220 @@
+"""Recipes: ``recipes/NAME.yaml`` + ``key=value`` overrides -> one typed, validated config.
+
+The schema below is the single list of valid keys. OmegaConf's struct mode rejects
+any other key, and this module turns that into an error that names the valid keys,
+before any work starts (no half-built run directory, no worker processes).
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+from dist_gan.errors import UserError
+
+
+@dataclass
+class ModelCfg:
+    arch: str = "dcgan"  # registry name in dist_gan.models.ARCHS
+    resolution: int = 64  # 32, 64 or 128
+    nz: int = 100
+    ngf: int = 64
+    ndf: int = 64
+    spectral_norm: bool = False  # spectral normalisation on every D conv/linear
+
+
+@dataclass
+class LossCfg:
+    name: str = "bce"  # registry name in dist_gan.losses.LOSSES
+    real_label: float = 1.0  # one-sided label smoothing: 0.9 in bigbatch
+    instance_noise: float = 0.0  # sigma of Gaussian noise added to D's inputs (real and fake)
+    noise_anneal_kimg: float = 0.0  # >0: sigma falls linearly to 0 over this many kimg
+    gp_weight: float = 10.0  # wgan_gp only
+
+
+@dataclass
+class OptimCfg:
+    g_lr: float = 2e-4
+    d_lr: float = 2e-4
+    g_betas: List[float] = field(default_factory=lambda: [0.5, 0.999])
+    d_betas: List[float] = field(default_factory=lambda: [0.5, 0.999])
+    d_steps: int = 1  # D:G schedule as d_steps:g_steps per cycle (1:1, 2:1, 4:3, 5:1 ...)
+    g_steps: int = 1
+    impl: str = "auto"  # adam implementation: auto | fused | foreach | plain
+
+
+@dataclass
+class TrainCfg:
+    batch: int = 128  # global batch per optimizer step, split over ranks and accumulation rounds
+    accum: int = 1  # gradient-accumulation rounds per step
+    kimg: float = 60.0  # training length in thousands of real images shown to D
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16: one loss scaler per network)
+    channels_last: bool = False
+    ema_kimg: float = 10.0  # EMA half-life in kimg: independent of the batch size
+    ema_rampup: float = 0.05  # half-life <= rampup * images seen, so early EMA is not stale; 0 = off
+    nan_policy: str = "stop"  # stop | rollback (reload the last checkpoint, up to 3 times)
+    max_rollbacks: int = 3
+    collective_timeout_s: float = 300.0  # a dead rank ends the job after this long, never a hang
+
+
+@dataclass
+class LoaderCfg:
+    workers: int = 2
+    shuffle: int = 1000  # shuffle-buffer size in samples, per worker
+    xflip: bool = False
+    chunk_batches: int = 500  # batches per rank between re-seedings of the resampled stream
+
+
+@dataclass
+class LogCfg:
+    every: int = 20  # steps between metric flushes (the only host syncs in the loop)
+    sample_kimg: float = 5.0  # sample grid cadence
+    snapshot_kimg: float = 10.0  # checkpoint cadence
+    keep: int = 3  # checkpoints kept
+    tensorboard: bool = True
+    progress: bool = True
+
+
+@dataclass
+class Config:
+    recipe: str = "dcgan64"
+    data: str = ""  # shard folder made by `dist-gan data pack`
+    run_dir: str = "runs/default"
+    seed: int = 0
+    resume: str = ""  # "" (fresh; refuses a run_dir with checkpoints) | auto | path to a ckpt
+    backend: str = "ddp"  # ddp | deepspeed
+    zero_stage: int = 0  # deepspeed only
+    model: ModelCfg = field(default_factory=ModelCfg)
+    loss: LossCfg = field(default_factory=LossCfg)
+    optim: OptimCfg = field(default_factory=OptimCfg)
+    train: TrainCfg = field(default_factory=TrainCfg)
+    loader: LoaderCfg = field(default_factory=LoaderCfg)
+    log: LogCfg = field(default_factory=LogCfg)
+
+
+CHOICES: Dict[str, Sequence[Any]] = {
+    "train.precision": ("fp32", "bf16", "fp16"),
+    "train.nan_policy": ("stop", "rollback"),
+    "optim.impl": ("auto", "fused", "foreach", "plain"),
+    "backend": ("ddp", "deepspeed"),
+    "zero_stage": (0, 1, 2),
+    "model.resolution": (32, 64, 128),
+}
+
+
+def recipes_dir() -> Path:
+    """Recipes ship inside the wheel (dist_gan/recipes) and live at the repo root in a checkout."""
+    here = Path(__file__).resolve().parent
+    for cand in (here / "recipes", here.parent / "recipes"):
+        if cand.is_dir():
+            return cand
+    raise UserError("recipes folder not found next to the dist_gan package")
+
+
+def available_recipes() -> List[str]:
+    return sorted(p.stem for p in recipes_dir().glob("*.yaml"))
+
+
+def valid_keys(node: Any = None, prefix: str = "") -> List[str]:
+    """Every dotted key the schema accepts, e.g. ``train.batch``."""
+    node = OmegaConf.structured(Config) if node is None else node
+    keys: List[str] = []
+    for k, v in node.items():
+        if isinstance(v, DictConfig):
+            keys += valid_keys(v, f"{prefix}{k}.")
+        else:
+            keys.append(f"{prefix}{k}")
+    return keys
+
+
+def _unknown_key_error(key: str, where: str) -> UserError:
+    keys = valid_keys()
+    close = difflib.get_close_matches(key, keys, n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    return UserError(f"unknown recipe key {key!r} ({where}).{hint}\nValid keys: {', '.join(keys)}")
+
+
+def _check_keys(node: Any, where: str, prefix: str = "") -> None:
+    """Reject keys the schema lacks, naming the offending dotted key."""
+    schema_keys = set(valid_keys())
+    flat: List[str] = []
+
+    def walk(n: Any, p: str) -> None:
+        for k, v in n.items():
+            if isinstance(v, dict) and f"{p}{k}" not in schema_keys:
+                walk(v, f"{p}{k}.")
+            else:
+                flat.append(f"{p}{k}")
+
+    walk(node, prefix)
+    for key in flat:
+        if key not in schema_keys:
+            raise _unknown_key_error(key, where)
+
+
+def parse_overrides(args: Sequence[str]) -> Dict[str, str]:
+    """``key=value`` strings (Hydra style, dotted keys) -> ordered dict; anything else is an error."""
+    out: Dict[str, str] = {}
+    for arg in args:
+        if "=" not in arg or arg.startswith("="):
+            raise UserError(f"expected key=value, got {arg!r} (e.g. recipe=bigbatch train.batch=256)")
+        key, value = arg.split("=", 1)
+        out[key.strip().lstrip("+")] = value
+    return out
+
+
+def load_config(args: Sequence[str] = (), recipe: Optional[str] = None) -> DictConfig:
+    """Resolve ``recipe=NAME`` (default dcgan64) plus overrides into a validated config."""
+    overrides = parse_overrides(args)
+    name = overrides.pop("recipe", recipe or "dcgan64")
+    path = Path(name) if name.endswith((".yaml", ".yml")) else recipes_dir() / f"{name}.yaml"
+    if not path.is_file():
+        raise UserError(f"unknown recipe {name!r}; available: {', '.join(available_recipes())}")
+    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True) or {}
+    _check_keys(raw, f"in recipe {path.name}")
+    _check_keys({k: None for k in overrides}, "on the command line")
+    schema = OmegaConf.structured(Config)
+    try:
+        cfg = OmegaConf.merge(schema, raw, OmegaConf.from_dotlist([f"{k}={v}" for k, v in overrides.items()]))
+    except ConfigKeyError as exc:  # belt and braces: struct mode found a key we missed
+        raise _unknown_key_error(str(exc.key), "in the merged config") from None
+    except OmegaConfBaseException as exc:
+        raise UserError(f"bad recipe value: {exc.msg if hasattr(exc, 'msg') else exc}") from None
+    cfg.recipe = Path(name).stem
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: DictConfig) -> None:
+    """Checks OmegaConf's types cannot express: enumerations, ranges, divisibility."""
+    for key, allowed in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in allowed:
+            raise UserError(f"{key}={value!r} is not valid; choose one of {list(allowed)}")
+    if cfg.train.batch <= 0 or cfg.train.accum <= 0:
+        raise UserError("train.batch and train.accum must be positive")
+    if cfg.optim.d_steps <= 0 or cfg.optim.g_steps <= 0:
+        raise UserError("optim.d_steps and optim.g_steps must be positive (e.g. 4 and 3 for a 4:3 schedule)")
+    if not 0.0 < cfg.loss.real_label <= 1.0:
+        raise UserError(f"loss.real_label must be in (0, 1], got {cfg.loss.real_label}")
+    for name in ("g_betas", "d_betas"):
+        betas = cfg.optim[name]
+        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+            raise UserError(f"optim.{name} must be two numbers in [0, 1), got {list(betas)}")
+
+
+def to_dict(cfg: DictConfig) -> Dict[str, Any]:
+    """Plain containers: what checkpoints store (the safe unpickler accepts them)."""
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def from_dict(data: Dict[str, Any]) -> DictConfig:
+    """Rebuild a validated config from a checkpoint's plain dict."""
+    cfg = OmegaConf.merge(OmegaConf.structured(Config), data)
+    validate(cfg)
+    return cfg

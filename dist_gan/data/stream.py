@@ -1,0 +1,219 @@
+"""Shards -> per-rank uint8 batches, an endless resampled WebDataset stream.
+
+Why this shape:
+- Shards are *resampled* (drawn with replacement) after an explicit split by node
+  and by worker, so a rank never runs dry: every rank takes exactly the steps the
+  training loop asks for, whatever the shard sizes. No DDP hang on uneven shards.
+- The stream is cut into chunks of ``chunk_batches`` batches per rank
+  (``with_epoch``). Chunk ``c`` is seeded by (seed, c, rank, worker), so the batch
+  at any step is a pure function of the step: resume re-creates chunk ``c`` and
+  skips the batches already seen, reaching bit-identical data.
+- Workers decode PNG/JPEG to uint8 (4x less to move than float); the training
+  loop normalises to [-1, 1] on the device.
+- This loader is never passed through ``accelerator.prepare``: accelerate's
+  dispatcher would silently drop data from an IterableDataset.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, List, Optional, Sequence
+
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from dist_gan.errors import UserError
+
+IMAGE_EXTS = ("png", "jpg", "jpeg", "webp", "npy")
+
+
+@dataclass(frozen=True)
+class ShardSet:
+    """A packed data set: its shard files and what the manifest says about them."""
+
+    root: Path
+    urls: List[str]
+    counts: List[int]
+    resolution: int
+    manifest: dict
+
+    @property
+    def num_samples(self) -> int:
+        return sum(self.counts)
+
+
+def open_shards(path: str | Path) -> ShardSet:
+    """Read ``manifest.json`` of a shard folder made by ``dist-gan data pack``."""
+    root = Path(path)
+    if not str(path):
+        raise UserError("no data given: pass data=<shard folder> (make one with `dist-gan data pack SRC OUT`)")
+    manifest_path = root / "manifest.json" if root.is_dir() else root
+    if not manifest_path.is_file():
+        raise UserError(f"{root} has no manifest.json; make shards with `dist-gan data pack SRC {root}`")
+    manifest = json.loads(manifest_path.read_text())
+    root = manifest_path.parent
+    shards = [s for s in manifest.get("shards", []) if s.get("count", 0) > 0]
+    if not shards:
+        raise UserError(f"{manifest_path} lists no non-empty shards")
+    missing = [s["name"] for s in shards if not (root / s["name"]).is_file()]
+    if missing:
+        raise UserError(f"shards listed in {manifest_path} are missing: {', '.join(missing[:5])}")
+    return ShardSet(
+        root=root,
+        urls=[str(root / s["name"]) for s in shards],
+        counts=[int(s["count"]) for s in shards],
+        resolution=int(manifest["resolution"]),
+        manifest=manifest,
+    )
+
+
+def split_shards(urls: Sequence[str], index: int, count: int) -> List[str]:
+    """Take every ``count``-th shard from ``index``; if there are too few, share them all.
+
+    With fewer shards than consumers, disjoint splits would leave some empty; as the
+    stream is resampled with a consumer-specific seed, sharing is still a fair split.
+    """
+    if count <= 1 or len(urls) < count:
+        return list(urls)
+    return list(urls[index::count])
+
+
+def decode_image(data: bytes, ext: str) -> np.ndarray:
+    """Encoded image bytes (or a pre-decoded .npy) -> uint8 HWC RGB array."""
+    if ext == "npy":
+        arr = np.load(io.BytesIO(data), allow_pickle=False)
+    else:
+        with Image.open(io.BytesIO(data)) as img:
+            arr = np.asarray(img.convert("RGB"))
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
+        raise ValueError(f"expected uint8 HxWx3, got {arr.dtype} {arr.shape}")
+    return arr
+
+
+class ResampledShardStream(IterableDataset):
+    """One chunk of the endless stream for one rank: ``batches_per_worker`` batches per worker."""
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        batch_size: int,
+        batches_per_worker: int,
+        seed: int,
+        chunk: int,
+        rank: int,
+        world_size: int,
+        shuffle: int = 1000,
+        xflip: bool = False,
+    ) -> None:
+        super().__init__()
+        self.urls = list(urls)
+        self.batch_size, self.batches_per_worker = batch_size, batches_per_worker
+        self.seed, self.chunk, self.rank, self.world_size = seed, chunk, rank, world_size
+        self.shuffle, self.xflip = shuffle, xflip
+        self.bad_samples = 0  # per-process count; corrupt samples are skipped, never fatal
+
+    def _rng(self, worker: int) -> random.Random:
+        return random.Random(f"{self.seed}/{self.chunk}/{self.rank}/{worker}")
+
+    def _shard_urls(self, rng: random.Random, urls: List[str]) -> Iterator[dict]:
+        while True:  # resampled: draw shards with replacement, forever
+            yield {"url": rng.choice(urls)}
+
+    def _decode(self, samples: Iterator[dict], rng: random.Random) -> Iterator[np.ndarray]:
+        for sample in samples:
+            ext = next((e for e in IMAGE_EXTS if e in sample), None)
+            try:
+                if ext is None:
+                    raise ValueError(f"no image in sample {sample.get('__key__')}")
+                arr = decode_image(sample[ext], ext)
+            except Exception:
+                self.bad_samples += 1
+                continue
+            if self.xflip and rng.random() < 0.5:
+                arr = arr[:, ::-1]
+            yield arr
+
+    def _batches(self, images: Iterator[np.ndarray]) -> Iterator[torch.Tensor]:
+        batch: List[np.ndarray] = []
+        for arr in images:
+            batch.append(arr)
+            if len(batch) == self.batch_size:
+                yield torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).contiguous()
+                batch = []
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
+        mine = split_shards(split_shards(self.urls, self.rank, self.world_size), worker, num_workers)
+        rng = self._rng(worker)
+        pipeline = wds.DataPipeline(
+            lambda: self._shard_urls(rng, mine),
+            wds.tarfile_to_samples(handler=wds.warn_and_continue),
+            wds.shuffle(self.shuffle, initial=min(self.shuffle, 100), rng=rng) if self.shuffle > 1 else None,
+            lambda src: self._decode(src, rng),
+            self._batches,
+        ).with_epoch(nbatches=self.batches_per_worker)
+        yield from pipeline
+
+
+class StreamLoader:
+    """Per-rank batches of uint8 images, addressable by global step for exact resume."""
+
+    def __init__(
+        self,
+        shards: ShardSet,
+        local_batch: int,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        workers: int = 2,
+        shuffle: int = 1000,
+        xflip: bool = False,
+        chunk_batches: int = 500,
+        pin_memory: bool = False,
+    ) -> None:
+        if local_batch <= 0:
+            raise UserError(f"per-rank batch must be positive, got {local_batch}")
+        self.shards, self.local_batch = shards, local_batch
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.workers, self.shuffle, self.xflip, self.pin_memory = workers, shuffle, xflip, pin_memory
+        self.batches_per_worker = max(1, chunk_batches // max(1, workers))
+        self.chunk_batches = self.batches_per_worker * max(1, workers)
+
+    def _chunk_loader(self, chunk: int) -> DataLoader:
+        dataset = ResampledShardStream(
+            self.shards.urls, self.local_batch, self.batches_per_worker, self.seed, chunk,
+            self.rank, self.world_size, self.shuffle, self.xflip,
+        )
+        return DataLoader(
+            dataset,
+            batch_size=None,  # batches are made in the workers
+            num_workers=self.workers,
+            pin_memory=self.pin_memory,
+            prefetch_factor=4 if self.workers > 0 else None,
+            # A private generator: creating loaders must not draw from the global torch
+            # RNG, or a resumed run's latents would diverge from an uninterrupted one.
+            generator=torch.Generator().manual_seed(self.seed * 1000003 + chunk),
+        )
+
+    def batches(self, start_step: int = 0) -> Iterator[torch.Tensor]:
+        """Endless uint8 (B, 3, R, R) batches starting at global step ``start_step``."""
+        chunk, skip = divmod(start_step, self.chunk_batches)
+        while True:
+            for i, batch in enumerate(self._chunk_loader(chunk)):
+                if i >= skip:
+                    yield batch
+            chunk, skip = chunk + 1, 0
+
+
+def to_model_range(batch: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
+    """uint8 on the host -> float in [-1, 1] on the device (the copy overlaps compute)."""
+    x = batch.to(device, non_blocking=True).float().div_(127.5).sub_(1.0)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x

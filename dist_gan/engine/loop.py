@@ -1,0 +1,315 @@
+"""The training loop: one function a reader can follow top to bottom.
+
+Per iteration (``schedule.phases`` decides which phases run):
+
+1. D phase: real batch from the stream, fakes from G, ``loss.d_loss``; D steps.
+2. G phase: fakes through D (D frozen: its parameters take no gradient and the raw,
+   un-wrapped D is called, so DDP never reduces D's gradients twice); G steps.
+3. EMA of G, then every ``log.every`` steps the only host sync: metrics, NaN check,
+   preemption check (all ranks agree), samples and checkpoints at their kimg marks.
+
+When both phases run and there is no gradient accumulation, G's forward is computed
+once and reused, exactly as the PyTorch DCGAN example does: D trains on
+``fake.detach()``, then G's loss goes through the just-updated D on the same fakes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import InitProcessGroupKwargs
+from omegaconf import DictConfig, OmegaConf
+
+from dist_gan import config as config_mod
+from dist_gan.data.stream import StreamLoader, open_shards, to_model_range
+from dist_gan.engine import checkpoint as ckpt
+from dist_gan.engine.ema import ema_beta, update_ema
+from dist_gan.engine.monitor import Monitor, Throughput, plot_losses
+from dist_gan.engine.precision import Precision, make_adam
+from dist_gan.engine.schedule import phases, total_images
+from dist_gan.engine.signals import PreemptionFlag
+from dist_gan.errors import UserError
+from dist_gan.imaging import save_grid
+from dist_gan.losses import LossContext, build_loss, instance_noise_sigma
+from dist_gan.models import build_discriminator, build_generator
+
+GRID_LATENTS = 64  # the 8x8 sample grid
+
+
+class TrainingDiverged(UserError):
+    """A loss became NaN/inf and the NaN policy could not (or may not) recover."""
+
+
+def _setup_run_dir(cfg: DictConfig, accelerator: Accelerator) -> Path:
+    run_dir = Path(cfg.run_dir)
+    existing = ckpt.list_checkpoints(run_dir / "checkpoints")
+    if existing and not cfg.resume:
+        raise UserError(
+            f"{run_dir} already holds checkpoints ({existing[-1].name}); "
+            "pass resume=auto to continue it, or choose another run_dir"
+        )
+    if accelerator.is_main_process:
+        for sub in ("checkpoints", "samples"):
+            (run_dir / sub).mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, run_dir / "recipe.yaml")
+    accelerator.wait_for_everyone()
+    return run_dir
+
+
+def _resume_path(cfg: DictConfig, run_dir: Path) -> Optional[Path]:
+    if not cfg.resume:
+        return None
+    if cfg.resume == "auto":
+        found = ckpt.list_checkpoints(run_dir / "checkpoints")
+        return found[-1] if found else None  # auto on a fresh run just starts
+    return ckpt.resolve_checkpoint(cfg.resume)
+
+
+def train(cfg: DictConfig) -> Path:
+    """Train per ``cfg`` and return the run directory. Works on 1 process or under accelerate launch."""
+    # ------------------------------------------------------------ processes
+    timeout = InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.train.collective_timeout_s))
+    accelerator = Accelerator(mixed_precision="no", kwargs_handlers=[timeout])
+    rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
+    batch, accum = cfg.train.batch, cfg.train.accum
+    if batch % (world * accum):
+        raise UserError(f"train.batch={batch} must divide evenly over {world} ranks x {accum} accumulation rounds")
+    local_batch = batch // (world * accum)
+
+    shards = open_shards(cfg.data)
+    if shards.resolution != cfg.model.resolution:
+        raise UserError(
+            f"shards in {cfg.data} are {shards.resolution}px but model.resolution={cfg.model.resolution}; "
+            f"repack with --resolution {cfg.model.resolution} or set model.resolution={shards.resolution}"
+        )
+    run_dir = _setup_run_dir(cfg, accelerator)
+    preempt = PreemptionFlag()
+
+    # ------------------------------------------------------------ models
+    torch.manual_seed(cfg.seed)  # identical init on every rank
+    G, D = build_generator(cfg.model).to(device), build_discriminator(cfg.model).to(device)
+    if cfg.train.channels_last:
+        G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+    opt_G = make_adam(G.parameters(), cfg.optim.g_lr, cfg.optim.g_betas, cfg.optim.impl, device)
+    opt_D = make_adam(D.parameters(), cfg.optim.d_lr, cfg.optim.d_betas, cfg.optim.impl, device)
+    precision = Precision(cfg.train.precision, device)
+    scaler_G, scaler_D = precision.make_scaler(), precision.make_scaler()
+    loss_fn = build_loss(cfg.loss)
+
+    # ------------------------------------------------------------ resume
+    nimg, iteration, data_step, rollbacks = 0, 0, 0, 0
+    resume_from = _resume_path(cfg, run_dir)
+    state: Optional[Dict[str, Any]] = None
+    if resume_from is not None:
+        state = ckpt.load_checkpoint(resume_from)
+        G.load_state_dict(state["G"]), D.load_state_dict(state["D"]), G_ema.load_state_dict(state["G_ema"])
+        opt_G.load_state_dict(state["opt_G"]), opt_D.load_state_dict(state["opt_D"])
+        scaler_G.load_state_dict(state["scaler_G"]), scaler_D.load_state_dict(state["scaler_D"])
+        nimg, iteration, data_step = state["nimg"], state["iteration"], state["data_step"]
+        rollbacks = state.get("rollbacks", 0)
+        for group, lr in ((opt_G.param_groups, cfg.optim.g_lr), (opt_D.param_groups, cfg.optim.d_lr)):
+            for g in group:  # elastic restart keeps the recipe's learning rates
+                g["lr"] = lr
+    G, D, opt_G, opt_D = accelerator.prepare(G, D, opt_G, opt_D)
+    G_raw, D_raw = accelerator.unwrap_model(G), accelerator.unwrap_model(D)
+
+    rng_states = state.get("rng_per_rank") if state else None
+    if rng_states is not None and len(rng_states) == world:
+        ckpt.restore_rng(rng_states[rank])
+    else:  # fresh run, or a different world size: a per-rank stream of latents
+        torch.manual_seed(cfg.seed * 7919 + rank + 1 + nimg)
+
+    loader = StreamLoader(
+        shards, local_batch, rank, world, seed=cfg.seed, workers=cfg.loader.workers,
+        shuffle=cfg.loader.shuffle, xflip=cfg.loader.xflip, chunk_batches=cfg.loader.chunk_batches,
+        pin_memory=device.type == "cuda",
+    )
+    batches = loader.batches(start_step=data_step)
+    grid_z = torch.randn(GRID_LATENTS, cfg.model.nz, generator=torch.Generator().manual_seed(cfg.seed)).to(device)
+    nz, end_nimg = cfg.model.nz, total_images(cfg.train.kimg)
+    reuse_fakes = accum == 1
+
+    monitor = None
+    if accelerator.is_main_process:
+        monitor = Monitor(run_dir, end_nimg, nimg, cfg.log.tensorboard, cfg.log.progress)
+        monitor.print(
+            f"[bold]dist_gan[/] {cfg.recipe}: {world} rank(s) on {device.type}, global batch {batch} "
+            f"({local_batch}/rank x {accum}), {cfg.train.precision}, "
+            + (f"resumed at {nimg / 1000:.2f} kimg from {resume_from.name}" if resume_from else "fresh run")
+        )
+        if not resume_from:
+            save_grid(next(iter(loader._chunk_loader(0)))[:GRID_LATENTS].float().div(127.5).sub(1), run_dir / "samples" / "reals.png", nrow=8)
+
+    def make_checkpoint_state() -> Dict[str, Any]:
+        return {
+            "cfg": config_mod.to_dict(cfg),
+            "G": G_raw.state_dict(), "D": D_raw.state_dict(), "G_ema": G_ema.state_dict(),
+            "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(),
+            "scaler_G": scaler_G.state_dict(), "scaler_D": scaler_D.state_dict(),
+            "nimg": nimg, "iteration": iteration, "data_step": data_step, "rollbacks": rollbacks,
+            "world_size": world, "rng_per_rank": accelerator_gather_rng(accelerator),
+        }
+
+    def save_snapshot() -> None:
+        payload = make_checkpoint_state()  # every rank takes part in the RNG gather
+        if accelerator.is_main_process:
+            path = ckpt.save_checkpoint(payload, run_dir / "checkpoints", nimg, keep=cfg.log.keep)
+            monitor.print(f"checkpoint {path.name} ({nimg / 1000:.2f} kimg)")
+        accelerator.wait_for_everyone()
+
+    def save_samples() -> None:
+        if accelerator.is_main_process:
+            with torch.no_grad(), precision.autocast():
+                imgs = G_ema(grid_z)
+            save_grid(imgs, run_dir / "samples" / f"fakes-{nimg:09d}.png", nrow=8)
+            save_grid(imgs, run_dir / "samples" / "latest.png", nrow=8)
+
+    def next_real() -> torch.Tensor:
+        nonlocal data_step
+        data_step += 1
+        return to_model_range(next(batches), device, cfg.train.channels_last)
+
+    def sync_ctx(model, last: bool):
+        return contextlib.nullcontext() if last else accelerator.no_sync(model)
+
+    sums: Dict[str, torch.Tensor] = {}
+    counts: Dict[str, int] = {}
+    meter = Throughput(nimg)
+    tick_start = time.perf_counter()
+    sample_every = max(1, total_images(cfg.log.sample_kimg))
+    snap_every = max(1, total_images(cfg.log.snapshot_kimg))
+    steps_since_log = 0
+
+    # ------------------------------------------------------------ the loop
+    while nimg < end_nimg:
+        do_d, do_g = phases(iteration, cfg.optim.d_steps, cfg.optim.g_steps)
+        ctx = LossContext(noise_sigma=instance_noise_sigma(cfg.loss.instance_noise, cfg.loss.noise_anneal_kimg, nimg))
+        kept_fake: Optional[torch.Tensor] = None
+
+        # D phase: D learns to tell reals from (detached) fakes.
+        if do_d:
+            D_raw.requires_grad_(True)
+            for r in range(accum):
+                real = next_real()
+                z = torch.randn(local_batch, nz, device=device)
+                keep = reuse_fakes and do_g
+                with sync_ctx(D, r == accum - 1), precision.autocast():
+                    with contextlib.nullcontext() if keep else torch.no_grad():
+                        fake = G(z)
+                    loss, stats = loss_fn.d_loss(D, real, fake.detach(), ctx)
+                accelerator.backward(scaler_D.scale(loss / accum))
+                kept_fake = fake if keep else None
+                _accumulate(sums, counts, stats)
+            scaler_D.step(opt_D), scaler_D.update()
+            opt_D.zero_grad(set_to_none=True)
+            nimg += batch
+
+        # G phase: G learns to fool a frozen D.
+        if do_g:
+            D_raw.requires_grad_(False)
+            for r in range(accum):
+                with sync_ctx(G, r == accum - 1), precision.autocast():
+                    fake = kept_fake if kept_fake is not None else G(torch.randn(local_batch, nz, device=device))
+                    loss, stats = loss_fn.g_loss(D_raw, fake, ctx)
+                accelerator.backward(scaler_G.scale(loss / accum))
+                _accumulate(sums, counts, stats)
+            scaler_G.step(opt_G), scaler_G.update()
+            opt_G.zero_grad(set_to_none=True)
+            D_raw.requires_grad_(True)
+            update_ema(G_ema, G_raw, ema_beta(batch, cfg.train.ema_kimg, nimg, cfg.train.ema_rampup))
+
+        iteration += 1
+        steps_since_log += 1
+        done = nimg >= end_nimg
+        if steps_since_log < cfg.log.every and not done and not _crossed(nimg, batch, snap_every) and not _crossed(nimg, batch, sample_every):
+            continue
+
+        # ------------------------------------------------ host sync point
+        steps_since_log = 0
+        record = _reduce(sums, counts, accelerator)
+        sums.clear(), counts.clear()
+        finite = all(math.isfinite(v) for v in record.values())
+        stop = preempt.agreed(accelerator)
+        record.update(step=iteration, kimg=nimg / 1000, img_per_s=meter.tick(nimg), noise_sigma=ctx.noise_sigma,
+                      time=time.perf_counter() - tick_start)
+        if not finite:
+            last = ckpt.list_checkpoints(run_dir / "checkpoints")
+            if cfg.train.nan_policy == "rollback" and last and rollbacks < cfg.train.max_rollbacks:
+                rollbacks += 1
+                state = ckpt.load_checkpoint(last[-1])
+                G_raw.load_state_dict(state["G"]), D_raw.load_state_dict(state["D"]), G_ema.load_state_dict(state["G_ema"])
+                opt_G.load_state_dict(state["opt_G"]), opt_D.load_state_dict(state["opt_D"])
+                scaler_G.load_state_dict(state["scaler_G"]), scaler_D.load_state_dict(state["scaler_D"])
+                nimg, iteration, data_step = state["nimg"], state["iteration"], state["data_step"]
+                batches = loader.batches(start_step=data_step)
+                torch.manual_seed(cfg.seed * 7919 + rank + 1 + nimg + 104729 * rollbacks)  # a different path
+                meter = Throughput(nimg)
+                if monitor:
+                    monitor.print(f"[yellow]non-finite loss {record}; rolled back to {last[-1].name} ({rollbacks}/{cfg.train.max_rollbacks})")
+                continue
+            where = f"at {nimg / 1000:.2f} kimg (iteration {iteration})"
+            hint = f"last good checkpoint: {last[-1]}" if last else "no checkpoint was written yet"
+            if monitor:
+                monitor.close()
+            raise TrainingDiverged(
+                f"training diverged {where}: non-finite losses {record}. {hint}. "
+                "Lower the learning rates, use train.precision=bf16 instead of fp16, or set train.nan_policy=rollback."
+            )
+        if monitor:
+            monitor.log(record)
+        if _crossed(nimg, batch, sample_every) or done:
+            save_samples()
+        if _crossed(nimg, batch, snap_every) or done or stop:
+            save_snapshot()
+        if stop:
+            if monitor:
+                monitor.print(f"[yellow]preempted ({preempt.signal_name}): checkpoint written at {nimg / 1000:.2f} kimg; exiting cleanly")
+            break
+
+    if monitor:
+        monitor.close()
+        plot_losses(run_dir / "metrics.jsonl", run_dir / "loss_curve.png")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    preempt.restore()
+    return run_dir
+
+
+def _crossed(nimg: int, batch: int, every: int) -> bool:
+    """True on the step at which ``nimg`` passed a multiple of ``every``."""
+    return nimg // every > (nimg - batch) // every
+
+
+def _accumulate(sums: Dict[str, torch.Tensor], counts: Dict[str, int], stats: Dict[str, torch.Tensor]) -> None:
+    for k, v in stats.items():
+        sums[k] = sums[k] + v.float() if k in sums else v.float()
+        counts[k] = counts.get(k, 0) + 1
+
+
+def _reduce(sums: Dict[str, torch.Tensor], counts: Dict[str, int], accelerator: Accelerator) -> Dict[str, float]:
+    """Means over steps and ranks, in one collective: the loop's single host sync."""
+    if not sums:
+        return {}
+    keys = sorted(sums)
+    vec = torch.stack([sums[k] / counts[k] for k in keys])
+    vec = accelerator.reduce(vec, reduction="mean") if accelerator.num_processes > 1 else vec
+    return dict(zip(keys, vec.tolist()))
+
+
+def accelerator_gather_rng(accelerator: Accelerator):
+    """Every rank's RNG state, in rank order (rank 0 stores them all)."""
+    from accelerate.utils import gather_object
+
+    state = ckpt.capture_rng()
+    if accelerator.num_processes == 1:
+        return [state]
+    return gather_object([state])

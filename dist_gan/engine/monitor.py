@@ -1,0 +1,125 @@
+"""What a run reports: metrics.jsonl, TensorBoard, a rich live line, a loss-curve PNG.
+
+Only rank 0 reports. The loop hands over already-synced Python floats at log
+intervals, so nothing here forces a device sync.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+class Monitor:
+    """Rank-0 reporter for one run directory."""
+
+    def __init__(self, run_dir: Path, total_images: int, start_images: int, tensorboard: bool, progress: bool) -> None:
+        self.run_dir = run_dir
+        self.jsonl = open(run_dir / "metrics.jsonl", "a", buffering=1)
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(run_dir / "tb"))
+            except ImportError:  # tensorboard is a dependency; stay alive if it was removed
+                self.tb = None
+        self.console = Console(stderr=True)
+        self.progress: Optional[Progress] = None
+        if progress:
+            self.progress = Progress(
+                TextColumn("[bold]train"),
+                BarColumn(),
+                TextColumn("{task.fields[kimg]:>8.2f}/{task.fields[total_kimg]:.0f} kimg"),
+                TextColumn("{task.fields[ips]:>7.0f} img/s"),
+                TextColumn("{task.fields[losses]}"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=self.console,
+            )
+            self.task = self.progress.add_task(
+                "train", total=total_images, completed=start_images, kimg=start_images / 1000,
+                total_kimg=total_images / 1000, ips=0.0, losses="",
+            )
+            self.progress.start()
+
+    def log(self, record: Dict[str, float]) -> None:
+        self.jsonl.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for key, value in record.items():
+                if key not in ("step", "kimg", "time"):
+                    self.tb.add_scalar(key, value, global_step=int(record["kimg"] * 1000))
+        if self.progress is not None:
+            losses = " ".join(f"{k}={record[k]:.3f}" for k in ("loss_d", "loss_g", "d_real", "d_fake") if k in record)
+            self.progress.update(
+                self.task, completed=int(record["kimg"] * 1000), kimg=record["kimg"],
+                ips=record.get("img_per_s", 0.0), losses=losses,
+            )
+
+    def print(self, message: str) -> None:
+        if self.progress is not None:
+            self.progress.console.print(message)
+        else:
+            self.console.print(message)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+        if self.tb is not None:
+            self.tb.close()
+        self.jsonl.close()
+
+
+def read_metrics(path: Path) -> List[Dict[str, float]]:
+    """Records of a metrics.jsonl, skipping a torn last line from a killed run."""
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def plot_losses(metrics_path: Path, out_png: Path) -> Optional[Path]:
+    """Loss and D(x)/D(G(z)) curves against kimg, as one PNG."""
+    records = read_metrics(metrics_path) if metrics_path.exists() else []
+    if not records:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kimg = [r["kimg"] for r in records]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for key in ("loss_d", "loss_g"):
+        if key in records[0]:
+            ax1.plot(kimg, [r.get(key, float("nan")) for r in records], label=key)
+    ax1.set_xlabel("kimg"), ax1.set_ylabel("loss"), ax1.legend(), ax1.set_title("losses")
+    for key, label in (("d_real", "D(x)"), ("d_fake", "D(G(z))")):
+        if key in records[0]:
+            ax2.plot(kimg, [r.get(key, float("nan")) for r in records], label=label)
+    ax2.set_xlabel("kimg"), ax2.set_ylim(0, 1), ax2.legend(), ax2.set_title("discriminator outputs")
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return out_png
+
+
+class Throughput:
+    """img/s between log points, measured after the host sync the log already needs."""
+
+    def __init__(self, nimg: int) -> None:
+        self.t, self.nimg = time.perf_counter(), nimg
+
+    def tick(self, nimg: int) -> float:
+        now = time.perf_counter()
+        rate = (nimg - self.nimg) / max(now - self.t, 1e-9)
+        self.t, self.nimg = now, nimg
+        return rate

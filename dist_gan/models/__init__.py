@@ -1,0 +1,37 @@
+"""Model registry: ``build_generator`` / ``build_discriminator`` from a model config.
+
+Architectures are looked up by name (``model.arch``); variants register themselves
+in ``ARCHS`` so recipes can select them without the engine knowing about them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Mapping, Tuple
+
+from torch import nn
+
+from dist_gan.models.dcgan import Discriminator, Generator
+
+# name -> (make_G(cfg), make_D(cfg)); cfg is the ``model`` section plus ``resolution``.
+ARCHS: Dict[str, Tuple[Callable[[Mapping[str, Any]], nn.Module], Callable[[Mapping[str, Any]], nn.Module]]] = {
+    "dcgan": (
+        lambda c: Generator(c["resolution"], c["nz"], c["ngf"]),
+        lambda c: Discriminator(c["resolution"], c["ndf"]),
+    ),
+}
+
+
+def _lookup(arch: str):
+    if arch not in ARCHS:
+        raise ValueError(f"unknown model.arch {arch!r}; valid: {sorted(ARCHS)}")
+    return ARCHS[arch]
+
+
+def build_generator(model_cfg: Mapping[str, Any]) -> nn.Module:
+    """G for a model config with keys arch, resolution, nz, ngf (and arch-specific extras)."""
+    return _lookup(model_cfg["arch"])[0](model_cfg)
+
+
+def build_discriminator(model_cfg: Mapping[str, Any]) -> nn.Module:
+    """D for a model config with keys arch, resolution, ndf (and arch-specific extras)."""
+    return _lookup(model_cfg["arch"])[1](model_cfg)

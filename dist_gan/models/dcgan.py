@@ -1,0 +1,80 @@
+"""The DCGAN generator and discriminator (Radford et al. 2015) at 32, 64 and 128 px.
+
+G: z (nz) -> 4x4 by a transposed conv, then stride-2 ConvTranspose+BN+ReLU blocks
+doubling the size and halving the width, and a last ConvTranspose to RGB + tanh.
+D: the mirror image, Conv+BN+LeakyReLU(0.2) blocks (no BN on the first, as in the
+paper) down to 4x4 and a 4x4 conv to one logit. D returns logits: the loss applies
+the sigmoid (BCEWithLogits), which autocast accepts and is numerically safer.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+SUPPORTED_RESOLUTIONS = (32, 64, 128)
+
+
+def num_blocks(resolution: int) -> int:
+    """Number of stride-2 stages between 4x4 and the image size."""
+    if resolution not in SUPPORTED_RESOLUTIONS:
+        raise ValueError(f"resolution must be one of {SUPPORTED_RESOLUTIONS}, got {resolution}")
+    return int(math.log2(resolution)) - 2
+
+
+def dcgan_init(module: nn.Module) -> None:
+    """The paper's init: conv weights N(0, 0.02); BN gamma N(1, 0.02), beta 0."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+
+
+class Generator(nn.Module):
+    """DCGAN generator: (N, nz) or (N, nz, 1, 1) latents -> (N, 3, R, R) images in [-1, 1]."""
+
+    def __init__(self, resolution: int = 64, nz: int = 100, ngf: int = 64, channels: int = 3) -> None:
+        super().__init__()
+        self.resolution, self.nz = resolution, nz
+        n = num_blocks(resolution)
+        widths = [ngf * 2 ** (n - 1 - i) for i in range(n)]  # e.g. 64 px: 8,4,2,1 x ngf
+        layers: list[nn.Module] = [
+            nn.ConvTranspose2d(nz, widths[0], 4, 1, 0, bias=False),
+            nn.BatchNorm2d(widths[0]),
+            nn.ReLU(True),
+        ]
+        for cin, cout in zip(widths[:-1], widths[1:]):
+            layers += [nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True)]
+        layers += [nn.ConvTranspose2d(widths[-1], channels, 4, 2, 1, bias=False), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+        dcgan_init(self)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if z.dim() == 2:
+            z = z[:, :, None, None]
+        return self.net(z)
+
+
+class Discriminator(nn.Module):
+    """DCGAN discriminator: (N, 3, R, R) images -> (N,) logits."""
+
+    def __init__(self, resolution: int = 64, ndf: int = 64, channels: int = 3) -> None:
+        super().__init__()
+        self.resolution = resolution
+        n = num_blocks(resolution)
+        widths = [ndf * 2**i for i in range(n)]  # e.g. 64 px: 1,2,4,8 x ndf
+        layers: list[nn.Module] = [nn.Conv2d(channels, widths[0], 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True)]
+        for cin, cout in zip(widths[:-1], widths[1:]):
+            layers += [nn.Conv2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.LeakyReLU(0.2, True)]
+        layers += [nn.Conv2d(widths[-1], 1, 4, 1, 0, bias=False)]
+        self.net = nn.Sequential(*layers)
+        dcgan_init(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).flatten()

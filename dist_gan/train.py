@@ -1,0 +1,36 @@
+"""Entry point: ``accelerate launch dist_gan/train.py recipe=bigbatch [key=value ...]``.
+
+Also runs as ``python dist_gan/train.py ...`` (one process) and ``dist-gan train ...``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+if __name__ == "__main__":
+    # Run as a script, Python puts dist_gan/ itself first on sys.path, where our
+    # sub-packages (data, models, eval, ...) would shadow real top-level modules.
+    here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
+    sys.path.insert(0, str(here.parent))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Path:
+    """Parse ``recipe=... key=value`` arguments, then train; returns the run directory."""
+    from dist_gan.config import load_config
+    from dist_gan.engine.loop import train
+
+    cfg = load_config(list(sys.argv[1:] if argv is None else argv))
+    return train(cfg)
+
+
+if __name__ == "__main__":
+    from dist_gan.errors import UserError
+
+    try:
+        main()
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
