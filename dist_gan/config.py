@@ -55,6 +55,7 @@ class TrainCfg:
     kimg: float = 60.0  # training length in thousands of real images shown to D
     precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16: one loss scaler per network)
     channels_last: bool = False
+    diffaug: str = ""  # DiffAugment policy for D's inputs, e.g. "color,translation,cutout"
     ema_kimg: float = 10.0  # EMA half-life in kimg: independent of the batch size
     ema_rampup: float = 0.05  # half-life <= rampup * images seen, so early EMA is not stale; 0 = off
     nan_policy: str = "stop"  # stop | rollback (reload the last checkpoint, up to 3 times)

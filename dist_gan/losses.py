@@ -22,11 +22,25 @@ from torch import nn
 Stats = Dict[str, torch.Tensor]
 
 
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
 @dataclass
 class LossContext:
-    """Per-step facts a loss may need: the current instance-noise sigma."""
+    """Per-step facts a loss may need.
+
+    ``augment`` is applied to every image D sees, real or fake, in both phases
+    (DiffAugment must be differentiable and applied to both, or D learns the
+    augmentation); then instance noise with the current ``noise_sigma``.
+    """
 
     noise_sigma: float = 0.0
+    augment: Callable[[torch.Tensor], torch.Tensor] = _identity
+
+    def d_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What D sees of an image batch: augmented, then noised."""
+        return add_instance_noise(self.augment(x), self.noise_sigma)
 
 
 def add_instance_noise(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -53,8 +67,8 @@ class BCELoss:
         self.real_label = real_label
 
     def d_loss(self, D: nn.Module, real: torch.Tensor, fake: torch.Tensor, ctx: LossContext) -> Tuple[torch.Tensor, Stats]:
-        logits_real = D(add_instance_noise(real, ctx.noise_sigma)).float()
-        logits_fake = D(add_instance_noise(fake, ctx.noise_sigma)).float()
+        logits_real = D(ctx.d_input(real)).float()
+        logits_fake = D(ctx.d_input(fake)).float()
         loss_real = F.binary_cross_entropy_with_logits(logits_real, torch.full_like(logits_real, self.real_label))
         loss_fake = F.binary_cross_entropy_with_logits(logits_fake, torch.zeros_like(logits_fake))
         loss = loss_real + loss_fake
@@ -66,7 +80,7 @@ class BCELoss:
         return loss, stats
 
     def g_loss(self, D: nn.Module, fake: torch.Tensor, ctx: LossContext) -> Tuple[torch.Tensor, Stats]:
-        logits = D(add_instance_noise(fake, ctx.noise_sigma)).float()
+        logits = D(ctx.d_input(fake)).float()
         loss = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
         return loss, {"loss_g": loss.detach()}
 
@@ -80,3 +94,14 @@ def build_loss(loss_cfg: Mapping[str, object]):
     if name not in LOSSES:
         raise ValueError(f"unknown loss.name {name!r}; valid: {sorted(LOSSES)}")
     return LOSSES[name](**{k: v for k, v in loss_cfg.items() if k != "name"})
+
+
+def build_augment(policy: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """DiffAugment for a policy such as ``color,translation,cutout``; identity when empty."""
+    if not policy:
+        return _identity
+    from functools import partial
+
+    from dist_gan.augment import diff_augment
+
+    return partial(diff_augment, policy=policy)

@@ -15,7 +15,6 @@ once and reused, exactly as the PyTorch DCGAN example does: D trains on
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import time
@@ -31,14 +30,14 @@ from omegaconf import DictConfig, OmegaConf
 from dist_gan import config as config_mod
 from dist_gan.data.stream import StreamLoader, open_shards, to_model_range
 from dist_gan.engine import checkpoint as ckpt
-from dist_gan.engine.ema import ema_beta, update_ema
 from dist_gan.engine.monitor import Monitor, Throughput, plot_losses
 from dist_gan.engine.precision import Precision, make_adam
 from dist_gan.engine.schedule import phases, total_images
 from dist_gan.engine.signals import PreemptionFlag
+from dist_gan.engine.step import TrainStep
 from dist_gan.errors import UserError
 from dist_gan.imaging import save_grid
-from dist_gan.losses import LossContext, build_loss, instance_noise_sigma
+from dist_gan.losses import LossContext, build_augment, build_loss, instance_noise_sigma
 from dist_gan.models import build_discriminator, build_generator
 
 GRID_LATENTS = 64  # the 8x8 sample grid
@@ -105,22 +104,31 @@ def train(cfg: DictConfig) -> Path:
     scaler_G, scaler_D = precision.make_scaler(), precision.make_scaler()
     loss_fn = build_loss(cfg.loss)
 
+    G, D, opt_G, opt_D = accelerator.prepare(G, D, opt_G, opt_D)
+    G_raw, D_raw = accelerator.unwrap_model(G), accelerator.unwrap_model(D)
+
     # ------------------------------------------------------------ resume
     nimg, iteration, data_step, rollbacks = 0, 0, 0, 0
+
+    def restore(state: Dict[str, Any]) -> None:
+        """Put every network, optimizer, scaler and counter back as the checkpoint has them."""
+        nonlocal nimg, iteration, data_step
+        G_raw.load_state_dict(state["G"]), D_raw.load_state_dict(state["D"]), G_ema.load_state_dict(state["G_ema"])
+        opt_G.load_state_dict(state["opt_G"]), opt_D.load_state_dict(state["opt_D"])
+        scaler_G.load_state_dict(state["scaler_G"]), scaler_D.load_state_dict(state["scaler_D"])
+        if hasattr(loss_fn, "load_state_dict") and "loss_state" in state:
+            loss_fn.load_state_dict(state["loss_state"])
+        nimg, iteration, data_step = state["nimg"], state["iteration"], state["data_step"]
+        for group, lr in ((opt_G.param_groups, cfg.optim.g_lr), (opt_D.param_groups, cfg.optim.d_lr)):
+            for g in group:  # an elastic restart keeps the recipe's learning rates
+                g["lr"] = lr
+
     resume_from = _resume_path(cfg, run_dir)
     state: Optional[Dict[str, Any]] = None
     if resume_from is not None:
         state = ckpt.load_checkpoint(resume_from)
-        G.load_state_dict(state["G"]), D.load_state_dict(state["D"]), G_ema.load_state_dict(state["G_ema"])
-        opt_G.load_state_dict(state["opt_G"]), opt_D.load_state_dict(state["opt_D"])
-        scaler_G.load_state_dict(state["scaler_G"]), scaler_D.load_state_dict(state["scaler_D"])
-        nimg, iteration, data_step = state["nimg"], state["iteration"], state["data_step"]
+        restore(state)
         rollbacks = state.get("rollbacks", 0)
-        for group, lr in ((opt_G.param_groups, cfg.optim.g_lr), (opt_D.param_groups, cfg.optim.d_lr)):
-            for g in group:  # elastic restart keeps the recipe's learning rates
-                g["lr"] = lr
-    G, D, opt_G, opt_D = accelerator.prepare(G, D, opt_G, opt_D)
-    G_raw, D_raw = accelerator.unwrap_model(G), accelerator.unwrap_model(D)
 
     rng_states = state.get("rng_per_rank") if state else None
     if rng_states is not None and len(rng_states) == world:
@@ -136,7 +144,6 @@ def train(cfg: DictConfig) -> Path:
     batches = loader.batches(start_step=data_step)
     grid_z = torch.randn(GRID_LATENTS, cfg.model.nz, generator=torch.Generator().manual_seed(cfg.seed)).to(device)
     nz, end_nimg = cfg.model.nz, total_images(cfg.train.kimg)
-    reuse_fakes = accum == 1
 
     monitor = None
     if accelerator.is_main_process:
@@ -157,6 +164,7 @@ def train(cfg: DictConfig) -> Path:
             "scaler_G": scaler_G.state_dict(), "scaler_D": scaler_D.state_dict(),
             "nimg": nimg, "iteration": iteration, "data_step": data_step, "rollbacks": rollbacks,
             "world_size": world, "rng_per_rank": accelerator_gather_rng(accelerator),
+            **({"loss_state": loss_fn.state_dict()} if hasattr(loss_fn, "state_dict") else {}),
         }
 
     def save_snapshot() -> None:
@@ -178,11 +186,12 @@ def train(cfg: DictConfig) -> Path:
         data_step += 1
         return to_model_range(next(batches), device, cfg.train.channels_last)
 
-    def sync_ctx(model, last: bool):
-        return contextlib.nullcontext() if last else accelerator.no_sync(model)
-
-    sums: Dict[str, torch.Tensor] = {}
-    counts: Dict[str, int] = {}
+    step = TrainStep(
+        G=G, D=D, G_ema=G_ema, opt_G=opt_G, opt_D=opt_D, scaler_G=scaler_G, scaler_D=scaler_D,
+        loss_fn=loss_fn, precision=precision, accelerator=accelerator, nz=nz, local_batch=local_batch,
+        accum=accum, global_batch=batch, ema_kimg=cfg.train.ema_kimg, ema_rampup=cfg.train.ema_rampup,
+    )
+    augment = build_augment(cfg.train.diffaug)
     meter = Throughput(nimg)
     tick_start = time.perf_counter()
     sample_every = max(1, total_images(cfg.log.sample_kimg))
@@ -192,41 +201,9 @@ def train(cfg: DictConfig) -> Path:
     # ------------------------------------------------------------ the loop
     while nimg < end_nimg:
         do_d, do_g = phases(iteration, cfg.optim.d_steps, cfg.optim.g_steps)
-        ctx = LossContext(noise_sigma=instance_noise_sigma(cfg.loss.instance_noise, cfg.loss.noise_anneal_kimg, nimg))
-        kept_fake: Optional[torch.Tensor] = None
-
-        # D phase: D learns to tell reals from (detached) fakes.
-        if do_d:
-            D_raw.requires_grad_(True)
-            for r in range(accum):
-                real = next_real()
-                z = torch.randn(local_batch, nz, device=device)
-                keep = reuse_fakes and do_g
-                with sync_ctx(D, r == accum - 1), precision.autocast():
-                    with contextlib.nullcontext() if keep else torch.no_grad():
-                        fake = G(z)
-                    loss, stats = loss_fn.d_loss(D, real, fake.detach(), ctx)
-                accelerator.backward(scaler_D.scale(loss / accum))
-                kept_fake = fake if keep else None
-                _accumulate(sums, counts, stats)
-            scaler_D.step(opt_D), scaler_D.update()
-            opt_D.zero_grad(set_to_none=True)
-            nimg += batch
-
-        # G phase: G learns to fool a frozen D.
-        if do_g:
-            D_raw.requires_grad_(False)
-            for r in range(accum):
-                with sync_ctx(G, r == accum - 1), precision.autocast():
-                    fake = kept_fake if kept_fake is not None else G(torch.randn(local_batch, nz, device=device))
-                    loss, stats = loss_fn.g_loss(D_raw, fake, ctx)
-                accelerator.backward(scaler_G.scale(loss / accum))
-                _accumulate(sums, counts, stats)
-            scaler_G.step(opt_G), scaler_G.update()
-            opt_G.zero_grad(set_to_none=True)
-            D_raw.requires_grad_(True)
-            update_ema(G_ema, G_raw, ema_beta(batch, cfg.train.ema_kimg, nimg, cfg.train.ema_rampup))
-
+        sigma = instance_noise_sigma(cfg.loss.instance_noise, cfg.loss.noise_anneal_kimg, nimg)
+        ctx = LossContext(noise_sigma=sigma, augment=augment)
+        nimg += step(next_real, do_d, do_g, ctx, nimg)
         iteration += 1
         steps_since_log += 1
         done = nimg >= end_nimg
@@ -235,8 +212,7 @@ def train(cfg: DictConfig) -> Path:
 
         # ------------------------------------------------ host sync point
         steps_since_log = 0
-        record = _reduce(sums, counts, accelerator)
-        sums.clear(), counts.clear()
+        record = step.pop_stats()
         finite = all(math.isfinite(v) for v in record.values())
         stop = preempt.agreed(accelerator)
         record.update(step=iteration, kimg=nimg / 1000, img_per_s=meter.tick(nimg), noise_sigma=ctx.noise_sigma,
@@ -245,11 +221,7 @@ def train(cfg: DictConfig) -> Path:
             last = ckpt.list_checkpoints(run_dir / "checkpoints")
             if cfg.train.nan_policy == "rollback" and last and rollbacks < cfg.train.max_rollbacks:
                 rollbacks += 1
-                state = ckpt.load_checkpoint(last[-1])
-                G_raw.load_state_dict(state["G"]), D_raw.load_state_dict(state["D"]), G_ema.load_state_dict(state["G_ema"])
-                opt_G.load_state_dict(state["opt_G"]), opt_D.load_state_dict(state["opt_D"])
-                scaler_G.load_state_dict(state["scaler_G"]), scaler_D.load_state_dict(state["scaler_D"])
-                nimg, iteration, data_step = state["nimg"], state["iteration"], state["data_step"]
+                restore(ckpt.load_checkpoint(last[-1]))
                 batches = loader.batches(start_step=data_step)
                 torch.manual_seed(cfg.seed * 7919 + rank + 1 + nimg + 104729 * rollbacks)  # a different path
                 meter = Throughput(nimg)
@@ -287,22 +259,6 @@ def train(cfg: DictConfig) -> Path:
 def _crossed(nimg: int, batch: int, every: int) -> bool:
     """True on the step at which ``nimg`` passed a multiple of ``every``."""
     return nimg // every > (nimg - batch) // every
-
-
-def _accumulate(sums: Dict[str, torch.Tensor], counts: Dict[str, int], stats: Dict[str, torch.Tensor]) -> None:
-    for k, v in stats.items():
-        sums[k] = sums[k] + v.float() if k in sums else v.float()
-        counts[k] = counts.get(k, 0) + 1
-
-
-def _reduce(sums: Dict[str, torch.Tensor], counts: Dict[str, int], accelerator: Accelerator) -> Dict[str, float]:
-    """Means over steps and ranks, in one collective: the loop's single host sync."""
-    if not sums:
-        return {}
-    keys = sorted(sums)
-    vec = torch.stack([sums[k] / counts[k] for k in keys])
-    vec = accelerator.reduce(vec, reduction="mean") if accelerator.num_processes > 1 else vec
-    return dict(zip(keys, vec.tolist()))
 
 
 def accelerator_gather_rng(accelerator: Accelerator):

@@ -1,0 +1,102 @@
+"""One training iteration's phases over prepared networks: D step, G step, EMA.
+
+Kept apart from the loop so benchmarks time exactly the step the trainer runs.
+Statistics stay on the device (summed tensors); the loop reads them at its sync
+points only, so a step never forces a host sync.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Dict, Optional
+
+import torch
+from torch import nn
+
+from dist_gan.engine.ema import ema_beta, update_ema
+from dist_gan.engine.precision import Precision
+from dist_gan.losses import LossContext
+
+
+class TrainStep:
+    """D and G phases for one rank. ``G``/``D`` may be DDP-wrapped; ``*_raw`` are the modules."""
+
+    def __init__(
+        self, *, G: nn.Module, D: nn.Module, G_ema: nn.Module, opt_G, opt_D, scaler_G, scaler_D,
+        loss_fn, precision: Precision, accelerator, nz: int, local_batch: int, accum: int,
+        global_batch: int, ema_kimg: float, ema_rampup: float,
+    ) -> None:
+        self.G, self.D, self.G_ema = G, D, G_ema
+        self.G_raw, self.D_raw = accelerator.unwrap_model(G), accelerator.unwrap_model(D)
+        self.opt_G, self.opt_D, self.scaler_G, self.scaler_D = opt_G, opt_D, scaler_G, scaler_D
+        self.loss_fn, self.precision, self.accelerator = loss_fn, precision, accelerator
+        self.nz, self.local_batch, self.accum, self.global_batch = nz, local_batch, accum, global_batch
+        self.ema_kimg, self.ema_rampup = ema_kimg, ema_rampup
+        self.device = accelerator.device
+        self.sums: Dict[str, torch.Tensor] = {}
+        self.counts: Dict[str, int] = {}
+
+    def _latents(self) -> torch.Tensor:
+        return torch.randn(self.local_batch, self.nz, device=self.device)
+
+    def _sync(self, model: nn.Module, last_round: bool):
+        """Gradient all-reduce only on the last accumulation round."""
+        return contextlib.nullcontext() if last_round else self.accelerator.no_sync(model)
+
+    def _record(self, stats: Dict[str, torch.Tensor]) -> None:
+        for k, v in stats.items():
+            self.sums[k] = self.sums[k] + v.float() if k in self.sums else v.float()
+            self.counts[k] = self.counts.get(k, 0) + 1
+
+    def d_phase(self, next_real: Callable[[], torch.Tensor], ctx: LossContext, keep_fake: bool) -> Optional[torch.Tensor]:
+        """D learns to tell reals from detached fakes. Returns the fakes (with graph) if asked to keep them."""
+        keep_fake = keep_fake and self.accum == 1
+        self.D_raw.requires_grad_(True)
+        fake = None
+        for r in range(self.accum):
+            real = next_real()
+            with self._sync(self.D, r == self.accum - 1), self.precision.autocast():
+                with contextlib.nullcontext() if keep_fake else torch.no_grad():
+                    fake = self.G(self._latents())
+                loss, stats = self.loss_fn.d_loss(self.D, real, fake.detach(), ctx)
+            self.accelerator.backward(self.scaler_D.scale(loss / self.accum))
+            self._record(stats)
+        self.scaler_D.step(self.opt_D)
+        self.scaler_D.update()
+        self.opt_D.zero_grad(set_to_none=True)
+        return fake if keep_fake else None
+
+    def g_phase(self, ctx: LossContext, nimg: int, fake: Optional[torch.Tensor] = None) -> None:
+        """G learns to fool D. D is frozen and called un-wrapped: DDP must not reduce its grads."""
+        self.D_raw.requires_grad_(False)
+        for r in range(self.accum):
+            with self._sync(self.G, r == self.accum - 1), self.precision.autocast():
+                fake_r = fake if fake is not None else self.G(self._latents())
+                loss, stats = self.loss_fn.g_loss(self.D_raw, fake_r, ctx)
+            self.accelerator.backward(self.scaler_G.scale(loss / self.accum))
+            self._record(stats)
+        self.scaler_G.step(self.opt_G)
+        self.scaler_G.update()
+        self.opt_G.zero_grad(set_to_none=True)
+        self.D_raw.requires_grad_(True)
+        update_ema(self.G_ema, self.G_raw, ema_beta(self.global_batch, self.ema_kimg, nimg, self.ema_rampup))
+
+    def __call__(self, next_real: Callable[[], torch.Tensor], do_d: bool, do_g: bool, ctx: LossContext, nimg: int) -> int:
+        """Run the scheduled phases; returns the real images consumed (global)."""
+        fake = self.d_phase(next_real, ctx, keep_fake=do_g) if do_d else None
+        shown = self.global_batch if do_d else 0
+        if do_g:
+            self.g_phase(ctx, nimg + shown, fake)
+        return shown
+
+    def pop_stats(self) -> Dict[str, float]:
+        """Means over steps and ranks, in one collective: the loop's single host sync."""
+        if not self.sums:
+            return {}
+        keys = sorted(self.sums)
+        vec = torch.stack([self.sums[k] / self.counts[k] for k in keys])
+        if self.accelerator.num_processes > 1:
+            vec = self.accelerator.reduce(vec, reduction="mean")
+        self.sums.clear()
+        self.counts.clear()
+        return dict(zip(keys, vec.tolist()))
