@@ -1,0 +1,170 @@
+"""Small shared helpers for the image tools: read a picture or mask as a tensor,
+write images, strips and grids, and a rich progress bar on stderr.
+
+Tensors follow the generator's convention: (N, 3, H, W) float in [-1, 1].
+
+Size policy (one for every tool): an input image must already be the size the
+generator makes. Nothing is resized silently; ``resize=True`` (``--resize`` on the
+command line) opts in to a centre square crop followed by an antialiased resize.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, List, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from dist_gan.errors import UserError
+
+SIZE_POLICY = (
+    "images must already be RxR at the generator's resolution R; they are refused otherwise "
+    "(pass --resize to centre-crop to a square and resize instead)"
+)
+
+_console = Console(stderr=True)
+
+
+def progress_bar(disable: bool = False) -> Progress:
+    """A rich progress bar on stderr, shared by every tool so they look alike."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=_console,
+        disable=disable,
+        transient=False,
+    )
+
+
+def _open(path: Path, mode: str) -> Image.Image:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"image not found: {path}")
+    try:
+        with Image.open(path) as im:
+            return im.convert(mode)
+    except Exception as exc:  # not an image, truncated file
+        raise UserError(f"cannot read image {path}: {exc}") from None
+
+
+def center_square(im: Image.Image) -> Image.Image:
+    """The largest centred square of ``im``."""
+    w, h = im.size
+    s = min(w, h)
+    left, top = (w - s) // 2, (h - s) // 2
+    return im.crop((left, top, left + s, top + s))
+
+
+def _fit(im: Image.Image, path: Path, resolution: int, resize: bool, what: str, resample: int) -> Image.Image:
+    if im.size == (resolution, resolution):
+        return im
+    if not resize:
+        raise UserError(
+            f"{what} {path} is {im.size[0]}x{im.size[1]} but the generator makes {resolution}x{resolution} "
+            f"images; it is not resized automatically - pass --resize to centre-crop and resize it"
+        )
+    return center_square(im).resize((resolution, resolution), resample)
+
+
+def pil_to_tensor(im: Image.Image) -> torch.Tensor:
+    """PIL RGB -> (1, 3, H, W) in [-1, 1]."""
+    arr = np.asarray(im, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0).contiguous()
+
+
+def load_image(path: str | Path, resolution: int, resize: bool = False) -> torch.Tensor:
+    """An RGB image as (1, 3, R, R) in [-1, 1]; refused (UserError) when not RxR unless ``resize``."""
+    im = _fit(_open(Path(path), "RGB"), Path(path), resolution, resize, "image", Image.Resampling.BICUBIC)
+    return pil_to_tensor(im)
+
+
+def load_mask(path: str | Path, resolution: int, resize: bool = False) -> torch.Tensor:
+    """A mask as (1, 1, R, R) of 0/1: white (>= 128) = 1 = known pixel, black = 0 = hole."""
+    im = _fit(_open(Path(path), "L"), Path(path), resolution, resize, "mask", Image.Resampling.NEAREST)
+    arr = (np.asarray(im) >= 128).astype(np.float32)
+    mask = torch.from_numpy(arr)[None, None]
+    if mask.sum() == 0:
+        raise UserError(f"mask {path} is all black: no known pixels to fit (white = known, black = hole)")
+    return mask
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """(3, H, W) or (N, 3, H, W) in [-1, 1] -> HWC / NHWC uint8."""
+    x = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(*range(x.dim() - 3), -2, -1, -3).numpy()
+
+
+def save_image(x: torch.Tensor, path: str | Path) -> Path:
+    """One image (3, H, W) or (1, 3, H, W) in [-1, 1] as PNG."""
+    if x.dim() == 4:
+        x = x[0]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(to_uint8(x)).save(path)
+    return path
+
+
+def make_grid(x: torch.Tensor, nrow: int | None = None, pad: int = 2) -> torch.Tensor:
+    """(N, 3, H, W) -> one (3, H', W') picture, ``nrow`` images per row (default: square-ish)."""
+    n, c, h, w = x.shape
+    nrow = nrow or max(1, int(np.ceil(np.sqrt(n))))
+    rows = int(np.ceil(n / nrow))
+    out = torch.ones(c, rows * (h + pad) + pad, nrow * (w + pad) + pad, dtype=x.dtype)
+    for i in range(n):
+        r, col = divmod(i, nrow)
+        out[:, pad + r * (h + pad) : pad + r * (h + pad) + h, pad + col * (w + pad) : pad + col * (w + pad) + w] = x[i]
+    return out
+
+
+def save_grid(x: torch.Tensor, path: str | Path, nrow: int | None = None) -> Path:
+    """A batch in [-1, 1] as one grid PNG."""
+    return save_image(make_grid(x.detach().cpu(), nrow), path)
+
+
+def save_strip(images: Sequence[torch.Tensor], path: str | Path) -> Path:
+    """Side-by-side picture of several (1|., 3, H, W) images, e.g. target | reconstruction | difference."""
+    parts = [im[0] if im.dim() == 4 else im for im in images]
+    return save_grid(torch.stack([p.detach().cpu() for p in parts]), path, nrow=len(parts))
+
+
+def save_curve(values: Iterable[float], path: str | Path, title: str = "loss", ylabel: str = "loss") -> Path:
+    """A loss curve PNG (log y axis when every value is positive)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    vals: List[float] = [float(v) for v in values]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
+    ax.plot(vals)
+    if vals and min(vals) > 0:
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> float:
+    """PSNR in dB between images in [-1, 1] (computed on the [0, 1] scale), optionally inside ``mask``."""
+    a, b = (x.detach().float().clamp(-1, 1) + 1) / 2, (y.detach().float().clamp(-1, 1) + 1) / 2
+    err = (a - b) ** 2
+    if mask is not None:
+        m = mask.expand_as(err)
+        mse = (err * m).sum() / m.sum().clamp_min(1)
+    else:
+        mse = err.mean()
+    return float(10 * torch.log10(1.0 / mse.clamp_min(1e-12)))
