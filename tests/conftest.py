@@ -26,3 +26,24 @@ def shared_dir() -> Path:
     if not (SHARED / "data" / "celeba-10k.zip").exists():
         raise FileNotFoundError(f"../shared with the real data is missing (looked in {SHARED})")
     return SHARED
+
+
+def pack_synthetic(out: Path, n: int, size: int = 32, shard_size: int = 16, seed: int = 0) -> Path:
+    """Procedural faces packed into real WebDataset shards by the product's own packer."""
+    from dist_gan.data.pack import pack
+    from dist_gan.data.synthetic import draw_faces
+
+    faces = draw_faces(n, out / "faces.zip", size=size, seed=seed)
+    pack(faces, out / "shards", resolution=size, shard_size=shard_size, progress=False, workers=1)
+    return out / "shards"
+
+
+@pytest.fixture(scope="session")
+def shards32(tmp_path_factory) -> Path:
+    """37 faces at 32 px in deliberately uneven shards of 16, 16 and 5."""
+    return pack_synthetic(tmp_path_factory.mktemp("shards32"), n=37, size=32, shard_size=16)
+
+
+SMOKE = [
+    "recipe=smoke", "loader.workers=0", "log.progress=false", "log.tensorboard=false",
+]

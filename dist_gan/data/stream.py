@@ -140,12 +140,14 @@ class ResampledShardStream(IterableDataset):
                 arr = arr[:, ::-1]
             yield arr
 
-    def _batches(self, images: Iterator[np.ndarray]) -> Iterator[torch.Tensor]:
+    def _batches(self, images: Iterator[np.ndarray], worker: int) -> Iterator[dict]:
+        """uint8 (B, 3, H, W) batches, each tagged with this worker's running bad-sample count."""
         batch: List[np.ndarray] = []
         for arr in images:
             batch.append(arr)
             if len(batch) == self.batch_size:
-                yield torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).contiguous()
+                images_t = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).contiguous()
+                yield {"images": images_t, "worker": worker, "bad": self.bad_samples}
                 batch = []
 
     def __iter__(self) -> Iterator[torch.Tensor]:
@@ -158,7 +160,7 @@ class ResampledShardStream(IterableDataset):
             wds.tarfile_to_samples(handler=wds.warn_and_continue),
             wds.shuffle(self.shuffle, initial=min(self.shuffle, 100), rng=rng) if self.shuffle > 1 else None,
             lambda src: self._decode(src, rng),
-            self._batches,
+            lambda src: self._batches(src, worker),
         ).with_epoch(nbatches=self.batches_per_worker)
         yield from pipeline
 
@@ -186,6 +188,7 @@ class StreamLoader:
         self.workers, self.shuffle, self.xflip, self.pin_memory = workers, shuffle, xflip, pin_memory
         self.batches_per_worker = max(1, chunk_batches // max(1, workers))
         self.chunk_batches = self.batches_per_worker * max(1, workers)
+        self.bad_samples = 0  # corrupt samples skipped so far, summed over chunks and workers
 
     def _chunk_loader(self, chunk: int) -> DataLoader:
         dataset = ResampledShardStream(
@@ -207,9 +210,13 @@ class StreamLoader:
         """Endless uint8 (B, 3, R, R) batches starting at global step ``start_step``."""
         chunk, skip = divmod(start_step, self.chunk_batches)
         while True:
-            for i, batch in enumerate(self._chunk_loader(chunk)):
+            bad_per_worker: dict = {}
+            done_before = self.bad_samples
+            for i, item in enumerate(self._chunk_loader(chunk)):
+                bad_per_worker[item["worker"]] = item["bad"]
+                self.bad_samples = done_before + sum(bad_per_worker.values())
                 if i >= skip:
-                    yield batch
+                    yield item["images"]
             chunk, skip = chunk + 1, 0
 
 

@@ -16,6 +16,7 @@ once and reused, exactly as the PyTorch DCGAN example does: D trains on
 from __future__ import annotations
 
 import copy
+import json
 import math
 import time
 from datetime import timedelta
@@ -154,7 +155,8 @@ def train(cfg: DictConfig) -> Path:
             + (f"resumed at {nimg / 1000:.2f} kimg from {resume_from.name}" if resume_from else "fresh run")
         )
         if not resume_from:
-            save_grid(next(iter(loader._chunk_loader(0)))[:GRID_LATENTS].float().div(127.5).sub(1), run_dir / "samples" / "reals.png", nrow=8)
+            reals = next(loader.batches(start_step=0))[:GRID_LATENTS]
+            save_grid(reals.permute(0, 2, 3, 1).numpy(), run_dir / "samples" / "reals.png", nrow=8)
 
     def make_checkpoint_state() -> Dict[str, Any]:
         return {
@@ -247,13 +249,36 @@ def train(cfg: DictConfig) -> Path:
                 monitor.print(f"[yellow]preempted ({preempt.signal_name}): checkpoint written at {nimg / 1000:.2f} kimg; exiting cleanly")
             break
 
+    summary = _rank_summary(accelerator, G_raw, D_raw, nimg=nimg, iteration=iteration, data_step=data_step,
+                            bad_samples=loader.bad_samples)
     if monitor:
+        (run_dir / "final.json").write_text(json.dumps(summary, indent=2))
+        if not summary["ranks_in_sync"]:
+            monitor.print(f"[red]ranks disagree on the weights: {summary['weight_checksums']}")
         monitor.close()
         plot_losses(run_dir / "metrics.jsonl", run_dir / "loss_curve.png")
     accelerator.wait_for_everyone()
     accelerator.end_training()
     preempt.restore()
     return run_dir
+
+
+def _rank_summary(accelerator: Accelerator, G, D, **counters: int) -> Dict[str, Any]:
+    """Every rank's counters and a float64 weight checksum, gathered: DDP desync shows here."""
+    from accelerate.utils import gather_object
+
+    with torch.no_grad():
+        checksum = sum(float(p.double().sum()) for p in (*G.parameters(), *D.parameters()))
+    mine = {"rank": accelerator.process_index, "weight_checksum": checksum, **counters}
+    ranks = gather_object([mine]) if accelerator.num_processes > 1 else [mine]
+    sums = [r["weight_checksum"] for r in ranks]
+    return {
+        "world_size": accelerator.num_processes,
+        "ranks": ranks,
+        "weight_checksums": sums,
+        "ranks_in_sync": all(s == sums[0] for s in sums)
+        and all(r["iteration"] == ranks[0]["iteration"] for r in ranks),
+    }
 
 
 def _crossed(nimg: int, batch: int, every: int) -> bool:

@@ -29,7 +29,7 @@ class Monitor:
                 self.tb = SummaryWriter(str(run_dir / "tb"))
             except ImportError:  # tensorboard is a dependency; stay alive if it was removed
                 self.tb = None
-        self.console = Console(stderr=True)
+        self.console = Console(stderr=True, soft_wrap=True)  # log lines stay greppable
         self.progress: Optional[Progress] = None
         if progress:
             self.progress = Progress(

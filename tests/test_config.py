@@ -1,0 +1,68 @@
+"""Recipes: every shipped recipe resolves; bad keys and values fail fast and say why."""
+
+from __future__ import annotations
+
+import pytest
+
+from dist_gan.config import available_recipes, load_config, valid_keys
+from dist_gan.errors import UserError
+
+
+@pytest.mark.parametrize("name", available_recipes())
+def test_every_recipe_resolves(name):
+    cfg = load_config([f"recipe={name}"])
+    assert cfg.recipe == name
+    assert cfg.model.resolution in (32, 64, 128)
+
+
+def test_overrides_are_typed_and_dotted():
+    cfg = load_config(["recipe=bigbatch", "train.batch=256", "optim.g_betas=[0.0,0.9]", "loss.real_label=0.8"])
+    assert cfg.train.batch == 256 and list(cfg.optim.g_betas) == [0.0, 0.9] and cfg.loss.real_label == 0.8
+
+
+def test_bigbatch_is_what_the_issue_says():
+    cfg = load_config(["recipe=bigbatch"])
+    assert (cfg.train.batch, cfg.train.precision) == (512, "bf16")
+    assert (cfg.optim.g_lr, cfg.optim.d_lr, cfg.loss.real_label, cfg.loss.instance_noise) == (1e-4, 4e-4, 0.9, 0.02)
+
+
+def test_unknown_key_names_the_valid_keys():
+    with pytest.raises(UserError) as err:
+        load_config(["recipe=smoke", "train.bach=8"])
+    msg = str(err.value)
+    assert "train.bach" in msg and "Did you mean train.batch" in msg
+    assert all(k in msg for k in ("train.batch", "optim.g_lr", "model.resolution"))
+
+
+def test_unknown_key_inside_a_recipe_file_is_caught(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {batch: 8, warmup: 3}\n")
+    with pytest.raises(UserError, match="train.warmup"):
+        load_config([f"recipe={bad}"])
+
+
+@pytest.mark.parametrize(
+    "arg, fragment",
+    [
+        ("train.precision=fp8", "train.precision"),
+        ("train.batch=abc", "train.batch"),
+        ("model.resolution=48", "model.resolution"),
+        ("loss.real_label=1.5", "loss.real_label"),
+        ("optim.d_betas=[0.5]", "optim.d_betas"),
+        ("nonsense", "key=value"),
+    ],
+)
+def test_bad_values_fail_with_the_key_named(arg, fragment):
+    with pytest.raises(UserError, match=fragment.replace(".", r"\.")):
+        load_config(["recipe=smoke", arg])
+
+
+def test_unknown_recipe_lists_the_available_ones():
+    with pytest.raises(UserError, match="smoke"):
+        load_config(["recipe=nope"])
+
+
+def test_valid_keys_cover_every_section():
+    keys = valid_keys()
+    for section in ("model.", "loss.", "optim.", "train.", "loader.", "log."):
+        assert any(k.startswith(section) for k in keys)

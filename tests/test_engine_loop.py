@@ -1,0 +1,131 @@
+"""The training loop end to end on real shards: resume bit-for-bit, 2 gloo ranks, kills, NaN."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, SMOKE
+from dist_gan.config import load_config
+from dist_gan.engine.checkpoint import list_checkpoints, load_checkpoint
+from dist_gan.engine.loop import TrainingDiverged, train
+
+TRAIN = [sys.executable, str(REPO / "dist_gan" / "train.py")]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def run_inprocess(*args: str) -> Path:
+    return train(load_config([*SMOKE, *args]))
+
+
+def states_equal(a: dict, b: dict) -> bool:
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_run_dir_layout_and_outputs(shards32, tmp_path):
+    run = run_inprocess(f"data={shards32}", f"run_dir={tmp_path / 'run'}")
+    for name in ("recipe.yaml", "metrics.jsonl", "loss_curve.png", "final.json", "samples/latest.png", "samples/reals.png"):
+        assert (run / name).exists(), name
+    assert len(list_checkpoints(run / "checkpoints")) == 2
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["kimg"] == pytest.approx(0.16)
+    assert {"loss_d", "loss_g", "d_real", "d_fake", "img_per_s"} <= set(records[-1])
+
+
+def test_resume_reaches_the_same_weights_bit_for_bit(shards32, tmp_path):
+    common = [f"data={shards32}", "loader.workers=1", "train.kimg=0.192", "log.snapshot_kimg=0.096"]
+    straight = run_inprocess(*common, f"run_dir={tmp_path / 'a'}")
+    run_inprocess(*common, f"run_dir={tmp_path / 'b'}", "train.kimg=0.096")
+    resumed = run_inprocess(*common, f"run_dir={tmp_path / 'b'}", "resume=auto")
+    a, b = load_checkpoint(straight), load_checkpoint(resumed)
+    assert a["nimg"] == b["nimg"] == 192
+    for key in ("G", "D", "G_ema"):
+        assert states_equal(a[key], b[key]), key
+    assert a["opt_G"]["state"][0]["exp_avg"].equal(b["opt_G"]["state"][0]["exp_avg"])
+
+
+def test_nan_stops_with_a_clear_message(shards32, tmp_path):
+    with pytest.raises(TrainingDiverged, match="non-finite"):
+        run_inprocess(f"data={shards32}", f"run_dir={tmp_path / 'r'}", "loss.instance_noise=1e40")
+
+
+def test_nan_rollback_retries_then_gives_up(shards32, tmp_path):
+    run_inprocess(f"data={shards32}", f"run_dir={tmp_path / 'r'}", "train.kimg=0.08")
+    with pytest.raises(TrainingDiverged, match="non-finite"):
+        run_inprocess(f"data={shards32}", f"run_dir={tmp_path / 'r'}", "resume=auto", "loss.instance_noise=1e40",
+                      "train.nan_policy=rollback", "train.max_rollbacks=2")
+    assert load_checkpoint(tmp_path / "r")["nimg"] == 80  # the good checkpoint survived
+
+
+def test_bad_key_fails_before_any_work(shards32, tmp_path):
+    proc = subprocess.run([*TRAIN, *SMOKE, f"data={shards32}", f"run_dir={tmp_path / 'r'}", "train.lr=1"],
+                          capture_output=True, text=True, env=ENV, timeout=120)
+    assert proc.returncode == 2
+    assert "unknown recipe key 'train.lr'" in proc.stderr and "optim.g_lr" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "r").exists()
+
+
+def test_two_gloo_ranks_stay_in_sync_on_uneven_shards(shards32, tmp_path):
+    run = tmp_path / "ddp"
+    cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO / "dist_gan" / "train.py"),
+           *SMOKE, f"data={shards32}", f"run_dir={run}", "loader.workers=1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**ENV, "ACCELERATE_USE_CPU": "1"}, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    final = json.loads((run / "final.json").read_text())
+    assert final["world_size"] == 2
+    assert [r["iteration"] for r in final["ranks"]] == [10, 10]
+    assert [r["data_step"] for r in final["ranks"]] == [10, 10]
+    assert final["ranks_in_sync"], final["weight_checksums"]
+    assert len(load_checkpoint(run)["rng_per_rank"]) == 2
+
+
+def _wait_for_checkpoint(run: Path, proc: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.time() + timeout
+    while not list_checkpoints(run / "checkpoints"):
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.2)
+
+
+def test_sigkill_mid_run_resumes_and_loses_at_most_one_interval(shards32, tmp_path):
+    run = tmp_path / "killed"
+    args = [*SMOKE, f"data={shards32}", f"run_dir={run}", "train.kimg=2", "log.snapshot_kimg=0.032", "log.keep=2"]
+    proc = subprocess.Popen([*TRAIN, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
+    _wait_for_checkpoint(run, proc)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    kept = list_checkpoints(run / "checkpoints")
+    assert kept and all(load_checkpoint(p)["nimg"] > 0 for p in kept)  # every file on disk is whole
+    last = load_checkpoint(run)["nimg"]
+    records = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if l.strip().endswith("}")]
+    assert records[-1]["kimg"] * 1000 - last <= 32  # lost at most one snapshot interval
+    done = subprocess.run([*TRAIN, *args, "resume=auto", "train.kimg=" + str((last + 64) / 1000)],
+                          capture_output=True, text=True, env=ENV, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resumed at" in done.stderr
+    assert load_checkpoint(run)["nimg"] == last + 64
+
+
+def test_sigterm_writes_a_checkpoint_and_exits_cleanly(shards32, tmp_path):
+    run = tmp_path / "preempted"
+    args = [*SMOKE, f"data={shards32}", f"run_dir={run}", "train.kimg=5", "log.snapshot_kimg=0.032"]
+    proc = subprocess.Popen([*TRAIN, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
+    _wait_for_checkpoint(run, proc)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 0, err[-2000:]
+    assert "preempted (SIGTERM)" in err
+    nimg = load_checkpoint(run)["nimg"]
+    assert 0 < nimg < 5000
+    metrics = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["kimg"] * 1000 == nimg  # the checkpoint is at the step the job stopped
