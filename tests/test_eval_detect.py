@@ -1,0 +1,158 @@
+"""Face detectors on real CelebA / anime crops and on noise; optional-package errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dist_gan.errors import UserError
+from dist_gan.eval.detect import (
+    ANIME_CASCADE_ENV,
+    DETECTORS,
+    build_detector,
+    to_working,
+    working_size_text,
+)
+
+
+def load_faces(zip_path: Path, prefix: str, n: int, size: int = 64) -> np.ndarray:
+    """First n JPEGs under prefix: center square crop of the short side, LANCZOS to size."""
+    out = []
+    with zipfile.ZipFile(zip_path) as zf:
+        names = sorted(x for x in zf.namelist() if x.startswith(prefix) and x.endswith(".jpg"))
+        for name in names[:n]:
+            im = Image.open(io.BytesIO(zf.read(name))).convert("RGB")
+            w, h = im.size
+            s = min(w, h)
+            left, top = (w - s) // 2, (h - s) // 2
+            im = im.crop((left, top, left + s, top + s)).resize((size, size), Image.LANCZOS)
+            out.append(np.asarray(im))
+    return np.stack(out)
+
+
+@pytest.fixture(scope="module")
+def celeba(shared_dir: Path) -> np.ndarray:
+    return load_faces(shared_dir / "data" / "celeba-10k.zip", "img_align_celeba/", 300)
+
+
+@pytest.fixture(scope="module")
+def anime(shared_dir: Path) -> np.ndarray:
+    return load_faces(shared_dir / "data" / "anime-faces-20k.zip", "images/", 300)
+
+
+@pytest.fixture(scope="module")
+def noise() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (200, 64, 64, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def anime_cascade(shared_dir: Path) -> str:
+    return str(shared_dir / "detectors" / "lbpcascade_animeface.xml")
+
+
+def test_haar_finds_celeba_faces_not_noise(celeba: np.ndarray, noise: np.ndarray) -> None:
+    det = build_detector("haar")
+    found = det.detect(celeba)
+    assert found.shape == (300,) and found.dtype == bool
+    assert found.mean() >= 0.80  # measured 268/300; README: 929/1000
+    assert det.detect(noise).mean() <= 0.02  # measured 0/200
+    np.testing.assert_array_equal(det.detect(celeba[:10]), found[:10])  # deterministic
+
+
+def test_anime_cascade_finds_anime_faces_not_noise(
+    anime: np.ndarray, noise: np.ndarray, anime_cascade: str
+) -> None:
+    det = build_detector("anime", anime_cascade)
+    assert det.detect(anime).mean() >= 0.90  # measured 298/300
+    assert det.detect(noise).mean() <= 0.02  # measured 0/200
+
+
+def test_describe_states_the_protocol(celeba: np.ndarray) -> None:
+    det = build_detector("haar")
+    desc = det.describe()
+    assert desc["name"] == "haar"
+    assert desc["working_size"] == "64 px + 16 px edge border, x2 -> 192 px"
+    assert desc["settings"]["scaleFactor"] == 1.1
+    assert desc["settings"]["minNeighbors"] == 5
+    assert desc["settings"]["minSize"] == [24, 24]
+    assert working_size_text(128) == "128 px + 32 px edge border, x1 -> 192 px"
+    det.detect(np.zeros((1, 128, 128, 3), np.uint8))
+    assert det.describe()["working_size"].startswith("128 px")
+
+
+def test_working_image_has_an_edge_replicated_border() -> None:
+    img = np.zeros((64, 64, 3), np.uint8)
+    img[0, :] = 255  # top row white: the replicated border above it is white too
+    work = to_working(img)
+    assert work.shape == (192, 192, 3)
+    assert (work[:20, 40:150] == 255).all() and (work[100] == 0).all()
+
+
+def test_bad_inputs() -> None:
+    det = build_detector("haar")
+    with pytest.raises(ValueError):
+        det.detect(np.zeros((2, 64, 64, 3), np.float32))
+    with pytest.raises(ValueError):
+        det.detect(np.zeros((2, 64, 48, 3), np.uint8))
+    with pytest.raises(UserError, match="haar, anime, hog, mtcnn"):
+        build_detector("retina")
+    assert set(DETECTORS) == {"haar", "anime", "hog", "mtcnn"}
+
+
+def test_anime_cascade_lookup(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, repo_root: Path, anime_cascade: str
+) -> None:
+    monkeypatch.delenv(ANIME_CASCADE_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)  # no ../shared next to it
+    with pytest.raises(UserError, match="nagadomi/lbpcascade_animeface") as err:
+        build_detector("anime")
+    assert "--cascade PATH" in str(err.value)
+    with pytest.raises(UserError, match="not found"):
+        build_detector("anime", str(tmp_path / "missing.xml"))
+    bad = tmp_path / "bad.xml"
+    bad.write_text("<not a cascade/>")
+    with pytest.raises(UserError, match="could not load"):
+        build_detector("anime", str(bad))
+
+    monkeypatch.setenv(ANIME_CASCADE_ENV, anime_cascade)
+    assert build_detector("anime").describe()["settings"]["cascade"] == "lbpcascade_animeface.xml"
+    monkeypatch.delenv(ANIME_CASCADE_ENV)
+    monkeypatch.chdir(repo_root)  # default: ../shared/detectors/ from the working dir
+    assert build_detector("anime").describe()["name"] == "anime"
+
+
+OPTIONAL = [("hog", "dlib", "pip install dlib-bin"),
+            ("mtcnn", "facenet_pytorch", "pip install --no-deps facenet-pytorch")]
+
+
+@pytest.mark.parametrize("name,module,hint", OPTIONAL)
+def test_missing_optional_detector_says_how_to_install(
+    name: str, module: str, hint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, module, None)  # makes `import module` fail
+    with pytest.raises(UserError, match=hint.replace("-", r"\-")):
+        build_detector(name)
+    with pytest.raises(UserError, match="--cascade"):
+        build_detector(name, "x.xml")
+
+
+@pytest.mark.parametrize("name,module,hint", OPTIONAL)
+def test_optional_detector_works_when_installed(
+    name: str, module: str, hint: str, celeba: np.ndarray, noise: np.ndarray
+) -> None:
+    if importlib.util.find_spec(module) is None:
+        with pytest.raises(UserError, match=hint.replace("-", r"\-")):
+            build_detector(name)
+        return
+    det = build_detector(name)
+    n = 60 if name == "hog" else 20  # MTCNN is the slow one on CPU
+    assert det.detect(celeba[:n]).mean() >= 0.80  # measured of 300: hog 92%, mtcnn 99.7%
+    assert det.detect(noise[:n]).mean() <= 0.02
+    assert det.describe()["name"] == name
