@@ -26,6 +26,7 @@ class ModelCfg:
     ngf: int = 64
     ndf: int = 64
     spectral_norm: bool = False  # spectral normalisation on every D conv/linear
+    d_norm: str = "batch"  # D's normalisation: batch (as the arch builds it) | layer | none (batch norms swapped out)
 
 
 @dataclass
@@ -35,6 +36,8 @@ class LossCfg:
     instance_noise: float = 0.0  # sigma of Gaussian noise added to D's inputs (real and fake)
     noise_anneal_kimg: float = 0.0  # >0: sigma falls linearly to 0 over this many kimg
     gp_weight: float = 10.0  # wgan_gp only
+    gamma: float = 0.5  # began only: diversity ratio E[L(G(z))] / E[L(x)] the k_t control aims at
+    lambda_k: float = 0.001  # began only: learning rate of k_t (clipped to [0, 1])
 
 
 @dataclass
@@ -105,6 +108,7 @@ CHOICES: Dict[str, Sequence[Any]] = {
     "backend": ("ddp", "deepspeed"),
     "zero_stage": (0, 1, 2),
     "model.resolution": (32, 64, 128),
+    "model.d_norm": ("batch", "layer", "none"),
 }
 
 
@@ -207,6 +211,27 @@ def validate(cfg: DictConfig) -> None:
         betas = cfg.optim[name]
         if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
             raise UserError(f"optim.{name} must be two numbers in [0, 1), got {list(betas)}")
+    _validate_variants(cfg)
+
+
+def _validate_variants(cfg: DictConfig) -> None:
+    """Names resolved by registries (loss, arch, DiffAugment policy), checked before any work starts."""
+    from dist_gan.augment import parse_policy
+    from dist_gan.losses import LOSSES
+    from dist_gan.models import ARCHS
+
+    if cfg.loss.name not in LOSSES:
+        raise UserError(f"loss.name={cfg.loss.name!r} is not valid; choose one of {sorted(LOSSES)}")
+    if cfg.model.arch not in ARCHS:
+        raise UserError(f"model.arch={cfg.model.arch!r} is not valid; choose one of {sorted(ARCHS)}")
+    if (cfg.loss.name == "began") != (cfg.model.arch == "began"):
+        raise UserError("loss.name=began and model.arch=began go together (BEGAN's D is an autoencoder)")
+    if not 0.0 < cfg.loss.gamma <= 1.0:
+        raise UserError(f"loss.gamma must be in (0, 1], got {cfg.loss.gamma}")
+    try:
+        parse_policy(cfg.train.diffaug)
+    except ValueError as exc:
+        raise UserError(f"train.diffaug: {exc}") from None
 
 
 def to_dict(cfg: DictConfig) -> Dict[str, Any]:

@@ -85,7 +85,165 @@ class BCELoss:
         return loss, {"loss_g": loss.detach()}
 
 
-LOSSES: Dict[str, Callable[..., object]] = {"bce": BCELoss}
+class HingeLoss:
+    """Hinge loss (Lim & Ye 2017; Miyato et al. 2018): D on ``relu(1 -+ logits)``, G on ``-logits``."""
+
+    def __init__(self, **_: object) -> None:
+        pass
+
+    def d_loss(self, D: nn.Module, real: torch.Tensor, fake: torch.Tensor, ctx: LossContext) -> Tuple[torch.Tensor, Stats]:
+        logits_real = D(ctx.d_input(real)).float()
+        logits_fake = D(ctx.d_input(fake)).float()
+        loss = F.relu(1.0 - logits_real).mean() + F.relu(1.0 + logits_fake).mean()
+        stats = {"loss_d": loss.detach(), "d_real": logits_real.detach().mean(), "d_fake": logits_fake.detach().mean()}
+        return loss, stats
+
+    def g_loss(self, D: nn.Module, fake: torch.Tensor, ctx: LossContext) -> Tuple[torch.Tensor, Stats]:
+        loss = -D(ctx.d_input(fake)).float().mean()
+        return loss, {"loss_g": loss.detach()}
+
+
+class LSGANLoss:
+    """Least-squares GAN (Mao et al. 2017), a-b-c = 0-1-1: D pulls reals to ``real_label`` and fakes to 0.
+
+    D: ``0.5 E[(D(x) - b)^2] + 0.5 E[D(G(z))^2]``; G: ``0.5 E[(D(G(z)) - 1)^2]``.
+    """
+
+    def __init__(self, real_label: float = 1.0, **_: object) -> None:
+        self.real_label = real_label
+
+    def d_loss(self, D: nn.Module, real: torch.Tensor, fake: torch.Tensor, ctx: LossContext) -> Tuple[torch.Tensor, Stats]:
+        out_real = D(ctx.d_input(real)).float()
+        out_fake = D(ctx.d_input(fake)).float()
+        loss = 0.5 * (out_real - self.real_label).square().mean() + 0.5 * out_fake.square().mean()
+        stats = {"loss_d": loss.detach(), "d_real": out_real.detach().mean(), "d_fake": out_fake.detach().mean()}
+        return loss, stats
+
+    def g_loss(self, D: nn.Module, fake: torch.Tensor, ctx: LossContext) -> Tuple[torch.Tensor, Stats]:
+        loss = 0.5 * (D(ctx.d_input(fake)).float() - 1.0).square().mean()
+        return loss, {"loss_g": loss.detach()}
+
+
+def gradient_penalty(D: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """WGAN-GP's ``E[(||grad_x D(x_hat)||_2 - 1)^2]`` on random interpolates of real and fake.
+
+    ``create_graph`` keeps the penalty differentiable w.r.t. D's parameters; the
+    per-sample mixing weight is uniform, as in Gulrajani et al. 2017, Algorithm 1.
+    """
+    eps = torch.rand(real.size(0), *([1] * (real.dim() - 1)), device=real.device, dtype=real.dtype)
+    x_hat = (eps * real.detach() + (1.0 - eps) * fake.detach()).requires_grad_(True)
+    out = D(x_hat).float()
+    (grad,) = torch.autograd.grad(out.sum(), x_hat, create_graph=True)
+    norm = grad.float().flatten(1).norm(2, dim=1)
+    return (norm - 1.0).square().mean()
+
+
+class WGANGPLoss:
+    """Wasserstein loss with gradient penalty (Gulrajani et al. 2017).
+
+    D (the critic): ``E[D(G(z))] - E[D(x)] + gp_weight * GP``, the penalty taken on
+    what D sees (augmented, noised) of the real and fake batches; G: ``-E[D(G(z))]``.
+    Pair it with a critic without batch norm (``model.d_norm=layer|none``): the
+    penalty is per sample, and BN couples the samples of a batch.
+    """
+
+    def __init__(self, gp_weight: float = 10.0, **_: object) -> None:
+        self.gp_weight = gp_weight
+
+    def d_loss(self, D: nn.Module, real: torch.Tensor, fake: torch.Tensor, ctx: LossContext) -> Tuple[torch.Tensor, Stats]:
+        x_real, x_fake = ctx.d_input(real), ctx.d_input(fake)
+        out_real = D(x_real).float()
+        out_fake = D(x_fake).float()
+        wdist = out_real.mean() - out_fake.mean()
+        gp = gradient_penalty(D, x_real, x_fake) if self.gp_weight > 0 else torch.zeros((), device=real.device)
+        loss = -wdist + self.gp_weight * gp
+        stats = {
+            "loss_d": loss.detach(),
+            "wdist": wdist.detach(),
+            "gp": gp.detach(),
+            "d_real": out_real.detach().mean(),
+            "d_fake": out_fake.detach().mean(),
+        }
+        return loss, stats
+
+    def g_loss(self, D: nn.Module, fake: torch.Tensor, ctx: LossContext) -> Tuple[torch.Tensor, Stats]:
+        loss = -D(ctx.d_input(fake)).float().mean()
+        return loss, {"loss_g": loss.detach()}
+
+
+def _all_mean(t: torch.Tensor) -> torch.Tensor:
+    """Mean of ``t`` over ranks when running distributed (an async collective, no host sync)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        t = t.clone()
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        t = t / dist.get_world_size()
+    return t
+
+
+class BEGANLoss:
+    """Boundary Equilibrium GAN (Berthelot et al. 2017). D is an autoencoder returning reconstructions.
+
+    With ``L(v) = E|v - D(v)|`` (pixel-wise L1 of D's reconstruction):
+
+    - D: ``L(x) - k_t L(G(z))``;  G: ``L(G(z))``;
+    - ``k_{t+1} = clip(k_t + lambda_k (gamma L(x) - L(G(z))), 0, 1)`` after every D step;
+    - convergence measure ``M_global = L(x) + |gamma L(x) - L(G(z))|``, logged as ``m_global``.
+
+    ``k_t`` is a device tensor, replaced (never modified in place: the D graph saved
+    the old value) without a host sync. Under DDP the balance term is averaged over
+    ranks first, so every rank holds the same ``k_t``; ``state_dict`` carries it into
+    checkpoints (the loop saves it as ``loss_state``).
+    """
+
+    def __init__(self, gamma: float = 0.5, lambda_k: float = 0.001, k_init: float = 0.0, **_: object) -> None:
+        if not 0.0 < gamma <= 1.0:
+            raise ValueError(f"loss.gamma must be in (0, 1], got {gamma}")
+        self.gamma, self.lambda_k = float(gamma), float(lambda_k)
+        self.k_t = torch.tensor(float(min(max(k_init, 0.0), 1.0)))
+
+    @staticmethod
+    def recon_loss(D: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``E|x - D(x)|`` (the mean over batch and pixels)."""
+        rec = D(x)
+        if rec.shape != x.shape:
+            raise ValueError(
+                f"loss.name=began needs an autoencoder D that returns images {tuple(x.shape)}, "
+                f"got output {tuple(rec.shape)}: use model.arch=began"
+            )
+        return (rec.float() - x.float()).abs().mean()
+
+    def d_loss(self, D: nn.Module, real: torch.Tensor, fake: torch.Tensor, ctx: LossContext) -> Tuple[torch.Tensor, Stats]:
+        l_real = self.recon_loss(D, ctx.d_input(real))
+        l_fake = self.recon_loss(D, ctx.d_input(fake))
+        k = self.k_t.to(l_real.device)
+        loss = l_real - k * l_fake
+        balance = _all_mean((self.gamma * l_real - l_fake).detach())
+        m_global = l_real.detach() + balance.abs()
+        self.k_t = (k + self.lambda_k * balance).clamp(0.0, 1.0)  # a new tensor: ``k`` stays saved for backward
+        stats = {"loss_d": loss.detach(), "l_real": l_real.detach(), "l_fake": l_fake.detach(),
+                 "k_t": self.k_t, "m_global": m_global}
+        return loss, stats
+
+    def g_loss(self, D: nn.Module, fake: torch.Tensor, ctx: LossContext) -> Tuple[torch.Tensor, Stats]:
+        loss = self.recon_loss(D, ctx.d_input(fake))
+        return loss, {"loss_g": loss.detach()}
+
+    def state_dict(self) -> Dict[str, torch.Tensor]:
+        return {"k_t": self.k_t.detach().cpu().clone()}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        self.k_t = torch.as_tensor(state["k_t"], dtype=torch.float32).clone()
+
+
+LOSSES: Dict[str, Callable[..., object]] = {
+    "bce": BCELoss,
+    "hinge": HingeLoss,
+    "lsgan": LSGANLoss,
+    "wgan_gp": WGANGPLoss,
+    "began": BEGANLoss,
+}
 
 
 def build_loss(loss_cfg: Mapping[str, object]):
@@ -102,6 +260,7 @@ def build_augment(policy: str) -> Callable[[torch.Tensor], torch.Tensor]:
         return _identity
     from functools import partial
 
-    from dist_gan.augment import diff_augment
+    from dist_gan.augment import diff_augment, parse_policy
 
+    policy = ",".join(parse_policy(policy))  # fail now, with the valid names, not mid-training
     return partial(diff_augment, policy=policy)

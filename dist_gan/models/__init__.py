@@ -11,12 +11,21 @@ from typing import Any, Callable, Dict, Mapping, Tuple
 from torch import nn
 
 from dist_gan.models.dcgan import Discriminator, Generator
+from dist_gan.models.variants import BeganDiscriminator, KerasDiscriminator, KerasGenerator, apply_d_options, began_generator
 
 # name -> (make_G(cfg), make_D(cfg)); cfg is the ``model`` section plus ``resolution``.
 ARCHS: Dict[str, Tuple[Callable[[Mapping[str, Any]], nn.Module], Callable[[Mapping[str, Any]], nn.Module]]] = {
     "dcgan": (
         lambda c: Generator(c["resolution"], c["nz"], c["ngf"]),
         lambda c: Discriminator(c["resolution"], c["ndf"]),
+    ),
+    "keras_improved": (
+        lambda c: KerasGenerator(c["resolution"], c["nz"], c["ngf"]),
+        lambda c: KerasDiscriminator(c["resolution"], c["ndf"]),
+    ),
+    "began": (  # D is an autoencoder (returns reconstructions): pair with loss.name=began
+        lambda c: began_generator(c["resolution"], c["nz"], c["ngf"]),
+        lambda c: BeganDiscriminator(c["resolution"], c["nz"], c["ndf"]),
     ),
 }
 
@@ -33,5 +42,9 @@ def build_generator(model_cfg: Mapping[str, Any]) -> nn.Module:
 
 
 def build_discriminator(model_cfg: Mapping[str, Any]) -> nn.Module:
-    """D for a model config with keys arch, resolution, ndf (and arch-specific extras)."""
-    return _lookup(model_cfg["arch"])[1](model_cfg)
+    """D for a model config with keys arch, resolution, ndf (and arch-specific extras).
+
+    Then the options every arch takes: ``d_norm`` (batch | layer | none) and
+    ``spectral_norm`` (on every conv/linear), see ``variants.apply_d_options``.
+    """
+    return apply_d_options(_lookup(model_cfg["arch"])[1](model_cfg), model_cfg)
