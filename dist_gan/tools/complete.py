@@ -19,7 +19,7 @@ from dist_gan.errors import UserError
 from dist_gan.tools.invert import InversionResult, invert
 from dist_gan.tools.perceptual import LossFn
 
-MASK_CONVENTION = "mask: white = known pixel (kept, fitted), black = hole (filled in)"
+MASK_CONVENTION = "mask: WHITE = known pixel (kept, fitted), BLACK = hole (filled in)"
 
 
 @dataclass
@@ -92,7 +92,7 @@ def run_complete(
 ) -> Completion:
     """The ``dist-gan complete`` command."""
     from dist_gan.engine.checkpoint import load_generator
-    from dist_gan.tools.imageio_utils import load_image, load_mask
+    from dist_gan.tools.imageio_utils import load_image
     from dist_gan.tools.perceptual import build_loss
 
     G, cfg = load_generator(ckpt, ema=True, device=device)

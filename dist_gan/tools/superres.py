@@ -218,6 +218,7 @@ def train_superres(
     patch = min(patch - patch % scale, H - H % scale, W - W % scale)
     start = time.monotonic()
     model.train()
+    model.steps_done = 0
     with progress_bar(disable=not show_progress) as bar:
         task = bar.add_task(f"superres x{scale}", total=steps, info="")
         for step in range(steps):
@@ -232,6 +233,7 @@ def train_superres(
             loss.backward()
             opt.step()
             sched.step()
+            model.steps_done = step + 1
             if step % 10 == 0:
                 bar.update(task, completed=step + 1, info=f"L1 {float(loss.detach()):.4f}")
             if seconds is not None and time.monotonic() - start > seconds:
