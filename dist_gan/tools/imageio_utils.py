@@ -11,7 +11,7 @@ command line) opts in to a centre square crop followed by an antialiased resize.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, List, Sequence
+from typing import Iterable, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -135,8 +135,10 @@ def save_strip(images: Sequence[torch.Tensor], path: str | Path) -> Path:
     return save_grid(torch.stack([p.detach().cpu() for p in parts]), path, nrow=len(parts))
 
 
-def save_curve(values: Iterable[float], path: str | Path, title: str = "loss", ylabel: str = "loss") -> Path:
-    """A loss curve PNG (log y axis when every value is positive)."""
+def save_curve(
+    values: Iterable[float], path: str | Path, title: str = "loss", ylabel: str = "loss", mark: Optional[int] = None, mark_label: str = ""
+) -> Path:
+    """A loss curve PNG (log y axis when every value is positive), optionally a labelled vertical marker."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -147,6 +149,10 @@ def save_curve(values: Iterable[float], path: str | Path, title: str = "loss", y
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
     ax.plot(vals)
+    if mark is not None:
+        ax.axvline(mark, color="gray", linestyle="--", linewidth=1)
+        if mark_label:
+            ax.text(mark, ax.get_ylim()[1], " " + mark_label, va="top", fontsize=8, color="gray")
     if vals and min(vals) > 0:
         ax.set_yscale("log")
     ax.set_xlabel("step")

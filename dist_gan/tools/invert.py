@@ -43,6 +43,7 @@ class InversionResult:
     losses: List[float]  # best restart's objective per step
     final_losses: List[float] = field(default_factory=list)  # every restart's final objective
     best_restart: int = 0
+    blur_until: Optional[int] = None  # last step of the coarse-to-fine blur (loss is not comparable before)
 
     @property
     def psnr(self) -> float:
@@ -180,6 +181,7 @@ def invert(
         losses=curve,
         final_losses=[float(v) for v in loss],
         best_restart=best,
+        blur_until=(steps // 2) if sigma0 > 0 else None,
     )
 
 
@@ -197,7 +199,10 @@ def save_inversion(result: InversionResult, out: Path, stem: str = "invert") -> 
     paths = {
         "reconstruction": save_image(result.image, out / f"{stem}_reconstruction.png"),
         "strip": save_strip([result.target, result.image, difference_image(result.target, result.image)], out / f"{stem}_strip.png"),
-        "loss_curve": save_curve(result.losses, out / f"{stem}_loss.png", title=f"{stem}: best restart"),
+        "loss_curve": save_curve(
+            result.losses, out / f"{stem}_loss.png", title=f"{stem}: best restart",
+            mark=result.blur_until, mark_label="coarse-to-fine blur ends",
+        ),
         "latent": out / f"{stem}_latent.pt",
     }
     torch.save(result.tensors(), paths["latent"])
