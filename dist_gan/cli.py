@@ -88,7 +88,7 @@ def eval_cmd(
     inception_score: bool = typer.Option(False, "--is", help="Inception Score (needs weights with the fc head)."),
     detect: bool = typer.Option(False, "--detect", help="Count generated images with no face found (and real ones)."),
     leak: bool = typer.Option(False, "--leak", help="Nearest reference image of each sample (memorisation check)."),
-    n: int = typer.Option(10000, "--n", help="Generated samples."),
+    n: int = typer.Option(10000, "--n", "-n", help="Generated samples (spell it -n under torchrun)."),
     n_ref: Optional[int] = typer.Option(None, "--n-ref", help="Reference images (default: min(n, reference size))."),
     ema: bool = typer.Option(True, "--ema/--no-ema", help="Use the EMA generator (default) or the raw one."),
     detector: Optional[str] = typer.Option(None, "--detector", help="haar | anime | hog | mtcnn (default from the reference layout)."),
@@ -100,7 +100,8 @@ def eval_cmd(
 ) -> None:
     """Score a checkpoint: FID/KID/IS offline, face detectability, nearest-neighbour leak check.
 
-    Several processes: ``torchrun --nproc_per_node K -m dist_gan.eval.run eval ...`` (same flags).
+    Several processes: ``torchrun --nproc_per_node K -m dist_gan.eval.run eval ... -n N`` (same flags;
+    torchrun's parser rejects ``--n`` as ambiguous, so use ``-n``).
     """
     from dist_gan.eval.run import EvalOptions, evaluate
 

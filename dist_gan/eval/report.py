@@ -1,0 +1,146 @@
+"""Evaluation outputs: report.json (every figure + protocol), report.md, grid.png, fid_vs_kimg.png.
+
+pairs.png (closest generated/reference pairs) is drawn by ``leak.leak_report``;
+the report says when it was not asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Dict, List, Sequence
+
+import numpy as np
+
+from dist_gan.imaging import make_grid, save_image
+
+
+def versions() -> Dict[str, str]:
+    """Versions that change the numbers: torch, torch-fidelity, numpy, scipy, dist_gan, python."""
+    import dist_gan
+
+    out = {"python": platform.python_version(), "dist_gan": dist_gan.__version__}
+    for pkg in ("torch", "torchvision", "torch-fidelity", "torchmetrics", "numpy", "scipy", "opencv-python-headless"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def save_sample_grid(images: np.ndarray, path: Path, nrow: int = 8, scale: int = 2) -> Path:
+    """The first nrow x nrow generated images as one PNG."""
+    return save_image(make_grid(images[: nrow * nrow], nrow=nrow), path, scale=scale)
+
+
+def plot_fid_curve(points: Sequence[Dict[str, Any]], path: Path) -> Path:
+    """FID against kimg, best checkpoint marked; ``points`` have keys kimg, fid."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kimg = [p["kimg"] for p in points]
+    fid = [p["fid"] for p in points]
+    best = int(np.argmin(fid))
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    ax.plot(kimg, fid, "o-", label="FID")
+    ax.plot([kimg[best]], [fid[best]], "r*", markersize=14, label=f"best: {fid[best]:.2f} @ {kimg[best]:g} kimg")
+    ax.set_xlabel("kimg (thousands of images shown to D)")
+    ax.set_ylabel("FID (lower is better)")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (np.floating,)):
+        return float(x)
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, Path):
+        return str(x)
+    return x
+
+
+def write_json(report: Dict[str, Any], path: Path) -> Path:
+    """Atomic write of the report as indented JSON."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(_jsonable(report), indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, dict):
+        return ", ".join(f"{k}={_fmt(x)}" for k, x in v.items())
+    return str(v)
+
+
+def render_markdown(report: Dict[str, Any]) -> str:
+    """Human-readable summary of report.json."""
+    ck, proto, m = report["checkpoint"], report["protocol"], report["metrics"]
+    lines: List[str] = [
+        "# dist_gan evaluation",
+        "",
+        f"- checkpoint: `{ck['path']}` (nimg {ck['nimg']}, {ck['kimg']:g} kimg, {'EMA' if ck['ema'] else 'raw'} generator)",
+        f"- generated samples: {proto['n_gen']} (seed {proto['seed']}; {proto['seed_rule']})",
+        f"- reference: `{proto['reference']['path']}` ({proto['reference']['kind']}, layout {proto['reference']['layout']}), "
+        f"{proto['n_ref']} images; {proto['reference']['preprocessing']}",
+        f"- processes: {proto['world_size']}",
+    ]
+    if "weights" in proto:
+        w = proto["weights"]
+        lines.append(f"- Inception weights: `{w['source']}` sha1 `{w['source_sha1']}` ({w['source_kind']}, fc head: {w['has_fc']})")
+        lines.append(f"- resize/preprocessing: {proto['resize']}")
+    lines += ["", "## Figures", "", "| metric | figure | value |", "|---|---|---|"]
+    for name, figs in m.items():
+        for k, v in figs.items():
+            if k in ("seconds", "detector") or isinstance(v, (list, dict)):
+                continue
+            lines.append(f"| {name} | {k} | {_fmt(v)} |")
+    if "detect" in m:
+        d = m["detect"]
+        lines += ["", "## Face detectability", "",
+                  f"Detector: {_fmt(d['detector'])}", "",
+                  "| set | images | no face found | rate |", "|---|---|---|---|",
+                  f"| generated | {d['gen_n']} | {d['gen_no_face']} | {d['gen_no_face_rate']:.3f} |"]
+        if "ref_n" in d:
+            lines.append(f"| real (detector ceiling) | {d['ref_n']} | {d['ref_no_face']} | {d['ref_no_face_rate']:.3f} |")
+    if report.get("checkpoints"):
+        lines += ["", "## FID per checkpoint", "", "| kimg | FID | checkpoint |", "|---|---|---|"]
+        for p in report["checkpoints"]:
+            lines.append(f"| {p['kimg']:g} | {p['fid']:.4g} | `{Path(p['path']).name}` |")
+        b = report["best_checkpoint"]
+        lines += ["", f"Best: `{b['path']}` (FID {b['fid']:.4g} at {b['kimg']:g} kimg); curve: fid_vs_kimg.png"]
+    lines += ["", "## Files", ""]
+    for k, v in report["files"].items():
+        lines.append(f"- {k}: {v}")
+    lines += ["", "## Versions", "", ", ".join(f"{k} {v}" for k, v in report["versions"].items()), ""]
+    return "\n".join(lines)
+
+
+def write_markdown(report: Dict[str, Any], path: Path) -> Path:
+    path.write_text(render_markdown(report))
+    return path
+
+
+def command_line() -> str:
+    return " ".join(sys.argv)

