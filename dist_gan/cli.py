@@ -76,6 +76,49 @@ def data_synth(
     console.print(f"[green]drew[/] {n} faces -> {path}")
 
 
+# ---------------------------------------------------------------- slurm
+slurm_app = typer.Typer(no_args_is_help=True, help="SLURM: render a batch script from a recipe and submit it.")
+app.add_typer(slurm_app, name="slurm")
+
+
+@slurm_app.command("submit", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@friendly
+def slurm_submit(
+    ctx: typer.Context,
+    nodes: int = typer.Option(1, "--nodes", help="Nodes; one launcher task per node."),
+    gpus_per_node: int = typer.Option(8, "--gpus-per-node", help="GPUs (training processes) per node."),
+    partition: Optional[str] = typer.Option(None, "--partition", help="SLURM partition."),
+    time: str = typer.Option("24:00:00", "--time", help="Time limit per job (HH:MM:SS); preempted/timed-out jobs requeue and resume."),
+    setup: str = typer.Option("", "--setup", help='Shell lines run before launch, e.g. "source ~/venv/bin/activate".'),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the script; write and submit nothing."),
+) -> None:
+    """Render a training script: ``dist-gan slurm submit recipe=bigbatch data=SHARDS run_dir=runs/x --nodes 2``.
+
+    The recipe and its key=value overrides are validated first. Without --dry-run the script is
+    written next to the run directory (runs/x.sbatch) and submitted with sbatch.
+    """
+    from rich.syntax import Syntax
+
+    from dist_gan import slurm
+
+    job, _, run_dir = slurm.prepare(list(ctx.args), nodes, gpus_per_node, partition=partition, time=time, setup=setup)
+    script = slurm.render_train(job)
+    if dry_run:
+        import sys
+
+        if sys.stdout.isatty():  # highlighted, never wrapped (a wrapped line would break the script)
+            width = max(Console().width, max(len(line) for line in script.splitlines()) + 8)
+            Console(width=width).print(Syntax(script, "bash", theme="ansi_dark"))
+        else:  # piped: the plain script, ready for `> job.sbatch`
+            typer.echo(script, nl=False)
+        return
+    path = slurm.script_path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)  # SLURM writes the job log there
+    path.write_text(script)
+    job_id = slurm.submit(path)
+    console.print(f"[green]submitted[/] job {job_id}: {nodes} node(s) x {gpus_per_node} GPU(s), script {path}, log {run_dir}/slurm-{job_id}.out")
+
+
 # ---------------------------------------------------------------- evaluation
 @app.command("eval")
 @friendly
@@ -139,3 +182,156 @@ def quickstart(
     from dist_gan.quickstart import run_quickstart
 
     run_quickstart(out, n_images=n_images, kimg=kimg)
+
+
+# ---------------------------------------------------------------- image tools (inversion, completion, sampling, video, super-resolution)
+superres_app = typer.Typer(no_args_is_help=True, help="Super-resolution: a small CNN on top of bicubic upsampling.")
+app.add_typer(superres_app, name="superres")
+
+_LOSS_HELP = (
+    "mse | msssim | edge-mse | edge-lpips | edge-effnet | lpips | effnet-perceptual | weighted. "
+    "lpips needs local ImageNet backbone weights (--lpips-weights or $DIST_GAN_LPIPS_WEIGHTS or the torch hub cache); "
+    "effnet-perceptual works offline (EfficientNet-Lite0 features, not LPIPS)."
+)
+_RESIZE_HELP = "Centre-crop and resize images that are not RxR (default: refuse them with an error)."
+
+
+@app.command("invert")
+@friendly
+def invert_cmd(
+    ckpt: Path = typer.Argument(..., help="Checkpoint file or run directory."),
+    target: Path = typer.Argument(..., help="Target PNG, RxR at the generator's resolution (see --resize)."),
+    loss: str = typer.Option("mse", help=_LOSS_HELP),
+    weights: Optional[str] = typer.Option(None, help='For --loss weighted, e.g. "mse=1,msssim=0.5,edge-mse=1".'),
+    affine: bool = typer.Option(False, "--affine", help="Also learn a translate/rotate/scale of the target (penalised)."),
+    steps: int = typer.Option(2000, help="Adam steps."),
+    restarts: int = typer.Option(4, help="Random starts optimised together in one batch; the best is kept."),
+    lr: float = typer.Option(0.1, help="Adam learning rate for z (cosine-decayed to 1%)."),
+    seed: int = typer.Option(0, help="Seed of the starting latents."),
+    resize: bool = typer.Option(False, "--resize", help=_RESIZE_HELP),
+    lpips_weights: Optional[str] = typer.Option(None, help="Local AlexNet ImageNet weights for the lpips losses."),
+    out: Path = typer.Option(Path("invert_out"), help="Output folder."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+) -> None:
+    """Find the latent whose image best matches TARGET; writes reconstruction, strip, loss curve, latent .pt.
+
+    Images are never resized silently: a TARGET that is not RxR is refused unless --resize.
+    """
+    from dist_gan.tools.invert import run_invert
+
+    r = run_invert(ckpt, target, out, loss=loss, weights=weights, affine=affine, steps=steps, restarts=restarts,
+                   lr=lr, seed=seed, resize=resize, lpips_weights=lpips_weights, device=device)
+    msg = f"best restart {r.best_restart}: loss {r.losses[-1]:.4g}, PSNR {r.psnr:.2f} dB"
+    if r.affine is not None:
+        msg += f", affine (tx, ty, log_s, angle) = {[round(v, 4) for v in r.affine.tolist()]}"
+    console.print(f"{msg} -> {out}")
+
+
+@app.command("complete")
+@friendly
+def complete_cmd(
+    ckpt: Path = typer.Argument(..., help="Checkpoint file or run directory."),
+    target: Path = typer.Argument(..., help="Image to complete, RxR (see --resize)."),
+    mask: Path = typer.Argument(..., help="Mask PNG, same size as TARGET: WHITE = known pixel, BLACK = hole to fill."),
+    loss: str = typer.Option("mse", help=_LOSS_HELP),
+    weights: Optional[str] = typer.Option(None, help='For --loss weighted, e.g. "mse=1,msssim=0.5".'),
+    steps: int = typer.Option(1000, help="Adam steps."),
+    restarts: int = typer.Option(4, help="Random starts optimised together; the best is kept."),
+    lr: float = typer.Option(0.1, help="Adam learning rate for z."),
+    seed: int = typer.Option(0, help="Seed of the starting latents."),
+    resize: bool = typer.Option(False, "--resize", help=_RESIZE_HELP + " The mask must still match TARGET's size."),
+    lpips_weights: Optional[str] = typer.Option(None, help="Local AlexNet ImageNet weights for the lpips losses."),
+    out: Path = typer.Option(Path("complete_out"), help="Output folder."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+) -> None:
+    """Fill the hole of TARGET from the generator. Mask convention: WHITE = known, BLACK = hole.
+
+    The latent is fitted to the white (known) pixels only; generated pixels are pasted into the black hole.
+    Writes complete_result.png and complete_before_after.png (masked input | generated | result).
+    """
+    from dist_gan.tools.complete import run_complete
+
+    c = run_complete(ckpt, target, mask, out, loss=loss, weights=weights, steps=steps, restarts=restarts, lr=lr,
+                     seed=seed, resize=resize, lpips_weights=lpips_weights, device=device)
+    console.print(f"known-pixel PSNR {c.inversion.psnr:.2f} dB -> {out}")
+
+
+@app.command("sample")
+@friendly
+def sample_cmd(
+    ckpt: Path = typer.Argument(..., help="Checkpoint file or run directory."),
+    n: int = typer.Option(64, help="Number of images."),
+    seed: int = typer.Option(0, help="Latent seed: same seed, same images."),
+    truncation: Optional[float] = typer.Option(None, help="Truncation psi: latent components with |z|>psi are resampled."),
+    out: Path = typer.Option(Path("samples"), help="Output folder."),
+    grid: bool = typer.Option(True, "--grid/--no-grid", help="Write grid.png."),
+    singles: bool = typer.Option(False, "--singles/--no-singles", help="Write one PNG per image."),
+    superres: Optional[Path] = typer.Option(None, help="Upscale with this super-resolution model."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+) -> None:
+    """Deterministic samples: a grid and/or single PNGs (optionally super-resolved)."""
+    from dist_gan.tools.sample import run_sample
+
+    written = run_sample(ckpt, out, n=n, seed=seed, truncation=truncation, grid=grid, singles=singles,
+                         superres=superres, device=device)
+    console.print(f"wrote {len(written)} file(s) to {out}")
+
+
+@app.command("interpolate")
+@friendly
+def interpolate_cmd(
+    ckpt: Path = typer.Argument(..., help="Checkpoint file or run directory."),
+    out: Path = typer.Option(Path("interpolation.gif"), help="Video file: .gif or .mp4."),
+    n_keys: int = typer.Option(8, help="Key latents; the walk loops back to the first."),
+    frames: int = typer.Option(30, help="Frames per segment (video has n_keys * frames frames)."),
+    slerp: bool = typer.Option(True, "--slerp/--lerp", help="Spherical (default) or linear interpolation."),
+    seed: int = typer.Option(0, help="Seed of the key latents."),
+    fps: int = typer.Option(30, help="Frames per second."),
+    superres: Optional[Path] = typer.Option(None, help="Upscale frames with this super-resolution model."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+) -> None:
+    """A looping latent-walk video (GIF or MP4)."""
+    from dist_gan.tools.interpolate import run_interpolate
+
+    path = run_interpolate(ckpt, out, n_keys=n_keys, frames=frames, use_slerp=slerp, seed=seed, fps=fps,
+                           superres=superres, device=device)
+    console.print(f"wrote {n_keys * frames} frames to {path}")
+
+
+@superres_app.command("train")
+@friendly
+def superres_train_cmd(
+    shards: Path = typer.Argument(..., help="Packed shard folder (manifest.json) or an image .zip (e.g. CelebA)."),
+    scale: int = typer.Option(2, help="Upscaling factor: 2 or 4."),
+    out: Path = typer.Option(Path("superres.pt"), help="Model file to write."),
+    steps: int = typer.Option(2000, help="Training steps (batch 16 of random patches)."),
+    seconds: Optional[float] = typer.Option(None, help="Stop after this many seconds even before --steps."),
+    n_train: int = typer.Option(2000, help="Training images (the first ones)."),
+    n_eval: int = typer.Option(200, help="Held-out images (the last ones) for PSNR/SSIM vs bicubic."),
+    hr_size: int = typer.Option(64, help="High-resolution size; inputs are hr_size/scale."),
+    seed: int = typer.Option(0, help="Seed."),
+) -> None:
+    """Train the residual-on-bicubic CNN and report held-out PSNR/SSIM against bicubic."""
+    from dist_gan.tools.superres import run_train
+
+    m = run_train(shards, out, scale=scale, steps=steps, seconds=seconds, n_train=n_train, n_eval=n_eval,
+                  hr_size=hr_size, seed=seed)
+    console.print(
+        f"held-out ({int(m['n_eval'])} images): PSNR model {m['psnr_model']:.2f} dB vs bicubic {m['psnr_bicubic']:.2f} dB; "
+        f"SSIM model {m['ssim_model']:.4f} vs bicubic {m['ssim_bicubic']:.4f} -> {out}"
+    )
+
+
+@superres_app.command("apply")
+@friendly
+def superres_apply_cmd(
+    model: Path = typer.Argument(..., help="Model written by `superres train`."),
+    images: List[Path] = typer.Argument(..., help="Image files and/or folders (any size)."),
+    out: Path = typer.Option(Path("superres_out"), help="Output folder."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+) -> None:
+    """Upscale images with a trained model (writes NAME_xS.png)."""
+    from dist_gan.tools.superres import run_apply
+
+    written = run_apply(model, images, out, device=device)
+    console.print(f"wrote {len(written)} image(s) to {out}")

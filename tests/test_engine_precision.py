@@ -36,7 +36,7 @@ def make_step(loss_fn, precision: str = "fp16"):
 def test_d_overflow_skips_only_d_and_cuts_only_d_scale():
     step, G, D = make_step(OverflowingD())
     # A modest start scale, so G's own fp16 backward cannot overflow by itself.
-    step.scaler_G, step.scaler_D = (torch.amp.GradScaler("cpu", init_scale=256.0) for _ in range(2))
+    step.backend.scalers.update({net: torch.amp.GradScaler("cpu", init_scale=256.0) for net in ("G", "D")})
     g_before, d_before = copy.deepcopy(G.state_dict()), copy.deepcopy(D.state_dict())
     scale_g, scale_d = step.scaler_G.get_scale(), step.scaler_D.get_scale()
     real = torch.rand(4, 3, 32, 32) * 2 - 1

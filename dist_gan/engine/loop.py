@@ -32,6 +32,7 @@ from dist_gan import config as config_mod
 from dist_gan.data.stream import StreamLoader, open_shards, to_model_range
 from dist_gan.engine import checkpoint as ckpt
 from dist_gan.engine.monitor import Monitor, Throughput, plot_losses
+from dist_gan.engine.backends import DDPBackend, DeepSpeedBackend
 from dist_gan.engine.precision import Precision, make_adam
 from dist_gan.engine.schedule import phases, total_images
 from dist_gan.engine.signals import PreemptionFlag
@@ -102,33 +103,35 @@ def train(cfg: DictConfig) -> Path:
     opt_G = make_adam(G.parameters(), cfg.optim.g_lr, cfg.optim.g_betas, cfg.optim.impl, device)
     opt_D = make_adam(D.parameters(), cfg.optim.d_lr, cfg.optim.d_betas, cfg.optim.impl, device)
     precision = Precision(cfg.train.precision, device)
-    scaler_G, scaler_D = precision.make_scaler(), precision.make_scaler()
     loss_fn = build_loss(cfg.loss)
 
-    G, D, opt_G, opt_D = accelerator.prepare(G, D, opt_G, opt_D)
-    G_raw, D_raw = accelerator.unwrap_model(G), accelerator.unwrap_model(D)
-
-    # ------------------------------------------------------------ resume
+    # ------------------------------------------------------------ backend + resume
     nimg, iteration, data_step, rollbacks = 0, 0, 0, 0
+    resume_from = _resume_path(cfg, run_dir)
+    state: Optional[Dict[str, Any]] = ckpt.load_checkpoint(resume_from) if resume_from is not None else None
+    if cfg.backend == "deepspeed":
+        backend = DeepSpeedBackend(accelerator, G, D, opt_G, opt_D, precision, micro_batch=local_batch,
+                                   accum=accum, zero_stage=cfg.zero_stage, initial_state=state)
+    else:
+        backend = DDPBackend.prepare(accelerator, G, D, opt_G, opt_D, precision)
+        if state is not None:
+            backend.import_state(state)
+    G_raw = backend.G_raw
 
-    def restore(state: Dict[str, Any]) -> None:
-        """Put every network, optimizer, scaler and counter back as the checkpoint has them."""
+    def restore(state: Dict[str, Any], networks: bool = True) -> None:
+        """Put networks, optimizers, scalers, EMA, loss state and counters back as the checkpoint has them."""
         nonlocal nimg, iteration, data_step
-        G_raw.load_state_dict(state["G"]), D_raw.load_state_dict(state["D"]), G_ema.load_state_dict(state["G_ema"])
-        opt_G.load_state_dict(state["opt_G"]), opt_D.load_state_dict(state["opt_D"])
-        scaler_G.load_state_dict(state["scaler_G"]), scaler_D.load_state_dict(state["scaler_D"])
+        if networks:
+            backend.import_state(state)
+        G_ema.load_state_dict(state["G_ema"])
         if hasattr(loss_fn, "load_state_dict") and "loss_state" in state:
             loss_fn.load_state_dict(state["loss_state"])
         nimg, iteration, data_step = state["nimg"], state["iteration"], state["data_step"]
-        for group, lr in ((opt_G.param_groups, cfg.optim.g_lr), (opt_D.param_groups, cfg.optim.d_lr)):
-            for g in group:  # an elastic restart keeps the recipe's learning rates
-                g["lr"] = lr
+        backend.set_lr("G", cfg.optim.g_lr)  # an elastic restart keeps the recipe's learning rates
+        backend.set_lr("D", cfg.optim.d_lr)
 
-    resume_from = _resume_path(cfg, run_dir)
-    state: Optional[Dict[str, Any]] = None
-    if resume_from is not None:
-        state = ckpt.load_checkpoint(resume_from)
-        restore(state)
+    if state is not None:
+        restore(state, networks=False)  # the backend took the networks and optimizers above
         rollbacks = state.get("rollbacks", 0)
 
     rng_states = state.get("rng_per_rank") if state else None
@@ -161,9 +164,8 @@ def train(cfg: DictConfig) -> Path:
     def make_checkpoint_state() -> Dict[str, Any]:
         return {
             "cfg": config_mod.to_dict(cfg),
-            "G": G_raw.state_dict(), "D": D_raw.state_dict(), "G_ema": G_ema.state_dict(),
-            "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(),
-            "scaler_G": scaler_G.state_dict(), "scaler_D": scaler_D.state_dict(),
+            **backend.export_state(),  # collective under ZeRO: every rank gathers its Adam partitions
+            "G_ema": G_ema.state_dict(),
             "nimg": nimg, "iteration": iteration, "data_step": data_step, "rollbacks": rollbacks,
             "world_size": world, "rng_per_rank": accelerator_gather_rng(accelerator),
             **({"loss_state": loss_fn.state_dict()} if hasattr(loss_fn, "state_dict") else {}),
@@ -189,8 +191,7 @@ def train(cfg: DictConfig) -> Path:
         return to_model_range(next(batches), device, cfg.train.channels_last)
 
     step = TrainStep(
-        G=G, D=D, G_ema=G_ema, opt_G=opt_G, opt_D=opt_D, scaler_G=scaler_G, scaler_D=scaler_D,
-        loss_fn=loss_fn, precision=precision, accelerator=accelerator, nz=nz, local_batch=local_batch,
+        backend=backend, G_ema=G_ema, loss_fn=loss_fn, precision=precision, accelerator=accelerator, nz=nz, local_batch=local_batch,
         accum=accum, global_batch=batch, ema_kimg=cfg.train.ema_kimg, ema_rampup=cfg.train.ema_rampup,
     )
     augment = build_augment(cfg.train.diffaug)
@@ -249,7 +250,7 @@ def train(cfg: DictConfig) -> Path:
                 monitor.print(f"[yellow]preempted ({preempt.signal_name}): checkpoint written at {nimg / 1000:.2f} kimg; exiting cleanly")
             break
 
-    summary = _rank_summary(accelerator, G_raw, D_raw, nimg=nimg, iteration=iteration, data_step=data_step,
+    summary = _rank_summary(accelerator, backend.G_raw, backend.D_raw, nimg=nimg, iteration=iteration, data_step=data_step,
                             bad_samples=loader.bad_samples)
     if monitor:
         (run_dir / "final.json").write_text(json.dumps(summary, indent=2))
@@ -258,6 +259,7 @@ def train(cfg: DictConfig) -> Path:
         monitor.close()
         plot_losses(run_dir / "metrics.jsonl", run_dir / "loss_curve.png")
     accelerator.wait_for_everyone()
+    backend.close()
     accelerator.end_training()
     preempt.restore()
     return run_dir

@@ -13,22 +13,29 @@ from typing import Callable, Dict, Optional
 import torch
 from torch import nn
 
+from dist_gan.engine.backends import DDPBackend
 from dist_gan.engine.ema import ema_beta, update_ema
 from dist_gan.engine.precision import Precision
 from dist_gan.losses import LossContext
 
 
 class TrainStep:
-    """D and G phases for one rank. ``G``/``D`` may be DDP-wrapped; ``*_raw`` are the modules."""
+    """D and G phases for one rank, over a backend (DDP or DeepSpeed).
+
+    Pass ``backend``, or (for DDP) the prepared ``G``/``D``/optimizers/scalers and the
+    step wraps them in a ``DDPBackend``. ``G``/``D`` may be wrapped; ``*_raw`` are the modules.
+    """
 
     def __init__(
-        self, *, G: nn.Module, D: nn.Module, G_ema: nn.Module, opt_G, opt_D, scaler_G, scaler_D,
-        loss_fn, precision: Precision, accelerator, nz: int, local_batch: int, accum: int,
-        global_batch: int, ema_kimg: float, ema_rampup: float,
+        self, *, G_ema: nn.Module, loss_fn, precision: Precision, accelerator, nz: int, local_batch: int,
+        accum: int, global_batch: int, ema_kimg: float, ema_rampup: float, backend=None,
+        G: nn.Module | None = None, D: nn.Module | None = None, opt_G=None, opt_D=None, scaler_G=None, scaler_D=None,
     ) -> None:
-        self.G, self.D, self.G_ema = G, D, G_ema
-        self.G_raw, self.D_raw = accelerator.unwrap_model(G), accelerator.unwrap_model(D)
-        self.opt_G, self.opt_D, self.scaler_G, self.scaler_D = opt_G, opt_D, scaler_G, scaler_D
+        if backend is None:
+            backend = DDPBackend(accelerator, G, D, opt_G, opt_D, scaler_G, scaler_D)
+        self.backend = backend
+        self.G, self.D, self.G_ema = backend.G, backend.D, G_ema
+        self.G_raw, self.D_raw = backend.G_raw, backend.D_raw
         self.loss_fn, self.precision, self.accelerator = loss_fn, precision, accelerator
         self.nz, self.local_batch, self.accum, self.global_batch = nz, local_batch, accum, global_batch
         self.ema_kimg, self.ema_rampup = ema_kimg, ema_rampup
@@ -39,9 +46,13 @@ class TrainStep:
     def _latents(self) -> torch.Tensor:
         return torch.randn(self.local_batch, self.nz, device=self.device)
 
-    def _sync(self, model: nn.Module, last_round: bool):
-        """Gradient all-reduce only on the last accumulation round."""
-        return contextlib.nullcontext() if last_round else self.accelerator.no_sync(model)
+    @property
+    def scaler_G(self):
+        return self.backend.scalers["G"]
+
+    @property
+    def scaler_D(self):
+        return self.backend.scalers["D"]
 
     def _record(self, stats: Dict[str, torch.Tensor]) -> None:
         for k, v in stats.items():
@@ -55,29 +66,27 @@ class TrainStep:
         fake = None
         for r in range(self.accum):
             real = next_real()
-            with self._sync(self.D, r == self.accum - 1), self.precision.autocast():
+            last = r == self.accum - 1
+            with self.backend.hold_sync("D", last), self.precision.autocast():
                 with contextlib.nullcontext() if keep_fake else torch.no_grad():
                     fake = self.G(self._latents())
                 loss, stats = self.loss_fn.d_loss(self.D, real, fake.detach(), ctx)
-            self.accelerator.backward(self.scaler_D.scale(loss / self.accum))
+            self.backend.backward("D", loss, self.accum, last)
             self._record(stats)
-        self.scaler_D.step(self.opt_D)
-        self.scaler_D.update()
-        self.opt_D.zero_grad(set_to_none=True)
+        self.backend.step("D")
         return fake if keep_fake else None
 
     def g_phase(self, ctx: LossContext, nimg: int, fake: Optional[torch.Tensor] = None) -> None:
         """G learns to fool D. D is frozen and called un-wrapped: DDP must not reduce its grads."""
         self.D_raw.requires_grad_(False)
         for r in range(self.accum):
-            with self._sync(self.G, r == self.accum - 1), self.precision.autocast():
+            last = r == self.accum - 1
+            with self.backend.hold_sync("G", last), self.precision.autocast():
                 fake_r = fake if fake is not None else self.G(self._latents())
                 loss, stats = self.loss_fn.g_loss(self.D_raw, fake_r, ctx)
-            self.accelerator.backward(self.scaler_G.scale(loss / self.accum))
+            self.backend.backward("G", loss, self.accum, last)
             self._record(stats)
-        self.scaler_G.step(self.opt_G)
-        self.scaler_G.update()
-        self.opt_G.zero_grad(set_to_none=True)
+        self.backend.step("G")
         self.D_raw.requires_grad_(True)
         update_ema(self.G_ema, self.G_raw, ema_beta(self.global_batch, self.ema_kimg, nimg, self.ema_rampup))
 

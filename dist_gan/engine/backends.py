@@ -1,0 +1,241 @@
+"""DDP (accelerate) and DeepSpeed (two engines) behind one small interface.
+
+The step only ever asks a backend to ``backward`` a network's loss, ``step`` a
+network and, for accumulation, whether to hold back the gradient all-reduce.
+Checkpoints go through ``export_state`` / ``import_state`` in one plain format
+(torch ``state_dict``s, Adam state per parameter index), so a run saved under one
+backend resumes under the other.
+
+DeepSpeed notes, learnt the hard way:
+- one ``Accelerator`` refuses two DeepSpeed models, and accelerate's DeepSpeed
+  path imports ``transformers`` and, on a CPU-only box, reports one process per
+  rank. So accelerate only starts the processes here; G and D each get their own
+  ``deepspeed.initialize`` engine over the already-initialised process group.
+- D's parameters are frozen during G's step (and the raw module is called), or
+  ZeRO-2 would reduce D's gradients a second time.
+- Mixed precision is torch autocast inside fp32 engines (DeepSpeed's
+  ``torch_autocast``), the same numerics as the DDP path; DeepSpeed's ZeRO path
+  has no loss scaler for fp16 autocast, so fp16 is DDP-only (clear error).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, ContextManager, Dict, Optional
+
+import torch
+from torch import nn
+
+from dist_gan.engine.precision import Precision
+from dist_gan.errors import UserError
+
+NETS = ("G", "D")
+
+
+class DDPBackend:
+    """accelerate's DDP: one ``prepare(G, D, opt_G, opt_D)``, a GradScaler per network."""
+
+    name = "ddp"
+
+    def __init__(self, accelerator, G: nn.Module, D: nn.Module, opt_G, opt_D, scaler_G, scaler_D) -> None:
+        """Over networks and optimizers already passed through ``accelerator.prepare``."""
+        self.accelerator = accelerator
+        self.G, self.D, self.opt_G, self.opt_D = G, D, opt_G, opt_D
+        self.G_raw, self.D_raw = accelerator.unwrap_model(G), accelerator.unwrap_model(D)
+        self.scalers = {"G": scaler_G, "D": scaler_D}
+        self.opts = {"G": opt_G, "D": opt_D}
+        self.wrapped = {"G": G, "D": D}
+
+    @classmethod
+    def prepare(cls, accelerator, G: nn.Module, D: nn.Module, opt_G, opt_D, precision: Precision) -> "DDPBackend":
+        """One ``prepare(G, D, opt_G, opt_D)`` and a fresh scaler per network."""
+        G, D, opt_G, opt_D = accelerator.prepare(G, D, opt_G, opt_D)
+        return cls(accelerator, G, D, opt_G, opt_D, precision.make_scaler(), precision.make_scaler())
+
+    def hold_sync(self, net: str, last_round: bool) -> ContextManager:
+        """Skip the gradient all-reduce on all but the last accumulation round."""
+        return contextlib.nullcontext() if last_round else self.accelerator.no_sync(self.wrapped[net])
+
+    def backward(self, net: str, loss: torch.Tensor, accum: int, last_round: bool) -> None:
+        self.accelerator.backward(self.scalers[net].scale(loss / accum))
+
+    def step(self, net: str) -> None:
+        scaler, opt = self.scalers[net], self.opts[net]
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+
+    def export_state(self) -> Dict[str, Any]:
+        return {
+            "G": self.G_raw.state_dict(), "D": self.D_raw.state_dict(),
+            "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
+            "scaler_G": self.scalers["G"].state_dict(), "scaler_D": self.scalers["D"].state_dict(),
+        }
+
+    def import_state(self, state: Dict[str, Any]) -> None:
+        self.G_raw.load_state_dict(state["G"]), self.D_raw.load_state_dict(state["D"])
+        for net in NETS:
+            _load_adam(self.opts[net], state[f"opt_{net}"])
+            if state.get(f"scaler_{net}"):
+                self.scalers[net].load_state_dict(state[f"scaler_{net}"])
+
+    def set_lr(self, net: str, lr: float) -> None:
+        for group in self.opts[net].param_groups:
+            group["lr"] = lr
+
+    def close(self) -> None:
+        """accelerate owns the process group."""
+
+
+def _load_adam(opt, saved: Dict[str, Any]) -> None:
+    """Load Adam state but keep this run's implementation flags (fused/foreach) and lr."""
+    keep = [{k: g[k] for k in ("fused", "foreach", "lr") if k in g} for g in opt.param_groups]
+    opt.load_state_dict(saved)
+    for group, flags in zip(opt.param_groups, keep):
+        group.update(flags)
+
+
+def deepspeed_config(micro_batch: int, accum: int, zero_stage: int, precision: str) -> Dict[str, Any]:
+    """The DeepSpeed config for one network's engine."""
+    if precision == "fp16":
+        raise UserError(
+            "backend=deepspeed runs bf16 or fp32 (torch autocast in fp32 engines; DeepSpeed's ZeRO path has no "
+            "fp16 autocast loss scaler). Use train.precision=bf16, or backend=ddp for fp16 with a scaler per network."
+        )
+    cfg: Dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": accum,
+        "zero_optimization": {"stage": zero_stage},
+        "gradient_clipping": 0.0,  # DeepSpeed clips at 1.0 by default; DDP does not, and nor do GAN recipes
+        "steps_per_print": 10**12,
+        "wall_clock_breakdown": False,
+    }
+    if precision == "bf16":
+        cfg["torch_autocast"] = {"enabled": True, "dtype": "bfloat16"}
+    return cfg
+
+
+class DeepSpeedBackend:
+    """Two DeepSpeed engines (G and D) at ZeRO stage 0, 1 or 2, over accelerate's process group."""
+
+    name = "deepspeed"
+
+    def __init__(
+        self, accelerator, G: nn.Module, D: nn.Module, opt_G, opt_D, precision: Precision,
+        micro_batch: int, accum: int, zero_stage: int, initial_state: Optional[Dict[str, Any]] = None,
+    ) -> None:
+        try:
+            import deepspeed
+        except ImportError:
+            raise UserError("backend=deepspeed needs DeepSpeed: pip install deepspeed") from None
+        self.accelerator, self.zero_stage = accelerator, zero_stage
+        self._own_group = False
+        if not torch.distributed.is_initialized():  # one process, no launcher: a 1-rank group
+            import os
+            import socket
+
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
+            for key, value in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(port)), ("RANK", "0"),
+                               ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
+                os.environ.setdefault(key, value)
+            deepspeed.init_distributed(auto_mpi_discovery=False)
+            self._own_group = True
+        if initial_state is not None:  # ZeRO copies the module's weights into its partitions at init
+            G.load_state_dict(initial_state["G"]), D.load_state_dict(initial_state["D"])
+        conf = deepspeed_config(micro_batch, accum, zero_stage, precision.mode)
+        self.engines = {}
+        for net, model, opt in (("G", G, opt_G), ("D", D, opt_D)):
+            engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=dict(conf), dist_init_required=False)
+            self.engines[net] = engine
+        self.G, self.D = self.engines["G"], self.engines["D"]
+        self.G_raw, self.D_raw = self.G.module, self.D.module
+        if initial_state is not None:
+            for net in NETS:
+                self._import_adam(net, initial_state[f"opt_{net}"])
+
+    def hold_sync(self, net: str, last_round: bool) -> ContextManager:
+        return contextlib.nullcontext()  # the engine accumulates over gradient_accumulation_steps itself
+
+    def backward(self, net: str, loss: torch.Tensor, accum: int, last_round: bool) -> None:
+        engine = self.engines[net]
+        engine.backward(loss)  # the engine divides by gradient_accumulation_steps
+        if not last_round:
+            engine.step()  # not a boundary: DeepSpeed only counts the micro-step
+
+    def step(self, net: str) -> None:
+        self.engines[net].step()
+
+    # -------------------------------------------------------- checkpoints
+    def _base_optimizer(self, net: str):
+        opt = self.engines[net].optimizer
+        return getattr(opt, "optimizer", opt) if self.zero_stage > 0 else opt
+
+    def _export_adam(self, net: str) -> Dict[str, Any]:
+        """Adam state in torch's per-parameter format, gathered from the ZeRO partitions."""
+        engine = self.engines[net]
+        if self.zero_stage == 0:
+            return engine.optimizer.state_dict()
+        from deepspeed.utils import safe_get_full_optimizer_state
+
+        base = self._base_optimizer(net)
+        group = base.param_groups[0]
+        steps = [s["step"] for s in base.state.values() if "step" in s]
+        state: Dict[int, Dict[str, torch.Tensor]] = {}
+        for idx, p in enumerate(engine.module.parameters()):
+            exp_avg = safe_get_full_optimizer_state(p, "exp_avg")  # collective: every rank calls it
+            exp_avg_sq = safe_get_full_optimizer_state(p, "exp_avg_sq")
+            if exp_avg is not None and steps:
+                state[idx] = {"step": torch.as_tensor(steps[0], dtype=torch.float32).clone().cpu(),
+                              "exp_avg": exp_avg.detach().float().cpu(), "exp_avg_sq": exp_avg_sq.detach().float().cpu()}
+        n = len(list(engine.module.parameters()))
+        options = {k: v for k, v in group.items() if k != "params"}
+        return {"state": state, "param_groups": [{**options, "params": list(range(n))}]}
+
+    def _import_adam(self, net: str, saved: Dict[str, Any]) -> None:
+        engine = self.engines[net]
+        if self.zero_stage == 0:
+            _load_adam(engine.optimizer, saved)
+            return
+        if not saved.get("state"):
+            return  # a checkpoint from before the first step: nothing to restore
+        from deepspeed.utils import safe_set_full_optimizer_state
+
+        zero = engine.optimizer
+        base = zero.optimizer
+        step = next(iter(saved["state"].values()))["step"]
+        for flat in zero.single_partition_of_fp32_groups:  # Adam's state is lazy: create it, then fill it
+            base.state[flat] = {"step": torch.as_tensor(step, dtype=torch.float32).clone(),
+                                "exp_avg": torch.zeros_like(flat), "exp_avg_sq": torch.zeros_like(flat)}
+        zero._lazy_init_hp_params_optimizer_state()  # link each parameter to its fragment of that state
+        for idx, p in enumerate(engine.module.parameters()):
+            for key in ("exp_avg", "exp_avg_sq"):
+                safe_set_full_optimizer_state(p, saved["state"][idx][key].to(p.device), key)
+
+    def export_state(self) -> Dict[str, Any]:
+        return {
+            "G": self.G_raw.state_dict(), "D": self.D_raw.state_dict(),
+            "opt_G": self._export_adam("G"), "opt_D": self._export_adam("D"),
+            "scaler_G": {}, "scaler_D": {},
+        }
+
+    def import_state(self, state: Dict[str, Any]) -> None:
+        """Mid-run restore (NaN rollback): weights into the modules and the fp32 partitions, then Adam."""
+        from deepspeed.utils import safe_set_full_fp32_param
+
+        for net in NETS:
+            module = self.engines[net].module
+            module.load_state_dict(state[net])
+            if self.zero_stage > 0:
+                for p in module.parameters():
+                    safe_set_full_fp32_param(p, p.detach().clone())
+            self._import_adam(net, state[f"opt_{net}"])
+
+    def set_lr(self, net: str, lr: float) -> None:
+        for group in self._base_optimizer(net).param_groups:
+            group["lr"] = lr
+
+    def close(self) -> None:
+        if self._own_group and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
