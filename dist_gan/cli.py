@@ -154,7 +154,10 @@ def eval_cmd(
         batch=batch, seed=seed, inception_weights=inception_weights, all_checkpoints=all_checkpoints,
     ))
     if report is not None:
-        Console().print(report["figures"])
+        heads = ("fid", "kid_mean", "kid_std", "is_mean", "detect_gen_no_face_rate", "detect_ref_no_face_rate", "leak_copies")
+        Console().print({k: v for k, v in report["figures"].items() if k in heads})
+        if "best_checkpoint" in report:
+            console.print(f"best checkpoint: {report['best_checkpoint']['path']} (FID {report['best_checkpoint']['fid']:.4g})")
         console.print(f"wrote {out / 'report.json'} and {out / 'report.md'}")
 
 

@@ -136,3 +136,19 @@ def test_two_processes_match_one(run_dir, celeba, single, tmp_path, repo_root):
     one = single["report"]["metrics"]
     assert rep["metrics"]["fid"]["fid"] == pytest.approx(one["fid"]["fid"], rel=1e-6)
     assert rep["metrics"]["kid"]["kid_mean"] == pytest.approx(one["kid"]["kid_mean"], rel=1e-5)
+
+
+def test_shard_reference_equals_zip_reference(celeba, shared_dir, tmp_path):
+    """A packed shard set and its source zip give the same reference pixels (same crop/resize)."""
+    import numpy as np
+
+    from dist_gan.data.pack import pack
+    from dist_gan.eval import reference as R
+
+    pack(Path(celeba), tmp_path / "shards", resolution=64, shard_size=8, progress=False, limit=20, workers=1)
+    shards, zipped = R.open_reference(tmp_path / "shards"), R.open_reference(celeba)
+    assert shards.kind == "shards" and shards.count == 20 and shards.layout == "celeba"
+    assert np.array_equal(R.load_images(shards, 20, 64), R.load_images(zipped, 20, 64))
+    assert R.stats_key(shards, 64, 20, "x") != R.stats_key(zipped, 64, 20, "x")
+    assert R.default_detector(zipped) == "haar"
+    assert R.default_detector(R.open_reference(shared_dir / "data" / "anime-faces-20k.zip")) == "anime"

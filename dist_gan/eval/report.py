@@ -113,8 +113,8 @@ def render_markdown(report: Dict[str, Any]) -> str:
     lines += ["", "## Figures", "", "| metric | figure | value |", "|---|---|---|"]
     for name, figs in m.items():
         for k, v in figs.items():
-            if k in ("seconds", "detector") or isinstance(v, (list, dict)):
-                continue
+            if k in ("seconds", "detector", "png") or isinstance(v, (list, dict)) or (isinstance(v, str) and len(v) > 60):
+                continue  # long texts (e.g. leak's rule) stay in report.json
             lines.append(f"| {name} | {k} | {_fmt(v)} |")
     if "detect" in m:
         d = m["detect"]
