@@ -98,6 +98,13 @@ def test_recipe_trains_on_one_process(recipe, shards, tmp_path):
     assert g_moved(check_run(run, recipe), cfg)
 
 
+@pytest.mark.parametrize("loss", ["hinge", "lsgan"])
+def test_any_recipe_takes_a_loss_by_name(loss, shards, tmp_path):
+    cfg = load_config([*args_for("dcgan64", shards, tmp_path / "run"), f"loss.name={loss}", "train.kimg=0.032"])
+    run = train(cfg)
+    assert g_moved(load_checkpoint(run), cfg) and load_checkpoint(run)["cfg"]["loss"]["name"] == loss
+
+
 def launch2(*args: str) -> subprocess.CompletedProcess:
     cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO / "dist_gan" / "train.py"), *args]
