@@ -56,8 +56,10 @@ class TrainCfg:
     batch: int = 128  # global batch per optimizer step, split over ranks and accumulation rounds
     accum: int = 1  # gradient-accumulation rounds per step
     kimg: float = 60.0  # training length in thousands of real images shown to D
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16: one loss scaler per network)
-    channels_last: bool = False
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16: one loss scaler per network) | auto (bf16 where native, else fp16 on CUDA, else fp32)
+    channels_last: bool = False  # NHWC networks and batches: faster convolutions with bf16/fp16 (oneDNN, cuDNN tensor cores)
+    compile: str = ""  # torch.compile mode for G and D: "" (eager) | default | reduce-overhead (CUDA graphs) | max-autotune | max-autotune-no-cudagraphs; eager fallback if unavailable
+    tf32: bool = True  # TF32 for fp32 matmuls/convolutions on Ampere+ GPUs (no effect elsewhere)
     diffaug: str = ""  # DiffAugment policy for D's inputs, e.g. "color,translation,cutout"
     ema_kimg: float = 10.0  # EMA half-life in kimg: independent of the batch size
     ema_rampup: float = 0.05  # half-life <= rampup * images seen, so early EMA is not stale; 0 = off
@@ -102,7 +104,8 @@ class Config:
 
 
 CHOICES: Dict[str, Sequence[Any]] = {
-    "train.precision": ("fp32", "bf16", "fp16"),
+    "train.precision": ("fp32", "bf16", "fp16", "auto"),
+    "train.compile": ("", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
     "train.nan_policy": ("stop", "rollback"),
     "optim.impl": ("auto", "fused", "foreach", "plain"),
     "backend": ("ddp", "deepspeed"),

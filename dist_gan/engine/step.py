@@ -1,13 +1,22 @@
 """One training iteration's phases over prepared networks: D step, G step, EMA.
 
-Kept apart from the loop so benchmarks time exactly the step the trainer runs.
-Statistics stay on the device (summed tensors); the loop reads them at its sync
-points only, so a step never forces a host sync.
+Kept apart from the loop so benchmarks time exactly the step the trainer runs
+(``benchmarks/step.py`` builds it the way the loop does). Statistics stay on the
+device (summed tensors); the loop reads them at its sync points only, so a step
+never forces a host sync.
+
+The fast path, each part a recipe switch: autocast and channels_last come from
+``train.precision``/``train.channels_last``; Adam is fused (``optim.impl``) and
+gradients are freed with ``set_to_none``; G's forward is computed once and reused
+for D's and G's steps when both run and ``accum == 1``; D is frozen (no weight
+gradients) during G's step; ``compile`` (``train.compile``) wraps G and D in
+``torch.compile`` with an eager fallback.
 """
 
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Callable, Dict, Optional
 
 import torch
@@ -15,7 +24,7 @@ from torch import nn
 
 from dist_gan.engine.backends import DDPBackend
 from dist_gan.engine.ema import ema_beta, update_ema
-from dist_gan.engine.precision import Precision
+from dist_gan.engine.precision import Precision, maybe_compile
 from dist_gan.losses import LossContext
 
 
@@ -30,12 +39,25 @@ class TrainStep:
         self, *, G_ema: nn.Module, loss_fn, precision: Precision, accelerator, nz: int, local_batch: int,
         accum: int, global_batch: int, ema_kimg: float, ema_rampup: float, backend=None,
         G: nn.Module | None = None, D: nn.Module | None = None, opt_G=None, opt_D=None, scaler_G=None, scaler_D=None,
+        compile: str = "",
     ) -> None:
         if backend is None:
             backend = DDPBackend(accelerator, G, D, opt_G, opt_D, scaler_G, scaler_D)
         self.backend = backend
         self.G, self.D, self.G_ema = backend.G, backend.D, G_ema
         self.G_raw, self.D_raw = backend.G_raw, backend.D_raw
+        self.D_frozen = self.D_raw  # what G's loss calls: the raw D, so DDP never reduces D's grads twice
+        self.compile = compile if getattr(backend, "name", "ddp") == "ddp" else ""
+        if compile and not self.compile:
+            warnings.warn(f"train.compile={compile!r} is ignored with backend={backend.name}: "
+                          "its engines own the modules", RuntimeWarning, stacklevel=2)
+        if self.compile and getattr(loss_fn, "gp_weight", 0) > 0:  # compiled graphs have no double backward
+            warnings.warn(f"train.compile={compile!r} is ignored with a gradient penalty (double backward)",
+                          RuntimeWarning, stacklevel=2)
+            self.compile = ""
+        if self.compile:  # lazy: compiles on the first step, falls back to eager if that fails
+            self.G, self.D = maybe_compile(self.G, self.compile), maybe_compile(self.D, self.compile)
+            self.D_frozen = maybe_compile(self.D_raw, self.compile)
         self.loss_fn, self.precision, self.accelerator = loss_fn, precision, accelerator
         self.nz, self.local_batch, self.accum, self.global_batch = nz, local_batch, accum, global_batch
         self.ema_kimg, self.ema_rampup = ema_kimg, ema_rampup
@@ -83,7 +105,7 @@ class TrainStep:
             last = r == self.accum - 1
             with self.backend.hold_sync("G", last), self.precision.autocast():
                 fake_r = fake if fake is not None else self.G(self._latents())
-                loss, stats = self.loss_fn.g_loss(self.D_raw, fake_r, ctx)
+                loss, stats = self.loss_fn.g_loss(self.D_frozen, fake_r, ctx)
             self.backend.backward("G", loss, self.accum, last)
             self._record(stats)
         self.backend.step("G")

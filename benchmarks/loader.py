@@ -1,0 +1,232 @@
+"""Shard loader (dist_gan ``StreamLoader``) vs torchvision ImageFolder + DataLoader, same workers.
+
+Both decode the SAME 64x64 PNGs: the source (default the CelebA 10k zip) is packed
+once with ``dist_gan.data.pack.pack`` into a cache folder OUTSIDE the repo, and the
+PNG members of those shards are written out as files into an ImageFolder tree
+(``<cache>/imagefolder-<name>/faces/*.png``). Then, at the same batch and worker count:
+
+- ``dist_gan_stream``: ``StreamLoader`` (resampled WebDataset stream, shuffle buffer,
+  uint8 batches made in the workers), then ``to_model_range`` (uint8 -> [-1, 1]
+  float, on the device): what the trainer's ``next_real`` does;
+- ``imagefolder``: the PyTorch DCGAN example's loader (``ImageFolder`` +
+  Resize/CenterCrop/ToTensor/Normalize per image, default collate), then ``.to(device)``.
+
+Each timed run starts a fresh iterator (workers included), drains ``--warm``
+batches untimed (start-up, and the prefetch queue, so what is timed is the
+workers' steady rate, not a buffer), then times ``--batches`` batches. Runs
+alternate between the candidates; the median over ``--repeats`` is reported.
+The JSON also relates the loader to the training step (``results/step_<dev>.json``
+if present): the loader should deliver >= 10x what the step consumes.
+
+``--with-npy`` adds a what-if candidate: the same images pre-decoded to uint8
+``.npy`` members (``stream.py`` already decodes them), written by this script
+into the cache; the packer has no such format yet.
+
+    python benchmarks/loader.py                     # celeba-10k at 64 px, batch 128, 2 workers
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import io
+import json
+import sys
+import tarfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence
+
+import torch
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import common  # noqa: E402
+from benchmarks.textbook import imagefolder_loader  # noqa: E402
+
+DEFAULT_SRC = common.REPO.parent / "shared" / "data" / "celeba-10k.zip"
+
+
+def ensure_shards(src: Path, cache: Path, resolution: int, limit: Optional[int]) -> Path:
+    """Pack ``src`` into ``cache/shards-<stem>-<res>[-<limit>]`` once (the packer is deterministic)."""
+    from dist_gan.data.pack import pack
+
+    out = cache / f"shards-{src.stem}-{resolution}{f'-{limit}' if limit else ''}"
+    if not (out / "manifest.json").is_file():
+        print(f"packing {src} -> {out} (once)", flush=True)
+        pack(src, out, resolution=resolution, progress=False, limit=limit)
+    return out
+
+
+def ensure_imagefolder(shards: Path) -> Path:
+    """The shards' PNGs as files in an ImageFolder tree beside them (one class, ``faces``)."""
+    root = shards.parent / f"imagefolder-{shards.name.removeprefix('shards-')}"
+    done = root / ".complete"
+    if done.is_file():
+        return root
+    cls = root / "faces"
+    cls.mkdir(parents=True, exist_ok=True)
+    manifest = json.loads((shards / "manifest.json").read_text())
+    n = 0
+    for shard in manifest["shards"]:
+        with tarfile.open(shards / shard["name"]) as tar:
+            for member in tar:
+                if member.isfile() and member.name.endswith(".png"):
+                    (cls / Path(member.name).name).write_bytes(tar.extractfile(member).read())
+                    n += 1
+    done.write_text(f"{n}\n")
+    return root
+
+
+def ensure_npy_shards(shards: Path) -> Path:
+    """What-if: the same samples with ``<key>.npy`` (uint8 HxWx3) instead of ``<key>.png``."""
+    import numpy as np
+    from PIL import Image
+
+    out = shards.parent / f"{shards.name}-npy"
+    if (out / "manifest.json").is_file():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = json.loads((shards / "manifest.json").read_text())
+    for shard in manifest["shards"]:
+        with tarfile.open(shards / shard["name"]) as src, tarfile.open(out / shard["name"], "w") as dst:
+            for member in src:
+                data = src.extractfile(member).read() if member.isfile() else None
+                if data is None:
+                    continue
+                name = member.name
+                if name.endswith(".png"):
+                    buf = io.BytesIO()
+                    np.save(buf, np.asarray(Image.open(io.BytesIO(data)).convert("RGB")), allow_pickle=False)
+                    data, name = buf.getvalue(), name[:-4] + ".npy"
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                dst.addfile(info, io.BytesIO(data))
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
+def stream_factory(shards_dir: Path, batch: int, workers: int, device: torch.device, shuffle: int, chunk_batches: int) -> Callable[[], Iterator[torch.Tensor]]:
+    from dist_gan.data.stream import StreamLoader, open_shards, to_model_range
+
+    shards = open_shards(shards_dir)
+    state = {"seed": 0}
+
+    def make() -> Iterator[torch.Tensor]:
+        state["seed"] += 1  # a fresh stream each run, not a replay from the page cache's favourite shard
+        loader = StreamLoader(shards, batch, 0, 1, seed=state["seed"], workers=workers, shuffle=shuffle,
+                              chunk_batches=chunk_batches, pin_memory=device.type == "cuda")
+        batches = loader.batches()
+        try:
+            for b in batches:
+                yield to_model_range(b, device)
+        finally:
+            batches.close()
+
+    return make
+
+
+def imagefolder_factory(root: Path, batch: int, workers: int, device: torch.device) -> Callable[[], Iterator[torch.Tensor]]:
+    def make() -> Iterator[torch.Tensor]:
+        loader = imagefolder_loader(str(root), batch, workers, pin_memory=device.type == "cuda")
+        while True:
+            for images, _ in loader:
+                yield images.to(device, non_blocking=True)
+
+    return make
+
+
+def time_loader(make: Callable[[], Iterator[torch.Tensor]], warm: int, batches: int, batch: int, device: torch.device) -> float:
+    """images/s over ``batches`` batches after ``warm`` untimed ones, on a fresh iterator."""
+    it = make()
+    try:
+        for _ in range(warm):
+            x = next(it)
+        common.sync(device)
+        t0 = time.perf_counter()
+        for _ in range(batches):
+            x = next(it)
+            assert x.shape[0] == batch and x.dtype == torch.float32
+        common.sync(device)
+        return batch * batches / (time.perf_counter() - t0)
+    finally:
+        it.close()
+        del it
+        gc.collect()
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--src", default=str(DEFAULT_SRC), help="folder or zip of images (default: the CelebA 10k zip)")
+    p.add_argument("--cache", default=None, help="scratch folder outside the repo (default ~/.cache/dist_gan_bench)")
+    p.add_argument("--limit", type=int, default=None, help="pack only the first N images")
+    p.add_argument("--resolution", type=int, default=64)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers, the same for both")
+    p.add_argument("--batches", type=int, default=30, help="timed batches per run")
+    p.add_argument("--warm", type=int, default=None, help="untimed batches first (default 4 x workers + 2)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--shuffle", type=int, default=1000, help="StreamLoader shuffle buffer (loader.shuffle)")
+    p.add_argument("--chunk-batches", type=int, default=500, help="StreamLoader chunk (loader.chunk_batches)")
+    p.add_argument("--with-npy", action="store_true", help="also time pre-decoded .npy shards (what-if)")
+    p.add_argument("--step-json", default=None, help="step benchmark JSON to relate to (default results/step_<dev>.json)")
+    p.add_argument("--out", default=None)
+    return p.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    args = parse_args(argv)
+    device = common.pick_device(args.device)
+    cache = Path(args.cache) if args.cache else common.cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    src = Path(args.src)
+    if common.REPO in cache.resolve().parents:
+        raise SystemExit(f"--cache {cache} is inside the repo; use a scratch folder outside it")
+    shards = ensure_shards(src, cache, args.resolution, args.limit)
+    folder = ensure_imagefolder(shards)
+    n_images = json.loads((shards / "manifest.json").read_text())["num_samples"]
+    warm = args.warm if args.warm is not None else 4 * max(1, args.workers) + 2
+    print(f"loader benchmark: {n_images} images {args.resolution}px, batch {args.batch}, {args.workers} workers, "
+          f"{args.batches} timed batches after {warm}, device {device}", flush=True)
+
+    factories = {
+        "dist_gan_stream": stream_factory(shards, args.batch, args.workers, device, args.shuffle, args.chunk_batches),
+        "imagefolder": imagefolder_factory(folder, args.batch, args.workers, device),
+    }
+    if args.with_npy:
+        factories["dist_gan_stream_npy"] = stream_factory(ensure_npy_shards(shards), args.batch, args.workers, device,
+                                                          args.shuffle, args.chunk_batches)
+    runs: Dict[str, list] = {k: [] for k in factories}
+    names = list(factories)
+    for r in range(args.repeats):
+        order = names[r % len(names):] + names[: r % len(names)]
+        for name in order:
+            runs[name].append(time_loader(factories[name], warm, args.batches, args.batch, device))
+        print(f"  repeat {r + 1}/{args.repeats}: " + ", ".join(f"{n} {runs[n][-1]:.0f}" for n in names) + " img/s", flush=True)
+    results: Dict[str, Any] = {k: common.summarize(v) for k, v in runs.items()}
+    results["ratio_stream_vs_imagefolder"] = results["dist_gan_stream"]["img_per_s"] / results["imagefolder"]["img_per_s"]
+    step_json = Path(args.step_json) if args.step_json else common.default_out("step", device)
+    if step_json.is_file():
+        step = json.loads(step_json.read_text())["results"]
+        consumed = step["dist_gan"]["img_per_s"]
+        results["step_img_per_s"] = consumed
+        results["step_json"] = str(step_json)
+        results["ratio_stream_vs_step"] = results["dist_gan_stream"]["img_per_s"] / consumed
+    settings = {"src": str(src), "num_images": n_images, "resolution": args.resolution, "batch": args.batch,
+                "workers": args.workers, "batches": args.batches, "warm": warm, "repeats": args.repeats,
+                "shuffle": args.shuffle, "chunk_batches": args.chunk_batches, "device": str(device)}
+    path = Path(args.out) if args.out else common.default_out("loader", device)
+    common.write_json(path, "loader", settings, results, device)
+    for name in names:
+        print(f"{name:22s}: {results[name]['img_per_s']:9.0f} img/s")
+    print(f"stream / imagefolder: {results['ratio_stream_vs_imagefolder']:.2f}x")
+    if "ratio_stream_vs_step" in results:
+        print(f"stream / training step ({results['step_img_per_s']:.0f} img/s): {results['ratio_stream_vs_step']:.1f}x")
+    print(f"wrote {path}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
