@@ -1,0 +1,653 @@
+"""dist_gan's recipe against the textbook DCGAN: same images, same budget, same seed, scored alike.
+
+Per data set (``--data celeba anime``), the real zip in ``../shared/data`` is packed ONCE at
+64 px into a cache folder outside the repo (``dist_gan.data.pack``, ``--crop center`` by
+default: the largest centred square, 89x89 of CelebA's 89x109, then Lanczos to 64 px, the
+issue's baseline preprocessing). Both trainers read those shards: the textbook decodes them
+into one uint8 array and draws shuffled batches from it (epoch permutations, drop-last, as
+the example's DataLoader does); dist_gan streams them. Then three runs, same seed:
+
+- ``textbook``: ``benchmarks.textbook.TextbookDCGAN`` (fp32, Sigmoid + BCELoss, separate
+  real/fake passes, Adam 2e-4 (0.5, 0.999) for both nets, batch 128) for ``--kimg``;
+- ``dist_gan@img``: ``dist_gan/train.py recipe=--recipe`` for the same ``--kimg`` (same image
+  budget, DCGAN width 64);
+- ``dist_gan@time``: the recipe plus ``--time-override`` (e.g. narrower nets), stopped by
+  SIGTERM (the loop's preemption path: it checkpoints and exits) once it has used the
+  textbook's time. ``--clock cpu`` (default) measures that time as the CPU seconds of the
+  whole training process (user + system, start to exit, the textbook's own taken the same
+  way): on a shared box, wall time mostly measures the neighbours. ``--clock wall`` uses
+  elapsed seconds (meaningful on a quiet machine only). Every process runs with
+  ``--threads`` intra-op threads (``OMP_NUM_THREADS``).
+
+With ``--parallel`` the three trainings run at once (the time-budgeted one is paused with
+SIGSTOP whenever it is ahead of the textbook's CPU clock, so it never spends more than the
+textbook has; it is stopped as soon as it reaches the textbook's final total), then the
+evaluations run two at a time.
+
+Each run is scored by ``dist-gan eval RUN --fid --kid --detect --leak --ref SHARDS --n N``
+(the textbook's G is written as a dist_gan checkpoint, G = G_ema, so the same evaluator,
+latents and eval-mode BN apply): FID/KID against the packed reference (NVIDIA's Inception),
+face detector misses on N samples and on N reals (Haar for CelebA; the anime LBP cascade
+for anime), and the nearest-neighbour leak check.
+
+Writes under ``--out`` (default ``benchmarks/results/quality_vs_textbook``):
+``results.json`` (schema ``dist_gan.quality_vs_textbook/1``), ``results.md`` (the tables),
+``samples_<data>.png`` (reals | textbook | dist_gan@img | dist_gan@time, same latents),
+``<data>/<run>/report.json`` (each eval), ``command.txt``.
+
+The issue's protocol (60 kimg, n=1000)::
+
+    python benchmarks/quality_vs_textbook.py --data celeba anime --kimg 60 --n 1000 --parallel
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+SHARED = (REPO / ".." / "shared").resolve()
+ZIPS = {"celeba": "celeba-10k.zip", "anime": "anime-faces-20k.zip"}
+ANIME_CASCADE = SHARED / "detectors" / "lbpcascade_animeface.xml"
+SCHEMA = "dist_gan.quality_vs_textbook/1"
+RUNS = ("textbook", "dist_gan@img", "dist_gan@time")
+GRID_SEED = 1234
+GRID_N = 16
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def log(msg: str) -> None:
+    print(f"[quality_vs_textbook {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def default_cache() -> Path:
+    root = os.environ.get("DIST_GAN_BENCH_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "dist_gan_bench")
+    return Path(root)
+
+
+# ------------------------------------------------------------------ data
+def packed_shards(data: str, cache: Path, crop: str, limit: Optional[int], zip_path: Optional[Path] = None) -> Path:
+    """``cache/shards/qvt-<data>-64-<crop>[-limitN]``, packed once and reused while its manifest exists."""
+    from dist_gan.data.pack import pack
+
+    src = zip_path or SHARED / "data" / ZIPS[data]
+    if not src.is_file():
+        raise SystemExit(f"missing {src}: the benchmark packs the real zips from ../shared/data")
+    out = cache / "shards" / (f"qvt-{data}-64-{crop}" + (f"-limit{limit}" if limit else ""))
+    if not (out / "manifest.json").is_file():
+        log(f"packing {src.name} at 64 px ({crop} crop) -> {out}")
+        pack(src, out, resolution=64, crop=crop, shard_size=2000, progress=False, limit=limit, workers=1)
+    return out
+
+
+def shard_array(shards: Path):
+    """Every packed image as one (N, 64, 64, 3) uint8 array, in shard order."""
+    from dist_gan.eval import reference as R
+
+    ref = R.open_reference(shards)
+    return R.load_images(ref, ref.count, 64)
+
+
+# ------------------------------------------------------------------ textbook
+def train_textbook(images, kimg: float, seed: int, batch: int = 128, ngf: int = 64, ndf: int = 64,
+                   nz: int = 100, log_every: int = 50) -> Dict[str, Any]:
+    """The textbook DCGAN (``benchmarks.textbook``) for ceil(kimg*1000/batch) steps over ``images`` (uint8 NHWC).
+
+    Batches: a fresh ``randperm`` per epoch (seeded), ``drop_last``, uint8 -> [-1, 1] as
+    ToTensor + Normalize(0.5, 0.5) does. Returns the model and timing facts.
+    """
+    import torch
+
+    from benchmarks.textbook import TextbookDCGAN
+
+    model = TextbookDCGAN("cpu", resolution=images.shape[1], nz=nz, ngf=ngf, ndf=ndf, seed=seed)
+    data = torch.from_numpy(images).permute(0, 3, 1, 2)  # uint8 NCHW view
+    n = data.shape[0]
+    gen = torch.Generator().manual_seed(seed)
+    steps = math.ceil(kimg * 1000 / batch)
+    perm, pos, history = torch.randperm(n, generator=gen), 0, []
+    t0, c0 = time.perf_counter(), time.process_time()
+    for it in range(steps):
+        if pos + batch > n:
+            perm, pos = torch.randperm(n, generator=gen), 0
+        x = data[perm[pos:pos + batch]].float().div_(127.5).sub_(1.0)
+        pos += batch
+        stats = model.step(x)
+        if (it + 1) % log_every == 0 or it + 1 == steps:
+            history.append({"step": it + 1, "kimg": (it + 1) * batch / 1000, **{k: round(v, 4) for k, v in stats.items()}})
+    return {"model": model, "steps": steps, "nimg": steps * batch, "loop_wall_s": time.perf_counter() - t0,
+            "loop_cpu_s": time.process_time() - c0, "history": history}
+
+
+def save_textbook_checkpoint(model, run: Path, nimg: int, ngf: int, ndf: int) -> Path:
+    """The textbook netG as a dist_gan checkpoint (its ``main.*`` layers are dist_gan's ``net.*``); G_ema = G."""
+    from dist_gan import config as config_mod
+    from dist_gan.engine import checkpoint as ckpt
+    from dist_gan.models import build_generator
+
+    cfg = config_mod.to_dict(config_mod.load_config([f"model.ngf={ngf}", f"model.ndf={ndf}"], recipe="dcgan64"))
+    cfg["recipe"] = "textbook"
+    sd = {k.replace("main.", "net.", 1): v.detach().clone() for k, v in model.netG.state_dict().items()}
+    build_generator(cfg["model"]).load_state_dict(sd)  # strict: the layers line up
+    return ckpt.save_checkpoint({"cfg": cfg, "G": sd, "G_ema": sd, "nimg": nimg, "textbook": True},
+                                run / "checkpoints", nimg, keep=1)
+
+
+def textbook_child(a: argparse.Namespace) -> None:
+    """``_textbook`` sub-command: one textbook run in its own process (so its CPU time is its own)."""
+    import torch
+
+    torch.set_num_threads(a.threads)
+    run = Path(a.run)
+    t0, c0 = time.perf_counter(), time.process_time()
+    images = shard_array(Path(a.shards))
+    decode = {"decode_wall_s": time.perf_counter() - t0, "decode_cpu_s": time.process_time() - c0}
+    res = train_textbook(images, a.kimg, a.seed, batch=a.batch, ngf=a.width, ndf=a.width)
+    path = save_textbook_checkpoint(res.pop("model"), run, res["nimg"], a.width, a.width)
+    (run / "textbook_facts.json").write_text(json.dumps({**res, **decode, "checkpoint": str(path), "images": int(images.shape[0])}, indent=1))
+
+
+# ------------------------------------------------------------------ processes
+def proc_cpu_s(pid: int) -> float:
+    """user + system seconds of a live process and its reaped children, from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return sum(int(x) for x in fields[11:15]) / CLK
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
+class Job:
+    """A child process with its wall clock, CPU clock (from wait4's rusage at exit) and log file."""
+
+    def __init__(self, name: str, cmd: List[str], logfile: Path, threads: int) -> None:
+        self.name, self.cmd = name, cmd
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        logfile.parent.mkdir(parents=True, exist_ok=True)
+        self.log = open(logfile, "w")
+        self.logfile = logfile
+        self.t0 = time.perf_counter()
+        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        self.rc: Optional[int] = None
+        self.wall_s = self.cpu_s = None
+        self.stopped = False  # SIGSTOPped by the budget keeper
+        self.terminated = False  # SIGTERMed at the budget
+
+    def cpu_now(self) -> float:
+        return self.cpu_s if self.rc is not None else proc_cpu_s(self.proc.pid)
+
+    def wall_now(self) -> float:
+        return self.wall_s if self.rc is not None else time.perf_counter() - self.t0
+
+    def poll(self) -> bool:
+        """True once finished (reaps it and records its clocks)."""
+        if self.rc is not None:
+            return True
+        pid, status, ru = os.wait4(self.proc.pid, os.WNOHANG)
+        if pid == 0:
+            return False
+        self.rc = os.waitstatus_to_exitcode(status)
+        self.proc.returncode = self.rc
+        self.wall_s = time.perf_counter() - self.t0
+        self.cpu_s = ru.ru_utime + ru.ru_stime
+        self.log.close()
+        return True
+
+    def signal(self, sig: int) -> None:
+        if self.rc is None:
+            try:
+                self.proc.send_signal(sig)
+            except ProcessLookupError:
+                pass
+
+    def check(self) -> None:
+        if self.rc != 0:
+            tail = self.logfile.read_text()[-4000:]
+            raise SystemExit(f"{self.name} failed (exit {self.rc}): {shlex.join(self.cmd)}\n{tail}")
+
+
+def wait_all(jobs: List[Job], keeper=None, interval: float = 0.5) -> None:
+    while True:
+        done = [j.poll() for j in jobs]
+        if keeper is not None:
+            keeper()
+        if all(done):
+            return
+        time.sleep(interval)
+
+
+# ------------------------------------------------------------------ dist_gan runs
+def dist_gan_args(a: argparse.Namespace, shards: Path, run: Path, extra: List[str], kimg: Optional[float]) -> List[str]:
+    """train.py arguments; ``kimg=None``: open-ended (stopped by the time budget)."""
+    big = 1e6
+    k = kimg if kimg is not None else big
+    return [f"recipe={a.recipe}", f"data={shards}", f"run_dir={run}", f"seed={a.seed}", f"train.kimg={k}",
+            "loader.workers=0", "log.tensorboard=false", "log.progress=false", f"log.sample_kimg={k}",
+            f"log.snapshot_kimg={k}", "log.keep=1", *([] if kimg is not None else ["log.every=1"]), *a.override, *extra]
+
+
+def train_cmd(args: List[str]) -> List[str]:
+    return [sys.executable, str(REPO / "dist_gan" / "train.py"), *args]
+
+
+def textbook_cmd(a: argparse.Namespace, shards: Path, run: Path) -> List[str]:
+    return [sys.executable, str(Path(__file__).resolve()), "_textbook", "--shards", str(shards), "--run", str(run),
+            "--kimg", str(a.kimg), "--seed", str(a.seed), "--threads", str(a.threads), "--batch", str(a.tb_batch),
+            "--width", str(a.tb_width)]
+
+
+def run_facts(job: Job, run: Path, budget: Optional[float] = None) -> Dict[str, Any]:
+    from dist_gan.engine.checkpoint import list_checkpoints, load_checkpoint
+
+    ck = list_checkpoints(run / "checkpoints")
+    state = load_checkpoint(ck[-1]) if ck else {}
+    nimg = int(state.get("nimg", 0))
+    facts: Dict[str, Any] = {"command": shlex.join(job.cmd), "wall_s": round(job.wall_s, 1), "cpu_s": round(job.cpu_s, 1),
+                             "nimg": nimg, "kimg": nimg / 1000, "img_per_cpu_s": round(nimg / job.cpu_s, 2) if job.cpu_s else None,
+                             "checkpoint": str(ck[-1]) if ck else None}
+    if budget is not None:
+        facts["budget_s"] = round(budget, 1)
+        facts["stopped_by_budget"] = job.terminated
+    metrics = run / "metrics.jsonl"
+    if metrics.is_file():
+        recs = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
+        if recs:
+            facts["steps"] = recs[-1].get("step")
+            facts["last_stats"] = {k: round(v, 4) for k, v in recs[-1].items() if k.startswith(("loss", "d_real", "d_fake"))}
+    tb = run / "textbook_facts.json"
+    if tb.is_file():
+        t = json.loads(tb.read_text())
+        facts.update(steps=t["steps"], loop_wall_s=round(t["loop_wall_s"], 1), loop_cpu_s=round(t["loop_cpu_s"], 1),
+                     decode_cpu_s=round(t.get("decode_cpu_s", 0.0), 1), decode_wall_s=round(t.get("decode_wall_s", 0.0), 1),
+                     last_stats=t["history"][-1] if t["history"] else {})
+    return facts
+
+
+class Done:
+    """A finished run reused from its ``job.json`` stamp (same command line): the clocks it took then."""
+
+    def __init__(self, name: str, stamp: Dict[str, Any]) -> None:
+        self.name, self.cmd, self.rc = name, stamp["cmd"], 0
+        self.wall_s, self.cpu_s, self.terminated = stamp["wall_s"], stamp["cpu_s"], stamp.get("terminated", False)
+
+    def poll(self) -> bool:
+        return True
+
+    def check(self) -> None:
+        pass
+
+
+def reusable(run: Path, cmd: List[str], name: str):
+    stamp = run / "job.json"
+    if stamp.is_file():
+        st = json.loads(stamp.read_text())
+        if st.get("cmd") == cmd and st.get("rc") == 0:
+            log(f"{name}: reusing the finished run in {run}")
+            return Done(name, st)
+    return None
+
+
+def stamp(job, run: Path, budget: Optional[float] = None) -> None:
+    (run / "job.json").write_text(json.dumps({"cmd": job.cmd, "rc": job.rc, "wall_s": job.wall_s, "cpu_s": job.cpu_s,
+                                              "terminated": job.terminated, "budget": budget}, indent=1))
+
+
+def textbook_budget(tb, run: Path, clock: str) -> float:
+    """The textbook process's seconds (CPU or wall) less its one-off decode of the whole shard set
+    into memory (a harness artefact: the example's DataLoader decodes on the fly, as dist_gan's stream does)."""
+    facts = json.loads((run / "textbook_facts.json").read_text())
+    if clock == "cpu":
+        return tb.cpu_s - facts.get("decode_cpu_s", 0.0)
+    return tb.wall_s - facts.get("decode_wall_s", 0.0)
+
+
+def train_all(a: argparse.Namespace, data: str, shards: Path, root: Path):
+    """The trainings of one data set (``a.runs``; finished identical runs are reused); returns facts per run."""
+    import shutil
+
+    runs = {name: root / name.replace("@", "_at_") for name in RUNS}
+    clock = (lambda j: j.cpu_now()) if a.clock == "cpu" else (lambda j: j.wall_now())
+    cmds = {"textbook": textbook_cmd(a, shards, runs["textbook"]),
+            "dist_gan@img": train_cmd(dist_gan_args(a, shards, runs["dist_gan@img"], [], a.kimg)),
+            "dist_gan@time": train_cmd(dist_gan_args(a, shards, runs["dist_gan@time"], a.time_override, None))}
+    log(f"{data}: " + " | ".join(f"{n}: {shlex.join(c[2:])}" for n, c in cmds.items()))
+    jobs: Dict[str, Any] = {}
+    needed = set(a.runs) | (set() if a.train_only else set(RUNS)) | ({"textbook"} if "dist_gan@time" in a.runs else set())
+    for name in RUNS:
+        if name not in needed:
+            continue
+        done = reusable(runs[name], cmds[name], name)
+        if done is not None:
+            jobs[name] = done
+        elif name not in a.runs:
+            raise SystemExit(f"{name} is needed but not trained yet: add it to --runs")
+    budget: Dict[str, Optional[float]] = {"s": None}
+
+    def start(name: str):
+        shutil.rmtree(runs[name], ignore_errors=True)
+        runs[name].mkdir(parents=True)
+        jobs[name] = Job(name, cmds[name], runs[name] / "train.log", a.threads)
+        return jobs[name]
+
+    def keeper() -> None:
+        tb, tj = jobs.get("textbook"), jobs.get("dist_gan@time")
+        if tj is None or tj.rc is not None or tb is None:
+            return
+        if tb.rc is not None and budget["s"] is None:
+            tb.check()
+            budget["s"] = textbook_budget(tb, runs["textbook"], a.clock)
+        limit = budget["s"] if budget["s"] is not None else clock(tb)
+        used = clock(tj)
+        started = (runs["dist_gan@time"] / "samples" / "reals.png").is_file()  # its SIGTERM handler is installed
+        if budget["s"] is not None and used >= budget["s"] and not tj.terminated and started:
+            tj.signal(signal.SIGCONT)
+            tj.signal(signal.SIGTERM)
+            tj.terminated = True
+            log(f"{data}: dist_gan@time reached the budget ({used:.0f} of {budget['s']:.0f} {a.clock}-s): SIGTERM")
+        elif a.clock == "cpu" and not tj.terminated:
+            ahead = used >= limit
+            if ahead and not tj.stopped:
+                tj.signal(signal.SIGSTOP)
+                tj.stopped = True
+            elif not ahead and tj.stopped:
+                tj.signal(signal.SIGCONT)
+                tj.stopped = False
+
+    todo = [n for n in RUNS if n in a.runs and n not in jobs]
+    if a.parallel:
+        started = [start(n) for n in todo]
+        wait_all(started, keeper)
+    else:
+        for n in todo:
+            wait_all([start(n)], keeper)
+            jobs[n].check()
+    for n in todo:
+        j = jobs[n]
+        if j.rc == 0:
+            stamp(j, runs[n], budget["s"] if n == "dist_gan@time" else None)
+        j.check()
+    if "dist_gan@time" in jobs and budget["s"] is None:
+        budget["s"] = textbook_budget(jobs["textbook"], runs["textbook"], a.clock)
+    facts = {n: run_facts(j, runs[n], budget["s"] if n == "dist_gan@time" else None) for n, j in jobs.items()}
+    return facts, {n: runs[n] for n in jobs}
+
+
+# ------------------------------------------------------------------ evaluation
+def eval_cmd(run: Path, shards: Path, out: Path, a: argparse.Namespace, data: str) -> List[str]:
+    cmd = [sys.executable, "-m", "dist_gan.eval.run", "eval", str(run), "--fid", "--kid", "--detect", "--leak",
+           "--ref", str(shards), "--n", str(a.n), "--seed", str(a.seed), "--out", str(out), "--batch", str(min(a.n, 250))]
+    if data == "anime":
+        cmd += ["--detector", "anime", "--cascade", str(ANIME_CASCADE)]
+    else:
+        cmd += ["--detector", "haar"]
+    return cmd
+
+
+def evaluate_all(a: argparse.Namespace, data: str, shards: Path, runs: Dict[str, Path], out: Path) -> Dict[str, Dict[str, Any]]:
+    """``dist-gan eval`` per run: the first alone (it caches the reference statistics), then the rest."""
+    names = list(runs)
+    outs = {n: out / data / n.replace("@", "_at_") for n in names}
+    jobs: Dict[str, Job] = {}
+    first = Job(f"eval {names[0]}", eval_cmd(runs[names[0]], shards, outs[names[0]], a, data), runs[names[0]] / "eval.log", a.threads)
+    wait_all([first])
+    first.check()
+    jobs[names[0]] = first
+    rest = names[1:]
+    width = 2 if a.parallel else 1
+    for i in range(0, len(rest), width):
+        batch = [Job(f"eval {n}", eval_cmd(runs[n], shards, outs[n], a, data), runs[n] / "eval.log", a.threads) for n in rest[i:i + width]]
+        wait_all(batch)
+        for n, j in zip(rest[i:i + width], batch):
+            j.check()
+            jobs[n] = j
+    reports = {}
+    for n in names:
+        rep = json.loads((outs[n] / "report.json").read_text())
+        rep["_eval_command"] = shlex.join(jobs[n].cmd)
+        rep["_eval_wall_s"] = round(jobs[n].wall_s, 1)
+        rep["_eval_cpu_s"] = round(jobs[n].cpu_s, 1)
+        rep["_out"] = str(outs[n])
+        reports[n] = rep
+    return reports
+
+
+def row(name: str, facts: Dict[str, Any], rep: Dict[str, Any], out: Path) -> Dict[str, Any]:
+    m = rep["metrics"]
+    det, kid, fid, leak = m.get("detect", {}), m.get("kid", {}), m.get("fid", {}), m.get("leak", {})
+    return {
+        "run": name, "train": facts,
+        "fid": fid.get("fid"), "kid_mean": kid.get("kid_mean"), "kid_std": kid.get("kid_std"),
+        "gen_no_face": det.get("gen_no_face"), "gen_n": det.get("gen_n"),
+        "ref_no_face": det.get("ref_no_face"), "ref_n": det.get("ref_n"), "detector": det.get("detector"),
+        "leak": {k: v for k, v in leak.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)},
+        "eval": {"command": rep.get("_eval_command"), "wall_s": rep.get("_eval_wall_s"), "cpu_s": rep.get("_eval_cpu_s"),
+                 "report": str(Path(rep["_out"]) / "report.json")},
+    }
+
+
+# ------------------------------------------------------------------ figure
+def grid_of(run: Path, n: int = GRID_N):
+    import numpy as np
+    import torch
+
+    from dist_gan.engine.checkpoint import load_generator
+    from dist_gan.imaging import to_uint8
+
+    G, cfg = load_generator(run)
+    z = torch.randn(n, int(cfg["model"]["nz"]), generator=torch.Generator().manual_seed(GRID_SEED))
+    with torch.no_grad():
+        return tile(np.asarray(to_uint8(G(z))))
+
+
+def tile(imgs, cols: int = 4):
+    import numpy as np
+
+    n, h, w, c = imgs.shape
+    rows = (n + cols - 1) // cols
+    grid = np.full((rows * h + (rows - 1) * 2, cols * w + (cols - 1) * 2, c), 255, np.uint8)
+    for i, im in enumerate(imgs):
+        r, q = divmod(i, cols)
+        grid[r * (h + 2): r * (h + 2) + h, q * (w + 2): q * (w + 2) + w] = im
+    return grid
+
+
+def compose(panels: List[tuple], path: Path, title: str) -> None:
+    from PIL import Image, ImageDraw
+
+    scale = 2
+    ims = [Image.fromarray(g).resize((g.shape[1] * scale, g.shape[0] * scale), Image.NEAREST) for _, _, g in panels]
+    pad, top, bottom = 12, 40, 36
+    fig = Image.new("RGB", (sum(i.width for i in ims) + pad * (len(ims) + 1), max(i.height for i in ims) + top + bottom), "white")
+    draw = ImageDraw.Draw(fig)
+    draw.text((pad, 4), title, fill="black")
+    x = pad
+    for (label, caption, _), im in zip(panels, ims):
+        fig.paste(im, (x, top))
+        draw.text((x, top - 16), label, fill="black")
+        draw.text((x, top + im.height + 4), caption, fill="black")
+        x += im.width + pad
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.save(path)
+
+
+# ------------------------------------------------------------------ tables
+def fmt(v: Any, spec: str = ".1f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def ratios(rows: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+    tb = rows["textbook"]
+    out: Dict[str, Any] = {}
+    for name in ("dist_gan@img", "dist_gan@time"):
+        r = rows.get(name)
+        if r and tb.get("fid") and r.get("fid") is not None:
+            out[f"fid_ratio_{name.split('@')[1]}"] = r["fid"] / tb["fid"]
+    return out
+
+
+def target_lines(rows: Dict[str, Dict[str, Any]]) -> List[str]:
+    """The issue's targets, each with met / not met."""
+    tb, out = rows["textbook"], []
+    for name, goal in (("dist_gan@img", 0.4), ("dist_gan@time", 0.25)):
+        r = rows.get(name)
+        if r and r.get("fid") and tb.get("fid"):
+            ratio = r["fid"] / tb["fid"]
+            out.append(f"{name} FID <= {goal} x textbook: {ratio:.3f} ({'met' if ratio <= goal else 'NOT met'})")
+    for name in ("dist_gan@img", "dist_gan@time"):
+        r = rows.get(name)
+        if r and r.get("gen_n") and r.get("ref_n"):
+            gap = 100 * (r["gen_no_face"] / r["gen_n"] - r["ref_no_face"] / r["ref_n"])
+            out.append(f"{name} no-face rate within 1 point of the reals': {gap:+.1f} points ({'met' if abs(gap) <= 1 else 'NOT met'})")
+    for name in ("dist_gan@img", "dist_gan@time"):
+        r = rows.get(name)
+        if r:
+            v = r["leak"].get("verdict", "-")
+            out.append(f"{name} leak: {v} ({'met' if v == 'no memorisation signal' else 'NOT met'})")
+    return out
+
+
+def markdown(results: Dict[str, Any]) -> str:
+    lines = ["# dist_gan vs the textbook DCGAN: same images, same budget, same seed", ""]
+    for data, block in results["datasets"].items():
+        s = block["settings"]
+        rows = block["rows"]
+        ref = rows["textbook"]
+        lines += [
+            f"## {data}", "",
+            f"Command: `{block['command']}`", "",
+            f"Shards: `{block['shards']}` ({block['images']} images, {block['crop']} crop, 64 px); seed {s['seed']}; "
+            f"image budget {s['kimg']} kimg; time budget = the textbook's {s['clock']} seconds; "
+            f"{s['threads']} thread(s) per process; {'trainings run concurrently' if s['parallel'] else 'one at a time'}; "
+            f"eval n = {s['n']} generated vs {s['n']} reference images (EMA G for dist_gan; the textbook has no EMA).", "",
+            f"dist_gan@img: `recipe={s['recipe']}{''.join(' ' + o for o in s['override'])}`; dist_gan@time adds "
+            + (f"`{' '.join(s['time_override'])}`" if s["time_override"] else "nothing") + ".", "",
+            "| run | kimg | steps | train wall s | train CPU s | FID | FID / textbook | KID x1e3 | no face | leak (under real p1 / expected, copies, verdict) |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name in RUNS:
+            r = rows.get(name)
+            if not r:
+                continue
+            t = r["train"]
+            kid = f"{r['kid_mean'] * 1e3:.1f} ± {r['kid_std'] * 1e3:.1f}" if r["kid_mean"] is not None else "-"
+            ratio = f"{r['fid'] / ref['fid']:.3f}" if r.get("fid") and ref.get("fid") else "-"
+            leak = r["leak"]
+            leak_s = (f"{leak.get('under_real_p1', '-')} / {fmt(leak.get('under_real_p1_expected'), '.1f')}, "
+                      f"{leak.get('copies', '-')}, {leak.get('verdict', '-')}")
+            lines.append(f"| {name} | {t['kimg']:.2f} | {t.get('steps', '-')} | {fmt(t['wall_s'], '.0f')} | {fmt(t['cpu_s'], '.0f')} | "
+                         f"{fmt(r['fid'])} | {ratio} | {kid} | {r['gen_no_face']}/{r['gen_n']} | {leak_s} |")
+        lines.append(f"| reals (detector floor) | - | - | - | - | - | - | - | {ref['ref_no_face']}/{ref['ref_n']} | - |")
+        tm = rows.get("dist_gan@time", {}).get("train", {})
+        tbt = ref["train"]
+        lines += ["", f"Time budget: the textbook's {s['clock']} seconds less its one-off decode of the shards into memory "
+                  f"({tbt['cpu_s']:.0f} - {tbt.get('decode_cpu_s', 0):.0f} CPU s; wall {tbt['wall_s']:.0f} s) = {fmt(tm.get('budget_s'), '.0f')} s; "
+                  f"dist_gan@time used {fmt(tm.get('cpu_s'), '.0f')} CPU s ({fmt(tm.get('wall_s'), '.0f')} s wall), "
+                  f"stopped by the budget: {tm.get('stopped_by_budget')}."]
+        lines += ["", "Targets: " + "; ".join(target_lines(rows))]
+        det = ref.get("detector") or {}
+        det_s = f"{det.get('name')}, {det.get('working_size')}" if isinstance(det, dict) else str(det)
+        lines += ["", f"Detector: {det_s}. \"no face\": samples in which it finds no face, out of n; the reals row is its floor.", "",
+                  f"![samples]({block['figure']})", ""]
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------ main
+def parse(argv: Optional[List[str]]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", nargs="+", choices=sorted(ZIPS), default=["celeba"])
+    p.add_argument("--kimg", type=float, default=60.0, help="image budget (thousands of real images shown to D)")
+    p.add_argument("--n", type=int, default=1000, help="generated (and reference) images per evaluation")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--recipe", default="celeba64", help="dist_gan recipe for both dist_gan runs")
+    p.add_argument("--override", nargs="*", default=[], help="key=value for both dist_gan runs")
+    p.add_argument("--time-override", nargs="*", default=["model.ngf=32", "model.ndf=32"],
+                   help="key=value for the time-budgeted dist_gan run only")
+    p.add_argument("--clock", choices=("cpu", "wall"), default="cpu", help="how the time budget is measured")
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads per process")
+    p.add_argument("--parallel", action="store_true", help="train the three at once; evaluate two at a time")
+    p.add_argument("--runs", nargs="+", choices=RUNS, default=list(RUNS), help="runs to train (others must be finished)")
+    p.add_argument("--train-only", action="store_true", help="train (or reuse) and stop: no evaluation or tables")
+    p.add_argument("--crop", default="center", choices=("center", "celeba", "auto"), help="packing crop")
+    p.add_argument("--limit", type=int, default=None, help="pack only the first N images (smoke tests)")
+    p.add_argument("--tb-batch", type=int, default=128)
+    p.add_argument("--tb-width", type=int, default=64, help="textbook ngf = ndf")
+    p.add_argument("--cache", type=Path, default=None, help="shards and runs (outside the repo)")
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "quality_vs_textbook")
+    return p.parse_args(argv)
+
+
+def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "_textbook":
+        p = argparse.ArgumentParser()
+        for k in ("--shards", "--run"):
+            p.add_argument(k, required=True)
+        p.add_argument("--kimg", type=float, required=True)
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--threads", type=int, default=1)
+        p.add_argument("--batch", type=int, default=128)
+        p.add_argument("--width", type=int, default=64)
+        textbook_child(p.parse_args(argv[1:]))
+        return {}
+    a = parse(argv)
+    cache = a.cache or default_cache()
+    command = "python benchmarks/quality_vs_textbook.py " + shlex.join(argv)
+    a.out.mkdir(parents=True, exist_ok=True)
+    res_path = a.out / "results.json"
+    results = json.loads(res_path.read_text()) if res_path.is_file() else {}
+    if results.get("schema") != SCHEMA:
+        results = {"schema": SCHEMA, "datasets": {}}
+    from benchmarks.common import machine_info
+
+    import torch
+
+    for data in a.data:
+        shards = packed_shards(data, cache, a.crop, a.limit)
+        root = cache / "qvt_runs" / (data + (f"-limit{a.limit}" if a.limit else ""))
+        t0 = time.perf_counter()
+        facts, runs = train_all(a, data, shards, root)
+        if a.train_only:
+            log(f"{data}: trained: " + json.dumps({n: {k: f.get(k) for k in ("kimg", "wall_s", "cpu_s")} for n, f in facts.items()}))
+            continue
+        if set(runs) != set(RUNS):
+            raise SystemExit(f"evaluation needs all of {RUNS}; have {sorted(runs)}")
+        reports = evaluate_all(a, data, shards, runs, a.out)
+        rows = {n: row(n, facts[n], reports[n], a.out) for n in RUNS}
+        fig = f"samples_{data}.png"
+        panels = [("reals", "training shards", tile(shard_array(shards)[:GRID_N]))]
+        for n in RUNS:
+            r = rows[n]
+            panels.append((f"{n} ({r['train']['kimg']:.1f} kimg)", f"FID {fmt(r['fid'], '.0f')}  no face {r['gen_no_face']}/{r['gen_n']}", grid_of(runs[n])))
+        compose(panels, a.out / fig, f"{data}: textbook DCGAN vs dist_gan (seed {a.seed}, same latents, dist_gan EMA G)")
+        with open(shards / "manifest.json") as fh:
+            manifest = json.load(fh)
+        results["datasets"][data] = {
+            "command": command, "shards": str(shards), "images": manifest.get("num_samples"), "crop": manifest.get("crop"),
+            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items() if k not in ("data", "out", "cache")},
+            "rows": rows, "ratios": ratios(rows), "figure": fig,
+            "machine": {**machine_info(torch.device("cpu")), "torch_threads": a.threads},
+            "seconds": round(time.perf_counter() - t0, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        tmp = res_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(results, indent=1) + "\n")
+        os.replace(tmp, res_path)
+        (a.out / "results.md").write_text(markdown(results))
+        (a.out / "command.txt").write_text("\n".join(b["command"] for b in results["datasets"].values()) + "\n")
+        log(f"{data}: " + ", ".join(f"{n} FID {fmt(rows[n]['fid'])}" for n in RUNS) + f" -> {a.out / 'results.md'}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

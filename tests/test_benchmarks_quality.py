@@ -1,0 +1,56 @@
+"""Smoke run of benchmarks/quality_vs_textbook.py: a few steps on 64 real CelebA faces, n=64 eval.
+
+Checks the output files and the JSON schema only; no quality assertion (a few steps
+teach nothing). Narrow nets (width 16) keep the three trainings to seconds; the cost
+is the four Inception passes of 64 images.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+RUNS = ("textbook", "dist_gan@img", "dist_gan@time")
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory, shared_dir):
+    from benchmarks import quality_vs_textbook as qvt
+
+    root = tmp_path_factory.mktemp("qvt")
+    out = root / "out"
+    qvt.main(["--data", "celeba", "--limit", "64", "--kimg", "0.064", "--n", "64", "--tb-width", "16", "--tb-batch", "32",
+              "--override", "model.ngf=16", "model.ndf=16", "train.batch=32", "--time-override",
+              "--parallel", "--cache", str(root / "cache"), "--out", str(out)])
+    return out, json.loads((out / "results.json").read_text())
+
+
+def test_files_written(smoke):
+    out, _ = smoke
+    for name in ("results.json", "results.md", "command.txt", "samples_celeba.png"):
+        assert (out / name).is_file(), name
+    for run in RUNS:
+        assert (out / "celeba" / run.replace("@", "_at_") / "report.json").is_file()
+
+
+def test_schema(smoke):
+    _, res = smoke
+    assert res["schema"] == "dist_gan.quality_vs_textbook/1"
+    block = res["datasets"]["celeba"]
+    for key in ("command", "shards", "images", "crop", "settings", "rows", "ratios", "figure", "machine", "seconds"):
+        assert key in block, key
+    assert block["images"] == 64 and block["crop"] == "center"
+    assert set(block["rows"]) == set(RUNS)
+    for name, row in block["rows"].items():
+        for key in ("fid", "kid_mean", "kid_std", "gen_no_face", "gen_n", "ref_no_face", "ref_n", "leak", "train", "eval"):
+            assert key in row, (name, key)
+        assert row["gen_n"] == 64 and row["ref_n"] == 64
+        assert isinstance(row["fid"], float) and row["fid"] > 0
+        for key in ("wall_s", "cpu_s", "nimg", "kimg", "command"):
+            assert key in row["train"], (name, key)
+        assert "copies" in row["leak"]
+    tb, img, tm = (block["rows"][n]["train"] for n in RUNS)
+    assert tb["nimg"] == img["nimg"] == 64  # same image budget
+    assert tm["budget_s"] > 0 and tm["nimg"] > 0  # stopped by the textbook's time
+    assert set(block["ratios"]) == {"fid_ratio_img", "fid_ratio_time"}
