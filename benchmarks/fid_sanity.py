@@ -16,11 +16,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from dist_gan.eval.features import InceptionFeatures, extract, resolve_weights
+from dist_gan.eval.features import InceptionFeatures, cache_dir, extract, resolve_weights
 from dist_gan.eval.fid import feature_stats, fid_from_features, frechet_distance
 from dist_gan.eval.reference import load_images, open_reference
 
@@ -41,8 +42,14 @@ def main() -> None:
     feats, timing = {}, {}
     for name, zip_name in (("celeba", "celeba-10k.zip"), ("anime", "anime-faces-20k.zip")):
         t0 = time.perf_counter()
-        images = load_images(open_reference(SHARED / zip_name), args.n, args.resolution)
-        feats[name] = extract(model, images, batch=args.batch)["feats"]
+        saved = cache_dir() / "fid_sanity" / f"{name}-{args.n}-{args.resolution}-{weights.source_sha1[:12]}.npy"
+        if saved.is_file():  # features survive an interrupted run (CPU Inception is slow on a busy machine)
+            feats[name] = np.load(saved)
+        else:
+            images = load_images(open_reference(SHARED / zip_name), args.n, args.resolution)
+            feats[name] = extract(model, images, batch=args.batch)["feats"]
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            np.save(saved, feats[name])
         timing[name] = time.perf_counter() - t0
         print(f"{name}: {args.n} images -> features in {timing[name]:.1f}s", flush=True)
 
