@@ -15,7 +15,8 @@ Writes, under ``--out`` (default ``benchmarks/results/quality_study``):
   (the detector's floor);
 - ``samples_<data>.png``: one 4x4 sample grid per variant side by side (same latents
   wherever the latent sizes agree), reals first;
-- ``<data>/<variant>/report.json`` (+ ``grid.png``): each ``dist-gan eval`` report;
+- ``<data>/<variant>/report.json`` + ``report.md``: each ``dist-gan eval`` report (its
+  grid.png/pairs.png are dropped unless ``--keep-eval-images``);
 - ``command.txt``: the exact command line.
 
 Variants: the recipes ``dcgan64``, ``keras_improved``, ``wgan_gp``, ``began`` and
@@ -140,12 +141,21 @@ def evaluate(run: Path, shards: Path, out: Path, a: argparse.Namespace, data: st
            "--n", str(a.n), "--seed", str(a.seed), "--out", str(out), "--batch", str(min(a.n, 250))]
     if data == "anime":  # the eval picks the anime detector from the shards' layout; name its cascade
         cmd += ["--detector", "anime", "--cascade", str(SHARED / "detectors" / "lbpcascade_animeface.xml")]
+    done = out / "report.json"
+    if done.is_file() and done.stat().st_mtime >= (run / "study_args.json").stat().st_mtime:
+        old = json.loads(done.read_text())  # same run, same protocol: reuse (a re-run only redraws the table)
+        if old.get("options", {}).get("n") == a.n and old.get("options", {}).get("seed") == a.seed:
+            log(f"reusing {done}")
+            return old
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     if proc.returncode != 0:
         raise SystemExit(f"eval failed: {shlex.join(cmd)}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     report = json.loads((out / "report.json").read_text())
     report["_eval_seconds"] = round(time.perf_counter() - t0, 1)
+    if not a.keep_eval_images:  # ~0.8 MB per variant; the side-by-side figure shows the samples
+        for name in ("grid.png", "pairs.png"):
+            (out / name).unlink(missing_ok=True)
     return report
 
 
@@ -221,7 +231,7 @@ def row_for(variant: str, facts: Dict[str, Any], report: Dict[str, Any]) -> Dict
         "ref_no_face": det.get("ref_no_face"), "ref_n": det.get("ref_n"),
         "fid": m.get("fid", {}).get("fid"), "kid_mean": kid.get("kid_mean"), "kid_std": kid.get("kid_std"),
         "leak": {k: v for k, v in leak.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
-        "eval_seconds": report.get("_eval_seconds"), "last_train_stats": facts.get("last_stats"),
+        "eval_seconds": report.get("_eval_seconds", report.get("timing_seconds", {}).get("total")), "last_train_stats": facts.get("last_stats"),
     }
 
 
@@ -249,9 +259,11 @@ def markdown(results: Dict[str, Any]) -> str:
     ]
     for data, block in results["datasets"].items():
         rows = block["rows"]
+        missing = [v for v in a["variants"] if v not in {r["variant"] for r in rows}]
         lines += [
             f"## {data} ({block['detector']} detector; reference: {block['shards']})",
             "",
+            *([f"*Partial: not run (the study was stopped before them): {', '.join(missing)}.*", ""] if missing else []),
             "Can't detect face: " + ", ".join(f"{r['variant']} {r['no_face']}/{r['n']}" for r in rows)
             + (f" (reals: {rows[0]['ref_no_face']}/{rows[0]['ref_n']})" if rows and rows[0]["ref_n"] else ""),
             "",
@@ -284,6 +296,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     p.add_argument("--procs", type=int, default=1, help="training processes (gloo ranks via accelerate launch)")
     p.add_argument("--workers", type=int, default=1, help="loader workers per rank")
     p.add_argument("--override", nargs="*", default=[], help="extra key=value for every variant")
+    p.add_argument("--keep-eval-images", action="store_true", help="keep each eval's grid.png/pairs.png")
     p.add_argument("--cache", type=Path, default=Path(os.environ.get("DIST_GAN_CACHE", Path.home() / ".cache" / "dist_gan")) / "quality_study")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "quality_study")
     a = p.parse_args(argv)
@@ -293,9 +306,18 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     results: Dict[str, Any] = {"command": command, "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()},
                                "datasets": {}}
     t_all = time.perf_counter()
+
+    def write_tables() -> None:  # after every variant: an interrupted study still leaves a valid (partial) table
+        results["total_seconds"] = round(time.perf_counter() - t_all, 1)
+        (a.out / "table.json").write_text(json.dumps(results, indent=1))
+        (a.out / "table.md").write_text(markdown(results))
+        (a.out / "command.txt").write_text(command + "\n")
+
     for data in a.data:
         shards = packed_shards(data, a.cache, a.limit)
         rows, panels = [], [("reals", data, real_grid(shards))]
+        fig = f"samples_{data}.png"
+        results["datasets"][data] = {"shards": str(shards), "detector": DETECTOR[data], "rows": rows, "figure": fig}
         for variant in a.variants:
             run = a.cache / "runs" / f"{data}-{variant}"
             facts = train_variant(variant, shards, run, a)
@@ -304,14 +326,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             rows.append(row)
             log(f"{data}/{variant}: no face {row['no_face']}/{row['n']}, FID {fmt(row['fid'])}")
             panels.append((variant, f"no face {row['no_face']}/{row['n']}  FID {fmt(row['fid'], '.0f')}", sample_grid(run)))
-        fig = f"samples_{data}.png"
-        compose_figure(panels, a.out / fig, f"{data}, {a.kimg} kimg per variant, seed {a.seed} (EMA G, fixed latents)")
-        results["datasets"][data] = {"shards": str(shards), "detector": DETECTOR[data], "rows": rows, "figure": fig}
-    results["total_seconds"] = round(time.perf_counter() - t_all, 1)
-    (a.out / "table.json").write_text(json.dumps(results, indent=1))
-    (a.out / "table.md").write_text(markdown(results))
-    (a.out / "command.txt").write_text(command + "\n")
-    log(f"wrote {a.out / 'table.md'} ({results['total_seconds']:.0f} s)")
+            compose_figure(panels, a.out / fig, f"{data}, {a.kimg} kimg per variant, seed {a.seed} (EMA G, fixed latents)")
+            write_tables()
+    log(f"wrote {a.out / 'table.md'} ({time.perf_counter() - t_all:.0f} s)")
     return results
 
 
