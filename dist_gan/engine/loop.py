@@ -102,7 +102,7 @@ def train(cfg: DictConfig) -> Path:
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     opt_G = make_adam(G.parameters(), cfg.optim.g_lr, cfg.optim.g_betas, cfg.optim.impl, device)
     opt_D = make_adam(D.parameters(), cfg.optim.d_lr, cfg.optim.d_betas, cfg.optim.impl, device)
-    precision = Precision(cfg.train.precision, device)
+    precision = Precision(cfg.train.precision, device, tf32=cfg.train.tf32)
     loss_fn = build_loss(cfg.loss)
 
     # ------------------------------------------------------------ backend + resume
@@ -193,6 +193,7 @@ def train(cfg: DictConfig) -> Path:
     step = TrainStep(
         backend=backend, G_ema=G_ema, loss_fn=loss_fn, precision=precision, accelerator=accelerator, nz=nz, local_batch=local_batch,
         accum=accum, global_batch=batch, ema_kimg=cfg.train.ema_kimg, ema_rampup=cfg.train.ema_rampup,
+        compile=cfg.train.compile,
     )
     augment = build_augment(cfg.train.diffaug)
     meter = Throughput(nimg)
