@@ -80,6 +80,16 @@ def summarize(values: List[float]) -> Dict[str, Any]:
     }
 
 
+def paired_ratio(a: Dict[str, Any], b: Dict[str, Any]) -> Dict[str, Any]:
+    """a/b per repeat (runs taken side by side in the same repeat), and their median.
+
+    On a noisy machine the load drifts between repeats; the ratio within a repeat
+    compares runs seconds apart, so its median is steadier than a ratio of medians.
+    """
+    ratios = [x / y for x, y in zip(a["runs"], b["runs"])]
+    return {"median": statistics.median(ratios), "runs": [round(r, 3) for r in ratios]}
+
+
 def machine_info(device: Optional[torch.device] = None) -> Dict[str, Any]:
     """Where a figure came from: CPU, threads, load, torch build, GPU if any."""
     info: Dict[str, Any] = {

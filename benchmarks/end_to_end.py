@@ -137,9 +137,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         results[name] = {**common.summarize([x["img_per_s"] for x in rs]), "runs_detail": rs,
                          "process_wall_s_median": statistics.median(x["process_wall_s"] for x in rs)}
     results["ratio"] = results["dist_gan"]["img_per_s"] / results["textbook"]["img_per_s"]
+    results["ratio_paired"] = common.paired_ratio(results["dist_gan"], results["textbook"])
     settings = {"batch": batch, "steps": steps, "warmup_steps": args.every, "workers": args.workers, "device": str(device),
                 "repeats": args.repeats, "shards": str(shards), "imagefolder": str(folder), "dist_gan_overrides": list(args.set),
-                "dist_gan_recipe": "dcgan64"}
+                "dist_gan_recipe": "dcgan64", "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
     path = Path(args.out) if args.out else common.default_out("end_to_end", device)
     common.write_json(path, "end_to_end", settings, results, device)
     print(f"dist_gan : {results['dist_gan']['img_per_s']:8.1f} img/s (wall clock, data included)")

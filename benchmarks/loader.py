@@ -166,7 +166,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers, the same for both")
     p.add_argument("--batches", type=int, default=30, help="timed batches per run")
-    p.add_argument("--warm", type=int, default=None, help="untimed batches first (default 4 x workers + 2)")
+    p.add_argument("--warm", type=int, default=None,
+                   help="untimed batches first (default: enough to drain the prefetch queues and fill the shuffle buffers)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--shuffle", type=int, default=1000, help="StreamLoader shuffle buffer (loader.shuffle)")
     p.add_argument("--chunk-batches", type=int, default=500, help="StreamLoader chunk (loader.chunk_batches)")
@@ -187,7 +188,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     shards = ensure_shards(src, cache, args.resolution, args.limit)
     folder = ensure_imagefolder(shards)
     n_images = json.loads((shards / "manifest.json").read_text())["num_samples"]
-    warm = args.warm if args.warm is not None else 4 * max(1, args.workers) + 2
+    # Drain the prefetch queues and let each worker fill its shuffle buffer (two reads per yield
+    # until full), so the timed batches are the steady state the trainer sees between chunks.
+    fill = -(-args.shuffle * max(1, args.workers) // args.batch) if args.shuffle > 1 else 0
+    warm = args.warm if args.warm is not None else max(4 * max(1, args.workers) + 2, fill + 2)
     print(f"loader benchmark: {n_images} images {args.resolution}px, batch {args.batch}, {args.workers} workers, "
           f"{args.batches} timed batches after {warm}, device {device}", flush=True)
 
@@ -207,6 +211,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         print(f"  repeat {r + 1}/{args.repeats}: " + ", ".join(f"{n} {runs[n][-1]:.0f}" for n in names) + " img/s", flush=True)
     results: Dict[str, Any] = {k: common.summarize(v) for k, v in runs.items()}
     results["ratio_stream_vs_imagefolder"] = results["dist_gan_stream"]["img_per_s"] / results["imagefolder"]["img_per_s"]
+    results["ratio_stream_vs_imagefolder_paired"] = common.paired_ratio(results["dist_gan_stream"], results["imagefolder"])
     step_json = Path(args.step_json) if args.step_json else common.default_out("step", device)
     if step_json.is_file():
         step = json.loads(step_json.read_text())["results"]
