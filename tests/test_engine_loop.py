@@ -129,3 +129,13 @@ def test_sigterm_writes_a_checkpoint_and_exits_cleanly(shards32, tmp_path):
     assert 0 < nimg < 5000
     metrics = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     assert metrics[-1]["kimg"] * 1000 == nimg  # the checkpoint is at the step the job stopped
+
+
+def test_gradient_accumulation_keeps_the_global_batch(shards32, tmp_path):
+    """accum=2: two half-size micro-batches per step; the same images are shown, the counters agree."""
+    run = run_inprocess(f"data={shards32}", f"run_dir={tmp_path / 'acc'}", "train.accum=2", "train.kimg=0.064")
+    final = json.loads((run / "final.json").read_text())["ranks"][0]
+    assert final["nimg"] == 64 and final["iteration"] == 4
+    assert final["data_step"] == 8  # two micro-batches of 8 per D step
+    state = load_checkpoint(run)
+    assert all(torch.isfinite(v).all() for v in state["G"].values() if v.is_floating_point())
