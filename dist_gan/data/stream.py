@@ -146,7 +146,8 @@ class ResampledShardStream(IterableDataset):
         for arr in images:
             batch.append(arr)
             if len(batch) == self.batch_size:
-                images_t = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).contiguous()
+                # NCHW view of NHWC memory: already channels_last, so no copy here or on the device
+                images_t = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2)
                 yield {"images": images_t, "worker": worker, "bad": self.bad_samples}
                 batch = []
 

@@ -154,7 +154,7 @@ def train(cfg: DictConfig) -> Path:
         monitor = Monitor(run_dir, end_nimg, nimg, cfg.log.tensorboard, cfg.log.progress)
         monitor.print(
             f"[bold]dist_gan[/] {cfg.recipe}: {world} rank(s) on {device.type}, global batch {batch} "
-            f"({local_batch}/rank x {accum}), {cfg.train.precision}, "
+            f"({local_batch}/rank x {accum}), {precision.mode}, {backend.name}, "
             + (f"resumed at {nimg / 1000:.2f} kimg from {resume_from.name}" if resume_from else "fresh run")
         )
         if not resume_from:
