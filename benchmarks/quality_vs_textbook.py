@@ -313,7 +313,7 @@ def textbook_budget(tb, run: Path, clock: str) -> float:
     return tb.wall_s - facts.get("decode_wall_s", 0.0)
 
 
-def train_all(a: argparse.Namespace, data: str, shards: Path, root: Path):
+def train_all(a: argparse.Namespace, data: str, shards: Path, root: Path, reuse_only: bool = False):
     """The trainings of one data set (``a.runs``; finished identical runs are reused); returns facts per run."""
     import shutil
 
@@ -331,6 +331,8 @@ def train_all(a: argparse.Namespace, data: str, shards: Path, root: Path):
         done = reusable(runs[name], cmds[name], name)
         if done is not None:
             jobs[name] = done
+        elif reuse_only:
+            continue
         elif name not in a.runs:
             raise SystemExit(f"{name} is needed but not trained yet: add it to --runs")
     budget: Dict[str, Optional[float]] = {"s": None}
@@ -365,7 +367,7 @@ def train_all(a: argparse.Namespace, data: str, shards: Path, root: Path):
                 tj.signal(signal.SIGCONT)
                 tj.stopped = False
 
-    todo = [n for n in RUNS if n in a.runs and n not in jobs]
+    todo = [] if reuse_only else [n for n in RUNS if n in a.runs and n not in jobs]
     if a.parallel:
         started = [start(n) for n in todo]
         wait_all(started, keeper)
@@ -397,21 +399,40 @@ def eval_cmd(run: Path, shards: Path, out: Path, a: argparse.Namespace, data: st
 
 def evaluate_all(a: argparse.Namespace, data: str, shards: Path, runs: Dict[str, Path], out: Path) -> Dict[str, Dict[str, Any]]:
     """``dist-gan eval`` per run: the first alone (it caches the reference statistics), then the rest."""
+    from dist_gan.engine.checkpoint import resolve_checkpoint
+
     names = list(runs)
     outs = {n: out / data / n.replace("@", "_at_") for n in names}
-    jobs: Dict[str, Job] = {}
-    first = Job(f"eval {names[0]}", eval_cmd(runs[names[0]], shards, outs[names[0]], a, data), runs[names[0]] / "eval.log", a.threads)
-    wait_all([first])
-    first.check()
-    jobs[names[0]] = first
-    rest = names[1:]
+    jobs: Dict[str, Any] = {}
+    for n in names:  # an identical evaluation of the same checkpoint, already done: keep it
+        st = outs[n] / "eval_stamp.json"
+        cmd = eval_cmd(runs[n], shards, outs[n], a, data)
+        ck = resolve_checkpoint(runs[n])
+        if st.is_file() and (outs[n] / "report.json").is_file():
+            stamp_ = json.loads(st.read_text())
+            if stamp_["cmd"] == cmd and stamp_["checkpoint"] == [str(ck), ck.stat().st_size, ck.stat().st_mtime]:
+                log(f"eval {n}: reusing {outs[n] / 'report.json'}")
+                jobs[n] = Done(f"eval {n}", stamp_)
+    todo = [n for n in names if n not in jobs]
+
+    def finish(n: str, j: Job) -> None:
+        j.check()
+        jobs[n] = j
+        ck = resolve_checkpoint(runs[n])
+        (outs[n] / "eval_stamp.json").write_text(json.dumps({"cmd": j.cmd, "rc": 0, "wall_s": j.wall_s, "cpu_s": j.cpu_s,
+                                                              "checkpoint": [str(ck), ck.stat().st_size, ck.stat().st_mtime]}))
+
+    if todo:
+        first = Job(f"eval {todo[0]}", eval_cmd(runs[todo[0]], shards, outs[todo[0]], a, data), runs[todo[0]] / "eval.log", a.threads)
+        wait_all([first])
+        finish(todo[0], first)
+    rest = todo[1:]
     width = 2 if a.parallel else 1
     for i in range(0, len(rest), width):
         batch = [Job(f"eval {n}", eval_cmd(runs[n], shards, outs[n], a, data), runs[n] / "eval.log", a.threads) for n in rest[i:i + width]]
         wait_all(batch)
         for n, j in zip(rest[i:i + width], batch):
-            j.check()
-            jobs[n] = j
+            finish(n, j)
     reports = {}
     for n in names:
         rep = json.loads((outs[n] / "report.json").read_text())
@@ -579,6 +600,7 @@ def parse(argv: Optional[List[str]]) -> argparse.Namespace:
     p.add_argument("--parallel", action="store_true", help="train the three at once; evaluate two at a time")
     p.add_argument("--runs", nargs="+", choices=RUNS, default=list(RUNS), help="runs to train (others must be finished)")
     p.add_argument("--train-only", action="store_true", help="train (or reuse) and stop: no evaluation or tables")
+    p.add_argument("--eval-finished", action="store_true", help="only evaluate the runs already trained (staged runs)")
     p.add_argument("--crop", default="center", choices=("center", "celeba", "auto"), help="packing crop")
     p.add_argument("--limit", type=int, default=None, help="pack only the first N images (smoke tests)")
     p.add_argument("--tb-batch", type=int, default=128)
@@ -617,6 +639,12 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         shards = packed_shards(data, cache, a.crop, a.limit)
         root = cache / "qvt_runs" / (data + (f"-limit{a.limit}" if a.limit else ""))
         t0 = time.perf_counter()
+        if a.eval_finished:  # score the runs already trained (reused later by the full invocation); no tables
+            facts, runs = train_all(a, data, shards, root, reuse_only=True)
+            if runs:
+                evaluate_all(a, data, shards, runs, a.out)
+            log(f"{data}: evaluated the finished runs {sorted(runs)}")
+            continue
         facts, runs = train_all(a, data, shards, root)
         if a.train_only:
             log(f"{data}: trained: " + json.dumps({n: {k: f.get(k) for k in ("kimg", "wall_s", "cpu_s")} for n, f in facts.items()}))
