@@ -51,13 +51,14 @@ def data_pack(
     overwrite: bool = typer.Option(False, help="Replace an existing pack made with different settings."),
     workers: Optional[int] = typer.Option(None, help="Decode processes [default: min(2, cores)]."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
+    image_format: str = typer.Option("png", "--format", help="png (small) | npy (pre-decoded uint8: ~4x larger, no decode when loading)."),
 ) -> None:
     """Pack images into deterministic WebDataset shards; bad files are skipped and counted."""
     from dist_gan.data.pack import pack
 
     pack(
         src, out, resolution=resolution, crop=crop, shard_size=shard_size, progress=progress,
-        limit=limit, min_size=min_size, overwrite=overwrite, workers=workers,
+        limit=limit, min_size=min_size, overwrite=overwrite, workers=workers, image_format=image_format,
     )
 
 

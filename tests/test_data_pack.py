@@ -22,7 +22,7 @@ from dist_gan.data.pack import pack
 from dist_gan.errors import UserError
 
 MANIFEST_KEYS = {
-    "format", "source", "layout", "resolution", "crop", "min_size", "shard_size", "limit",
+    "format", "source", "layout", "resolution", "crop", "min_size", "shard_size", "limit", "image_format",
     "counts", "shards", "num_samples", "content_hash", "dist_gan_version",
 }
 
@@ -289,3 +289,24 @@ def test_real_data_first_500(shared_dir, tmp_path, name, layout):
     assert c["written"] >= 480
     sample = next(iter(wds.WebDataset(str(tmp_path / "out/shard-000000.tar"), shardshuffle=False).decode("pil")))
     assert sample["png"].mode == "RGB" and sample["png"].size == (64, 64)
+
+
+def test_npy_format_streams_the_same_pixels_as_png(tmp_path):
+    """--format npy stores pre-decoded uint8 arrays; the loader reads them as it reads PNGs."""
+    import itertools
+
+    import torch
+
+    from dist_gan.data.stream import StreamLoader, open_shards
+    from dist_gan.data.synthetic import draw_faces
+
+    faces = draw_faces(20, tmp_path / "faces.zip", size=32)
+    png = pack(faces, tmp_path / "png", resolution=32, shard_size=8, progress=False, workers=1)
+    npy = pack(faces, tmp_path / "npy", resolution=32, shard_size=8, progress=False, workers=1, image_format="npy")
+    assert npy["image_format"] == "npy" and npy["counts"] == png["counts"]
+    with tarfile.open(tmp_path / "npy" / "shard-000000.tar") as tf:
+        assert tf.getnames()[0].endswith(".npy")
+    take = lambda d: list(itertools.islice(StreamLoader(open_shards(d), 4, workers=0, shuffle=1).batches(), 3))
+    assert all(torch.equal(a, b) for a, b in zip(take(tmp_path / "png"), take(tmp_path / "npy")))
+    with pytest.raises(UserError, match="image format"):
+        pack(faces, tmp_path / "bad", resolution=32, progress=False, image_format="jpg")

@@ -27,6 +27,7 @@ import io
 import re
 from typing import Callable, Optional, Sequence, Tuple
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 CROPS = ("auto", "celeba", "center", "none")
@@ -85,11 +86,12 @@ def mode_of(img: Image.Image) -> str:
 
 
 def process(
-    data: bytes, resolution: int, crop: str, min_size: int, compress_level: int = PNG_COMPRESS_LEVEL
+    data: bytes, resolution: int, crop: str, min_size: int, compress_level: int = PNG_COMPRESS_LEVEL,
+    image_format: str = "png",
 ) -> Tuple[Optional[str], bytes]:
-    """Turn raw file bytes into a ``resolution``-square RGB PNG.
+    """Turn raw file bytes into a ``resolution``-square RGB PNG (or pre-decoded ``.npy``).
 
-    Returns ``(None, png_bytes)`` on success or ``(reason, b"")`` when skipped.
+    Returns ``(None, encoded_bytes)`` on success or ``(reason, b"")`` when skipped.
     """
     try:
         img = Image.open(io.BytesIO(data))
@@ -114,7 +116,14 @@ def process(
         return "too_large", b""
     except Exception:  # noqa: BLE001 - PIL raises OSError, SyntaxError, zlib.error, ...
         return "corrupt", b""
-    return None, encode_png(out, compress_level)
+    return None, encode_npy(out) if image_format == "npy" else encode_png(out, compress_level)
+
+
+def encode_npy(img: Image.Image) -> bytes:
+    """uint8 HxWx3 array as ``.npy`` bytes: ~4x the size of a PNG at 64 px, but no decode in the loader."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(np.asarray(img.convert("RGB"), dtype=np.uint8)), allow_pickle=False)
+    return buf.getvalue()
 
 
 def encode_png(img: Image.Image, compress_level: int = PNG_COMPRESS_LEVEL) -> bytes:
@@ -129,15 +138,15 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def work(item: Tuple[Optional[bytes], int, str, int]) -> Tuple[str, Optional[str], bytes]:
-    """Pool entry point: (bytes, resolution, crop, min_size) -> (sha256 of input, reason, png).
+def work(item: Tuple[Optional[bytes], int, str, int, str]) -> Tuple[str, Optional[str], bytes]:
+    """Pool entry point: (bytes, resolution, crop, min_size, format) -> (sha256 of input, reason, encoded image).
 
     ``None`` bytes mean the file could not be read at all (``unreadable``).
     """
-    data, resolution, crop, min_size = item
+    data, resolution, crop, min_size, image_format = item
     if data is None:
         return "", "unreadable", b""
-    reason, png = process(data, resolution, crop, min_size)
+    reason, png = process(data, resolution, crop, min_size, image_format=image_format)
     return sha256(data), reason, png
 
 

@@ -48,7 +48,8 @@ MANIFEST = "manifest.json"
 SHARD_RE = re.compile(r"^shard-\d{6}\.tar$")
 IGNORED_NAMES = {"thumbs.db", "desktop.ini"}
 # Settings that must match for an existing OUT to be rewritten without --overwrite.
-SETTING_KEYS = ("format", "source", "layout", "resolution", "crop", "min_size", "shard_size", "limit")
+SETTING_KEYS = ("format", "source", "layout", "resolution", "crop", "min_size", "shard_size", "limit", "image_format")
+IMAGE_FORMATS = ("png", "npy")  # npy: pre-decoded uint8 arrays, for when PNG decoding limits the loader
 POOL_MIN_FILES = 256  # below this a process pool costs more than it saves
 
 
@@ -181,9 +182,10 @@ class ShardWriter:
     so a crash never leaves a half-written file under a shard name.
     """
 
-    def __init__(self, out: Path, shard_size: int) -> None:
+    def __init__(self, out: Path, shard_size: int, ext: str = "png") -> None:
         self.out = out
         self.shard_size = shard_size
+        self.ext = ext
         self.shards: List[Dict[str, object]] = []
         self._file: Optional[IO[bytes]] = None
         self._tar: Optional[tarfile.TarFile] = None
@@ -196,7 +198,7 @@ class ShardWriter:
         if self._tar is None:
             self._file = open(self._tmp(), "wb")
             self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
-        _add_member(self._tar, f"{key}.png", png)
+        _add_member(self._tar, f"{key}.{self.ext}", png)
         _add_member(self._tar, f"{key}.json", meta)
         self._count += 1
         if self._count >= self.shard_size:
@@ -320,6 +322,7 @@ def pack(
     min_size: Optional[int] = None,
     overwrite: bool = False,
     workers: Optional[int] = None,
+    image_format: str = "png",
 ) -> dict:
     """Pack ``src`` (folder or zip) into ``out/shard-*.tar`` + ``out/manifest.json``; return the manifest.
 
@@ -336,6 +339,8 @@ def pack(
     output does not depend on it.
     """
     src, out = Path(src), Path(out)
+    if image_format not in IMAGE_FORMATS:
+        raise UserError(f"unknown image format {image_format!r}; choose one of {', '.join(IMAGE_FORMATS)}")
     if crop not in CROPS:
         raise UserError(f"unknown crop {crop!r}; choose one of {', '.join(CROPS)}")
     if resolution < 4 or resolution > 4096:
@@ -365,6 +370,7 @@ def pack(
             "min_size": min_size,
             "shard_size": shard_size,
             "limit": limit,
+            "image_format": image_format,
         }
         _prepare_out(out, settings, overwrite)
         return _pack_entries(source, entries, out, settings, progress, workers)
@@ -375,11 +381,11 @@ def pack(
 def _pack_entries(source: Source, entries: List[Entry], out: Path, settings: dict, progress: bool, workers: int) -> dict:
     res, crop, min_size = settings["resolution"], settings["crop"], settings["min_size"]
     safe = [e for e in entries if e.safe]
-    jobs = ((source.try_read(e.path), res, crop, min_size) for e in safe)
+    jobs = ((source.try_read(e.path), res, crop, min_size, settings["image_format"]) for e in safe)
     skipped: Dict[str, int] = {}
     written = 0
     seen_hashes: set = set()
-    writer = ShardWriter(out, settings["shard_size"])
+    writer = ShardWriter(out, settings["shard_size"], ext=settings["image_format"])
     console = Console(stderr=True, highlight=False)
     results, pool = _results(jobs, workers, len(safe))  # pool before the progress thread starts
     columns = (TextColumn("packing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
