@@ -175,6 +175,8 @@ def ablation_cfgs(base, compile_modes: List[str]):
         f"dg_{fast_prec}_fused_cl": variant(**{"train.precision": fast_prec, "train.channels_last": True, "optim.impl": "auto", "train.compile": ""}),
     }
     for mode in compile_modes:
+        out[f"dg_fp32_fused_compile_{mode}"] = variant(**{"train.precision": "fp32", "train.channels_last": False,
+                                                          "optim.impl": "auto", "train.compile": mode})
         out[f"dg_{fast_prec}_fused_cl_compile_{mode}"] = variant(**{"train.precision": fast_prec, "train.channels_last": True,
                                                                     "optim.impl": "auto", "train.compile": mode})
     return out
