@@ -63,21 +63,12 @@ def build_dist_gan_step(cfg, accelerator, batch: Optional[int] = None):
     """(TrainStep, next_real, ctx) wired exactly as ``dist_gan.engine.loop.train`` wires them (DDP backend)."""
     from dist_gan.data.stream import to_model_range
     from dist_gan.engine.backends import DDPBackend
-    from dist_gan.engine.precision import Precision, make_adam
-    from dist_gan.engine.step import TrainStep
+    from dist_gan.engine.step import TrainStep, build_networks
     from dist_gan.losses import LossContext, build_augment, build_loss, instance_noise_sigma
-    from dist_gan.models import build_discriminator, build_generator
 
     device = accelerator.device
     batch = batch or cfg.train.batch
-    torch.manual_seed(cfg.seed)
-    G, D = build_generator(cfg.model).to(device), build_discriminator(cfg.model).to(device)
-    if cfg.train.channels_last:
-        G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
-    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
-    opt_G = make_adam(G.parameters(), cfg.optim.g_lr, cfg.optim.g_betas, cfg.optim.impl, device)
-    opt_D = make_adam(D.parameters(), cfg.optim.d_lr, cfg.optim.d_betas, cfg.optim.impl, device)
-    precision = Precision(cfg.train.precision, device, tf32=cfg.train.tf32)
+    G, D, G_ema, opt_G, opt_D, precision = build_networks(cfg, device)
     backend = DDPBackend.prepare(accelerator, G, D, opt_G, opt_D, precision)
     step = TrainStep(
         backend=backend, G_ema=G_ema, loss_fn=build_loss(cfg.loss), precision=precision, accelerator=accelerator,

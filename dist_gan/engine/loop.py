@@ -15,7 +15,6 @@ once and reused, exactly as the PyTorch DCGAN example does: D trains on
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import time
@@ -33,14 +32,12 @@ from dist_gan.data.stream import StreamLoader, open_shards, to_model_range
 from dist_gan.engine import checkpoint as ckpt
 from dist_gan.engine.monitor import Monitor, Throughput, plot_losses
 from dist_gan.engine.backends import DDPBackend, DeepSpeedBackend
-from dist_gan.engine.precision import Precision, make_adam
 from dist_gan.engine.schedule import phases, total_images
 from dist_gan.engine.signals import PreemptionFlag
-from dist_gan.engine.step import TrainStep
+from dist_gan.engine.step import TrainStep, build_networks
 from dist_gan.errors import UserError
 from dist_gan.imaging import save_grid
 from dist_gan.losses import LossContext, build_augment, build_loss, instance_noise_sigma
-from dist_gan.models import build_discriminator, build_generator
 
 GRID_LATENTS = 64  # the 8x8 sample grid
 
@@ -95,14 +92,7 @@ def train(cfg: DictConfig) -> Path:
     preempt = PreemptionFlag()
 
     # ------------------------------------------------------------ models
-    torch.manual_seed(cfg.seed)  # identical init on every rank
-    G, D = build_generator(cfg.model).to(device), build_discriminator(cfg.model).to(device)
-    if cfg.train.channels_last:
-        G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
-    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
-    opt_G = make_adam(G.parameters(), cfg.optim.g_lr, cfg.optim.g_betas, cfg.optim.impl, device)
-    opt_D = make_adam(D.parameters(), cfg.optim.d_lr, cfg.optim.d_betas, cfg.optim.impl, device)
-    precision = Precision(cfg.train.precision, device, tf32=cfg.train.tf32)
+    G, D, G_ema, opt_G, opt_D, precision = build_networks(cfg, device)  # identical init on every rank
     loss_fn = build_loss(cfg.loss)
 
     # ------------------------------------------------------------ backend + resume

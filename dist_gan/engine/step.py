@@ -16,8 +16,9 @@ gradients) during G's step; ``compile`` (``train.compile``) wraps G and D in
 from __future__ import annotations
 
 import contextlib
+import copy
 import warnings
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, NamedTuple, Optional
 
 import torch
 from torch import nn
@@ -26,6 +27,32 @@ from dist_gan.engine.backends import DDPBackend
 from dist_gan.engine.ema import ema_beta, update_ema
 from dist_gan.engine.precision import Precision, maybe_compile
 from dist_gan.losses import LossContext
+
+
+class Networks(NamedTuple):
+    """What a run trains, built identically by the trainer and the benchmarks."""
+
+    G: nn.Module
+    D: nn.Module
+    G_ema: nn.Module
+    opt_G: torch.optim.Optimizer
+    opt_D: torch.optim.Optimizer
+    precision: Precision
+
+
+def build_networks(cfg, device: torch.device) -> Networks:
+    """G, D (seeded identically on every rank), G_ema, both Adams and the precision, per recipe."""
+    from dist_gan.engine.precision import make_adam
+    from dist_gan.models import build_discriminator, build_generator
+
+    torch.manual_seed(cfg.seed)
+    G, D = build_generator(cfg.model).to(device), build_discriminator(cfg.model).to(device)
+    if cfg.train.channels_last:
+        G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+    opt_G = make_adam(G.parameters(), cfg.optim.g_lr, cfg.optim.g_betas, cfg.optim.impl, device)
+    opt_D = make_adam(D.parameters(), cfg.optim.d_lr, cfg.optim.d_betas, cfg.optim.impl, device)
+    return Networks(G, D, G_ema, opt_G, opt_D, Precision(cfg.train.precision, device, tf32=cfg.train.tf32))
 
 
 class TrainStep:
