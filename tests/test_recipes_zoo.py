@@ -92,10 +92,18 @@ def g_moved(state: dict, cfg) -> bool:
 
 
 @pytest.mark.parametrize("recipe", list(RECIPES))
-def test_recipe_trains_on_one_process(recipe, shards, tmp_path):
+def test_recipe_trains_on_one_process_and_evaluates(recipe, shards, tmp_path):
+    from dist_gan.eval.run import EvalOptions, evaluate
+
     cfg = load_config(args_for(recipe, shards, tmp_path / "run"))
     run = train(cfg)
     assert g_moved(check_run(run, recipe), cfg)
+    res = cfg.model.resolution
+    report = evaluate(EvalOptions(target=str(run), ref=str(shards[res]), out=tmp_path / "eval", metrics=["fid"],
+                                  n=16, n_ref=16, batch=16, progress=False))
+    fid = report["figures"]["fid"]
+    assert fid == fid and fid > 0  # a real, finite FID of an untrained generator
+    assert (tmp_path / "eval" / "report.json").is_file()
 
 
 @pytest.mark.parametrize("loss", ["hinge", "lsgan"])

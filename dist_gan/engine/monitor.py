@@ -97,15 +97,22 @@ def plot_losses(metrics_path: Path, out_png: Path) -> Optional[Path]:
     import matplotlib.pyplot as plt
 
     kimg = [r["kimg"] for r in records]
+    keys = set(records[-1])
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for key in ("loss_d", "loss_g"):
-        if key in records[0]:
-            ax1.plot(kimg, [r.get(key, float("nan")) for r in records], label=key)
-    ax1.set_xlabel("kimg"), ax1.set_ylabel("loss"), ax1.legend(), ax1.set_title("losses")
-    for key, label in (("d_real", "D(x)"), ("d_fake", "D(G(z))")):
-        if key in records[0]:
-            ax2.plot(kimg, [r.get(key, float("nan")) for r in records], label=label)
-    ax2.set_xlabel("kimg"), ax2.set_ylim(0, 1), ax2.legend(), ax2.set_title("discriminator outputs")
+    for key in sorted(k for k in keys if k.startswith("loss_")):
+        ax1.plot(kimg, [r.get(key, float("nan")) for r in records], label=key)
+    ax1.set_xlabel("kimg"), ax1.set_ylabel("loss"), ax1.set_title("losses")
+    # D's outputs for BCE-style losses; the loss's own diagnostics otherwise (WGAN distance, BEGAN k_t, M_global).
+    side = [("d_real", "D(x)"), ("d_fake", "D(G(z))")] if "d_real" in keys else [
+        (k, k) for k in ("wdist", "gp", "k_t", "m_global") if k in keys]
+    for key, label in side:
+        ax2.plot(kimg, [r.get(key, float("nan")) for r in records], label=label)
+    if "d_real" in keys:
+        ax2.set_ylim(0, 1)
+    ax2.set_xlabel("kimg"), ax2.set_title("discriminator outputs" if "d_real" in keys else "loss diagnostics")
+    for ax in (ax1, ax2):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
     fig.tight_layout()
     fig.savefig(out_png, dpi=100)
     plt.close(fig)
