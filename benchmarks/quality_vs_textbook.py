@@ -218,9 +218,15 @@ class Job:
             raise SystemExit(f"{self.name} failed (exit {self.rc}): {shlex.join(self.cmd)}\n{tail}")
 
 
-def wait_all(jobs: List[Job], keeper=None, interval: float = 0.5) -> None:
+def wait_all(jobs: List[Job], keeper=None, interval: float = 0.5, on_done=None) -> None:
+    seen = set()
     while True:
         done = [j.poll() for j in jobs]
+        for j, d in zip(jobs, done):
+            if d and j.name not in seen:
+                seen.add(j.name)
+                if on_done is not None and j.rc == 0:
+                    on_done(j)
         if keeper is not None:
             keeper()
         if all(done):
@@ -368,18 +374,18 @@ def train_all(a: argparse.Namespace, data: str, shards: Path, root: Path, reuse_
                 tj.stopped = False
 
     todo = [] if reuse_only else [n for n in RUNS if n in a.runs and n not in jobs]
+    def on_done(j) -> None:  # stamped at once, so a staged evaluation can pick it up while the others train
+        stamp(j, runs[j.name], budget["s"] if j.name == "dist_gan@time" else None)
+
     if a.parallel:
         started = [start(n) for n in todo]
-        wait_all(started, keeper)
+        wait_all(started, keeper, on_done=on_done)
     else:
         for n in todo:
-            wait_all([start(n)], keeper)
+            wait_all([start(n)], keeper, on_done=on_done)
             jobs[n].check()
     for n in todo:
-        j = jobs[n]
-        if j.rc == 0:
-            stamp(j, runs[n], budget["s"] if n == "dist_gan@time" else None)
-        j.check()
+        jobs[n].check()
     if "dist_gan@time" in jobs and budget["s"] is None:
         budget["s"] = textbook_budget(jobs["textbook"], runs["textbook"], a.clock)
     facts = {n: run_facts(j, runs[n], budget["s"] if n == "dist_gan@time" else None) for n, j in jobs.items()}
@@ -395,6 +401,19 @@ def eval_cmd(run: Path, shards: Path, out: Path, a: argparse.Namespace, data: st
     else:
         cmd += ["--detector", "haar"]
     return cmd
+
+
+def ref_cached(shards: Path, n: int) -> bool:
+    """True when ``dist-gan eval --n n`` will find the reference statistics in its cache."""
+    try:
+        from dist_gan.eval import reference as R
+        from dist_gan.eval.features import cache_dir, resolve_weights
+
+        ref = R.open_reference(shards)
+        key = R.stats_key(ref, 64, min(n, ref.count), resolve_weights(None).source_sha1)
+        return R.load_stats(R.stats_path(cache_dir(), key)) is not None
+    except Exception:  # no weights yet, unreadable cache: let the first eval build it
+        return False
 
 
 def evaluate_all(a: argparse.Namespace, data: str, shards: Path, runs: Dict[str, Path], out: Path) -> Dict[str, Dict[str, Any]]:
@@ -422,12 +441,14 @@ def evaluate_all(a: argparse.Namespace, data: str, shards: Path, runs: Dict[str,
         (outs[n] / "eval_stamp.json").write_text(json.dumps({"cmd": j.cmd, "rc": 0, "wall_s": j.wall_s, "cpu_s": j.cpu_s,
                                                               "checkpoint": [str(ck), ck.stat().st_size, ck.stat().st_mtime]}))
 
-    if todo:
+    if todo and not jobs and not ref_cached(shards, a.n):  # the first one alone computes and caches the reference statistics
         first = Job(f"eval {todo[0]}", eval_cmd(runs[todo[0]], shards, outs[todo[0]], a, data), runs[todo[0]] / "eval.log", a.threads)
         wait_all([first])
         finish(todo[0], first)
-    rest = todo[1:]
-    width = 2 if a.parallel else 1
+        rest = todo[1:]
+    else:
+        rest = todo
+    width = max(1, len(rest)) if a.parallel else 1
     for i in range(0, len(rest), width):
         batch = [Job(f"eval {n}", eval_cmd(runs[n], shards, outs[n], a, data), runs[n] / "eval.log", a.threads) for n in rest[i:i + width]]
         wait_all(batch)
@@ -661,6 +682,10 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         compose(panels, a.out / fig, f"{data}: textbook DCGAN vs dist_gan (seed {a.seed}, same latents, dist_gan EMA G)")
         with open(shards / "manifest.json") as fh:
             manifest = json.load(fh)
+        if res_path.is_file():  # another invocation (another data set) may have written since we started
+            latest = json.loads(res_path.read_text())
+            if latest.get("schema") == SCHEMA:
+                results = latest
         results["datasets"][data] = {
             "command": command, "shards": str(shards), "images": manifest.get("num_samples"), "crop": manifest.get("crop"),
             "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items() if k not in ("data", "out", "cache")},
