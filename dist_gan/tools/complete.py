@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from dist_gan.errors import UserError
-from dist_gan.tools.invert import InversionResult, invert
+from dist_gan.tools.invert import InversionResult, invert, load_inversion_inputs
 from dist_gan.tools.perceptual import LossFn
 
 MASK_CONVENTION = "mask: WHITE = known pixel (kept, fitted), BLACK = hole (filled in)"
@@ -91,17 +91,8 @@ def run_complete(
     device: str = "cpu",
 ) -> Completion:
     """The ``dist-gan complete`` command."""
-    from dist_gan.engine.checkpoint import load_generator
-    from dist_gan.tools.imageio_utils import load_image
-    from dist_gan.tools.perceptual import build_loss
-
-    G, cfg = load_generator(ckpt, ema=True, device=device)
-    res = cfg["model"]["resolution"]
-    target = load_image(target_path, res, resize=resize).to(device)
-    mask = _load_mask_matching(mask_path, target_path, res, resize).to(device)
-    loss_fn = build_loss(loss, weights=weights, lpips_weights=lpips_weights)
-    if isinstance(loss_fn, nn.Module):
-        loss_fn = loss_fn.to(device)
+    G, cfg, target, loss_fn = load_inversion_inputs(ckpt, target_path, loss, weights, lpips_weights, resize, device)
+    mask = _load_mask_matching(mask_path, target_path, cfg["model"]["resolution"], resize).to(device)
     c = complete(G, target, mask, loss_fn, steps=steps, restarts=restarts, lr=lr, seed=seed, nz=cfg["model"]["nz"])
     save_completion(c, target, mask, Path(out))
     return c

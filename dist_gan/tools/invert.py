@@ -209,6 +209,21 @@ def save_inversion(result: InversionResult, out: Path, stem: str = "invert") -> 
     return paths
 
 
+def load_inversion_inputs(ckpt, target_path, loss: str, weights: Optional[str], lpips_weights: Optional[str],
+                          resize: bool, device: str):
+    """(EMA G, its recipe, the target at G's resolution, the loss) for the invert and complete commands."""
+    from dist_gan.engine.checkpoint import load_generator
+    from dist_gan.tools.imageio_utils import load_image
+    from dist_gan.tools.perceptual import build_loss
+
+    G, cfg = load_generator(ckpt, ema=True, device=device)
+    target = load_image(target_path, cfg["model"]["resolution"], resize=resize).to(device)
+    loss_fn = build_loss(loss, weights=weights, lpips_weights=lpips_weights)
+    if isinstance(loss_fn, nn.Module):
+        loss_fn = loss_fn.to(device)
+    return G, cfg, target, loss_fn
+
+
 def run_invert(
     ckpt: str | Path,
     target_path: str | Path,
@@ -225,15 +240,7 @@ def run_invert(
     device: str = "cpu",
 ) -> InversionResult:
     """The ``dist-gan invert`` command: load G and target, invert, write the outputs."""
-    from dist_gan.engine.checkpoint import load_generator
-    from dist_gan.tools.imageio_utils import load_image
-    from dist_gan.tools.perceptual import build_loss
-
-    G, cfg = load_generator(ckpt, ema=True, device=device)
-    target = load_image(target_path, cfg["model"]["resolution"], resize=resize).to(device)
-    loss_fn = build_loss(loss, weights=weights, lpips_weights=lpips_weights)
-    if isinstance(loss_fn, nn.Module):
-        loss_fn = loss_fn.to(device)
+    G, cfg, target, loss_fn = load_inversion_inputs(ckpt, target_path, loss, weights, lpips_weights, resize, device)
     result = invert(G, target, loss_fn, steps=steps, restarts=restarts, lr=lr, affine=affine, seed=seed, nz=cfg["model"]["nz"])
     save_inversion(result, Path(out))
     return result
