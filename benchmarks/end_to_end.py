@@ -44,14 +44,7 @@ def run_dist_gan(shards: Path, batch: int, steps: int, every: int, workers: int,
                f"run_dir={run_dir}", f"train.batch={batch}", f"train.kimg={kimg}", f"loader.workers={workers}",
                f"log.every={every}", "log.sample_kimg=1000000", "log.snapshot_kimg=1000000",
                "log.tensorboard=false", "log.progress=false", *overrides]
-        env = dict(os.environ)
-        if device == "cpu":
-            env["CUDA_VISIBLE_DEVICES"] = ""
-        t0 = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=common.REPO)
-        wall = time.perf_counter() - t0
-        if proc.returncode != 0:
-            raise RuntimeError(f"dist_gan run failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+        proc, wall = _run(cmd, device, timeout, "dist_gan")
         records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     if len(records) < 2:
         raise RuntimeError(f"need >= 2 log points, got {len(records)}: raise --steps or lower --every")
@@ -61,9 +54,8 @@ def run_dist_gan(shards: Path, batch: int, steps: int, every: int, workers: int,
             "loss_d_last": last.get("loss_d"), "loss_g_last": last.get("loss_g")}
 
 
-def run_textbook(root: Path, batch: int, steps: int, warmup: int, workers: int, device: str, timeout: float) -> Dict[str, Any]:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker-textbook", str(root), "--batch", str(batch),
-           "--steps", str(steps), "--every", str(warmup), "--workers", str(workers), "--device", device]
+def _run(cmd, device: str, timeout: float, what: str):
+    """Run one trainer in its own process (GPU hidden for CPU runs); (process, wall seconds)."""
     env = dict(os.environ)
     if device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
@@ -71,7 +63,14 @@ def run_textbook(root: Path, batch: int, steps: int, warmup: int, workers: int, 
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=common.REPO)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
-        raise RuntimeError(f"textbook run failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+        raise RuntimeError(f"{what} run failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    return proc, wall
+
+
+def run_textbook(root: Path, batch: int, steps: int, warmup: int, workers: int, device: str, timeout: float) -> Dict[str, Any]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker-textbook", str(root), "--batch", str(batch),
+           "--steps", str(steps), "--every", str(warmup), "--workers", str(workers), "--device", device]
+    proc, wall = _run(cmd, device, timeout, "textbook")
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     out["process_wall_s"] = wall
     return out
