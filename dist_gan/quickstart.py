@@ -16,7 +16,7 @@ from rich.console import Console
 from dist_gan.config import load_config
 
 
-def run_quickstart(out: Path, n_images: int = 2000, kimg: float = 20.0, overrides: Sequence[str] = ()) -> Path:
+def run_quickstart(out: Path, n_images: int = 2000, kimg: float = 40.0, overrides: Sequence[str] = ()) -> Path:
     """Run draw -> pack -> train under ``out``; returns the run directory."""
     from dist_gan.data.pack import pack
     from dist_gan.data.synthetic import draw_faces
