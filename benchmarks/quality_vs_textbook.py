@@ -493,30 +493,8 @@ def grid_of(run: Path, n: int = GRID_N):
         return tile(np.asarray(to_uint8(G(z))))
 
 
-def tile(imgs, cols: int = 4):
-    """Tiles on white, 2 px apart, no outer border."""
-    from dist_gan.imaging import make_grid
-
-    return make_grid(imgs, nrow=cols, pad=2, fill=255)[2:-2, 2:-2]
-
-
-def compose(panels: List[tuple], path: Path, title: str) -> None:
-    from PIL import Image, ImageDraw
-
-    scale = 2
-    ims = [Image.fromarray(g).resize((g.shape[1] * scale, g.shape[0] * scale), Image.NEAREST) for _, _, g in panels]
-    pad, top, bottom = 12, 40, 36
-    fig = Image.new("RGB", (sum(i.width for i in ims) + pad * (len(ims) + 1), max(i.height for i in ims) + top + bottom), "white")
-    draw = ImageDraw.Draw(fig)
-    draw.text((pad, 4), title, fill="black")
-    x = pad
-    for (label, caption, _), im in zip(panels, ims):
-        fig.paste(im, (x, top))
-        draw.text((x, top - 16), label, fill="black")
-        draw.text((x, top + im.height + 4), caption, fill="black")
-        x += im.width + pad
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.save(path)
+# The zoo study's sample-figure helpers: one implementation for both quality scripts.
+from benchmarks.quality_study import compose_figure as compose, tile  # noqa: E402
 
 
 # ------------------------------------------------------------------ tables
