@@ -57,13 +57,18 @@ def cache_dir() -> Path:
     return Path(root).expanduser() if root else Path.home() / ".cache" / "dist_gan"
 
 
-def sha1_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha1 of a file, streamed."""
-    h = hashlib.sha1()
+def hash_file(path: Path, algorithm: str = "sha1", chunk: int = 1 << 20) -> str:
+    """Hex digest of a file, streamed (sha1 names the weights, sha256 keys reference zips)."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as fh:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def sha1_file(path: Path) -> str:
+    """Hex sha1 of a file: the checksum NVIDIA's weights are published under."""
+    return hash_file(path, "sha1")
 
 
 def packaged_source() -> Optional[Path]:

@@ -32,6 +32,7 @@ from PIL import Image
 
 from dist_gan.data.images import AUTO_CROP, IMAGE_EXTS, crop_box, detect_layout
 from dist_gan.errors import UserError
+from dist_gan.eval.features import hash_file
 
 STATS_VERSION = 1
 
@@ -59,12 +60,6 @@ class ReferenceSet:
                 "data_key": self.data_key, "preprocessing": self.preprocessing()}
 
 
-def _sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 
@@ -90,7 +85,7 @@ def open_reference(path: str | Path) -> ReferenceSet:
             if not names:
                 raise UserError(f"--ref {p}: the zip holds no images ({', '.join(IMAGE_EXTS)})")
             layout = detect_layout(names, zf.read)
-        return ReferenceSet(p, "zip", layout, f"zip:{_sha256_file(p)}", names, len(names), AUTO_CROP.get(layout, "center"))
+        return ReferenceSet(p, "zip", layout, f"zip:{hash_file(p, 'sha256')}", names, len(names), AUTO_CROP.get(layout, "center"))
     if p.is_dir():
         files = sorted(str(f.relative_to(p)) for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTS)
         if not files:
