@@ -15,6 +15,16 @@ SHARED = (REPO / ".." / "shared").resolve()
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache(tmp_path_factory):
+    """One dist_gan cache for the whole session, never the user's: Inception weights are
+    converted once and reference statistics reused across the eval tests."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DIST_GAN_CACHE", str(tmp_path_factory.getbasetemp() / "dist_gan_cache"))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO

@@ -16,15 +16,6 @@ from dist_gan.eval import features as F
 from dist_gan.eval.fid import feature_stats, fid_from_features, fid_to_stats
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _cache(tmp_path_factory):
-    """One cache for the whole session (shared with test_eval_run), never the user's."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("DIST_GAN_CACHE", str(tmp_path_factory.getbasetemp() / "dist_gan_cache"))
-    yield
-    mp.undo()
-
-
 @pytest.fixture(scope="module")
 def weights() -> F.InceptionWeights:
     return F.resolve_weights()

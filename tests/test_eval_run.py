@@ -20,15 +20,6 @@ N, N_REF, BATCH = 32, 32, 16
 CFG = {"model": {"arch": "dcgan", "resolution": 64, "nz": 100, "ngf": 64, "ndf": 64}}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _cache(tmp_path_factory):
-    """The session's cache (shared with test_eval_features): weights converted once, reference stats reused."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("DIST_GAN_CACHE", str(tmp_path_factory.getbasetemp() / "dist_gan_cache"))
-    yield
-    mp.undo()
-
-
 def _ckpt(run_dir: Path, nimg: int, seed: int) -> Path:
     torch.manual_seed(seed)
     G = Generator(64, 100, 64)
