@@ -80,21 +80,15 @@ def run_interpolate(
     device: str = "cpu",
 ) -> Path:
     """The ``dist-gan interpolate`` command."""
-    from dist_gan.engine.checkpoint import load_generator
     from dist_gan.tools.imageio_utils import progress_bar, to_uint8
-    from dist_gan.tools.sample import truncated_normal
+    from dist_gan.tools.sample import load_sampler, truncated_normal
 
     out = Path(out)
     if out.suffix.lower() not in VIDEO_EXTS:
         raise UserError(f"--out must end in .gif or .mp4 (got {out.name})")
     if n_keys < 2:
         raise UserError(f"--n-keys must be at least 2 (got {n_keys})")
-    G, cfg = load_generator(ckpt, ema=True, device=device)
-    sr = None
-    if superres:
-        from dist_gan.tools.superres import load_superres
-
-        sr = load_superres(superres, device=device)
+    G, cfg, sr = load_sampler(ckpt, superres, device)
     z = path_latents(truncated_normal(n_keys, cfg["model"]["nz"], seed), frames, use_slerp)
     chunks = []
     with progress_bar() as bar, torch.no_grad():
