@@ -25,7 +25,7 @@ def run(cmd, **env):
 
 def launch2(*args):
     return run(["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                "--mixed_precision", "no", "--dynamo_backend", "no", TRAIN, *SMOKE, *args], ACCELERATE_USE_CPU="1")
+                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0", TRAIN, *SMOKE, *args], ACCELERATE_USE_CPU="1")
 
 
 @pytest.mark.parametrize("stage", [1, 2])

@@ -76,7 +76,7 @@ def test_bad_key_fails_before_any_work(shards32, tmp_path):
 def test_two_gloo_ranks_stay_in_sync_on_uneven_shards(shards32, tmp_path):
     run = tmp_path / "ddp"
     cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO / "dist_gan" / "train.py"),
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0", str(REPO / "dist_gan" / "train.py"),
            *SMOKE, f"data={shards32}", f"run_dir={run}", "loader.workers=1"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**ENV, "ACCELERATE_USE_CPU": "1"}, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -115,7 +115,7 @@ def test_any_recipe_takes_a_loss_by_name(loss, shards, tmp_path):
 
 def launch2(*args: str) -> subprocess.CompletedProcess:
     cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO / "dist_gan" / "train.py"), *args]
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0", str(REPO / "dist_gan" / "train.py"), *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=240, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "2 rank(s)" in proc.stdout + proc.stderr
