@@ -39,7 +39,7 @@ run() {  # name, command...
 run step512 $PY benchmarks/step.py --device cuda --batch 512 --iters 20 --repeats 5 --warmup 5 \
     --ablation --compile-modes "$COMPILE_MODES" --out "$TMP/step512.json"
 run step128 $PY benchmarks/step.py --device cuda --batch 128 --iters 30 --repeats 5 --warmup 5 --out "$TMP/step128.json"
-run loader $PY benchmarks/loader.py --device cuda --batch 512 --workers "$WORKERS" --batches 40 --repeats 3 --with-npy \
+run loader $PY benchmarks/loader.py --device cuda --batch 512 --workers "$WORKERS" --batches 40 --repeats 3 \
     --step-json "$TMP/step512.json" --out "$TMP/loader.json" "${EXTRA[@]}"
 run end_to_end $PY benchmarks/end_to_end.py --device cuda --batch 512 --steps 300 --every 20 --workers "$WORKERS" \
     --repeats 2 --out "$TMP/end_to_end.json" "${EXTRA[@]}"

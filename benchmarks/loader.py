@@ -18,9 +18,13 @@ alternate between the candidates; the median over ``--repeats`` is reported.
 The JSON also relates the loader to the training step (``results/step_<dev>.json``
 if present): the loader should deliver >= 10x what the step consumes.
 
-``--with-npy`` adds a what-if candidate: the same images pre-decoded to uint8
-``.npy`` members (``stream.py`` already decodes them), written by this script
-into the cache; the packer has no such format yet.
+``--formats`` picks the shard formats timed (default all three, each packed from the
+same source by ``dist_gan.data.pack`` into the cache):
+
+- ``png``: the default pack, decoded per image in the workers (``dist_gan_stream``);
+- ``npy``: one pre-decoded uint8 array per image (``dist_gan_stream_npy``);
+- ``blocks``: 256 images per uint8 array (``dist_gan_stream_blocks``), read into a
+  shuffle pool and batched by fancy indexing.
 
     python benchmarks/loader.py                     # celeba-10k at 64 px, batch 128, 2 workers
 """
@@ -29,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import io
 import json
 import sys
 import tarfile
@@ -48,14 +51,22 @@ from benchmarks.textbook import imagefolder_loader  # noqa: E402
 DEFAULT_SRC = common.REPO.parent / "shared" / "data" / "celeba-10k.zip"
 
 
-def ensure_shards(src: Path, cache: Path, resolution: int, limit: Optional[int]) -> Path:
-    """Pack ``src`` into ``cache/shards-<stem>-<res>[-<limit>]`` once (the packer is deterministic)."""
+FORMATS = ("png", "npy", "blocks")
+CANDIDATE = {"png": "dist_gan_stream", "npy": "dist_gan_stream_npy", "blocks": "dist_gan_stream_blocks"}
+
+
+def ensure_shards(src: Path, cache: Path, resolution: int, limit: Optional[int], image_format: str = "png") -> Path:
+    """Pack ``src`` into ``cache/shards-<stem>-<res>[-<limit>][-<format>]`` once (the packer is deterministic)."""
     from dist_gan.data.pack import pack
 
-    out = cache / f"shards-{src.stem}-{resolution}{f'-{limit}' if limit else ''}"
-    if not (out / "manifest.json").is_file():
-        print(f"packing {src} -> {out} (once)", flush=True)
-        pack(src, out, resolution=resolution, progress=False, limit=limit)
+    suffix = "" if image_format == "png" else f"-{image_format}"
+    out = cache / f"shards-{src.stem}-{resolution}{f'-{limit}' if limit else ''}{suffix}"
+    manifest = out / "manifest.json"
+    if manifest.is_file() and json.loads(manifest.read_text()).get("image_format", "png") != image_format:
+        raise SystemExit(f"{out} holds a different format (an older what-if copy?); delete it and rerun")
+    if not manifest.is_file():
+        print(f"packing {src} -> {out} ({image_format}, once)", flush=True)
+        pack(src, out, resolution=resolution, progress=False, limit=limit, image_format=image_format, overwrite=True)
     return out
 
 
@@ -77,34 +88,6 @@ def ensure_imagefolder(shards: Path) -> Path:
                     n += 1
     done.write_text(f"{n}\n")
     return root
-
-
-def ensure_npy_shards(shards: Path) -> Path:
-    """What-if: the same samples with ``<key>.npy`` (uint8 HxWx3) instead of ``<key>.png``."""
-    import numpy as np
-    from PIL import Image
-
-    out = shards.parent / f"{shards.name}-npy"
-    if (out / "manifest.json").is_file():
-        return out
-    out.mkdir(parents=True, exist_ok=True)
-    manifest = json.loads((shards / "manifest.json").read_text())
-    for shard in manifest["shards"]:
-        with tarfile.open(shards / shard["name"]) as src, tarfile.open(out / shard["name"], "w") as dst:
-            for member in src:
-                data = src.extractfile(member).read() if member.isfile() else None
-                if data is None:
-                    continue
-                name = member.name
-                if name.endswith(".png"):
-                    buf = io.BytesIO()
-                    np.save(buf, np.asarray(Image.open(io.BytesIO(data)).convert("RGB")), allow_pickle=False)
-                    data, name = buf.getvalue(), name[:-4] + ".npy"
-                info = tarfile.TarInfo(name)
-                info.size = len(data)
-                dst.addfile(info, io.BytesIO(data))
-    (out / "manifest.json").write_text(json.dumps(manifest))
-    return out
 
 
 def stream_factory(shards_dir: Path, batch: int, workers: int, device: torch.device, shuffle: int, chunk_batches: int) -> Callable[[], Iterator[torch.Tensor]]:
@@ -171,7 +154,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--shuffle", type=int, default=1000, help="StreamLoader shuffle buffer (loader.shuffle)")
     p.add_argument("--chunk-batches", type=int, default=500, help="StreamLoader chunk (loader.chunk_batches)")
-    p.add_argument("--with-npy", action="store_true", help="also time pre-decoded .npy shards (what-if)")
+    p.add_argument("--formats", nargs="+", choices=FORMATS, default=list(FORMATS), help="shard formats to time (png is always timed)")
     p.add_argument("--step-json", default=None, help="step benchmark JSON to relate to (default results/step_<dev>.json)")
     p.add_argument("--out", default=None)
     return p.parse_args(argv)
@@ -199,9 +182,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         "dist_gan_stream": stream_factory(shards, args.batch, args.workers, device, args.shuffle, args.chunk_batches),
         "imagefolder": imagefolder_factory(folder, args.batch, args.workers, device),
     }
-    if args.with_npy:
-        factories["dist_gan_stream_npy"] = stream_factory(ensure_npy_shards(shards), args.batch, args.workers, device,
-                                                          args.shuffle, args.chunk_batches)
+    for fmt in args.formats:
+        if fmt != "png":
+            packed = ensure_shards(src, cache, args.resolution, args.limit, fmt)
+            factories[CANDIDATE[fmt]] = stream_factory(packed, args.batch, args.workers, device, args.shuffle, args.chunk_batches)
     runs: Dict[str, list] = {k: [] for k in factories}
     names = list(factories)
     for r in range(args.repeats):
@@ -212,6 +196,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     results: Dict[str, Any] = {k: common.summarize(v) for k, v in runs.items()}
     results["ratio_stream_vs_imagefolder"] = results["dist_gan_stream"]["img_per_s"] / results["imagefolder"]["img_per_s"]
     results["ratio_stream_vs_imagefolder_paired"] = common.paired_ratio(results["dist_gan_stream"], results["imagefolder"])
+    for fmt in args.formats:
+        if fmt != "png":
+            name = CANDIDATE[fmt]
+            results[f"ratio_{fmt}_vs_imagefolder"] = results[name]["img_per_s"] / results["imagefolder"]["img_per_s"]
+            results[f"ratio_{fmt}_vs_imagefolder_paired"] = common.paired_ratio(results[name], results["imagefolder"])
     step_json = Path(args.step_json) if args.step_json else common.default_out("step", device)
     if step_json.is_file():
         step = json.loads(step_json.read_text())["results"]
@@ -219,6 +208,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         results["step_img_per_s"] = consumed
         results["step_json"] = str(step_json)
         results["ratio_stream_vs_step"] = results["dist_gan_stream"]["img_per_s"] / consumed
+        best = max((CANDIDATE[f] for f in args.formats), key=lambda n: results[n]["img_per_s"])
+        results["ratio_best_vs_step"] = {"loader": best, "ratio": results[best]["img_per_s"] / consumed}
     settings = {"src": str(src), "num_images": n_images, "resolution": args.resolution, "batch": args.batch,
                 "workers": args.workers, "batches": args.batches, "warm": warm, "repeats": args.repeats,
                 "shuffle": args.shuffle, "chunk_batches": args.chunk_batches, "device": str(device)}
@@ -227,6 +218,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     for name in names:
         print(f"{name:22s}: {results[name]['img_per_s']:9.0f} img/s")
     print(f"stream / imagefolder: {results['ratio_stream_vs_imagefolder']:.2f}x")
+    for fmt in args.formats:
+        if fmt != "png":
+            print(f"stream ({fmt}) / imagefolder: {results[f'ratio_{fmt}_vs_imagefolder']:.2f}x")
     if "ratio_stream_vs_step" in results:
         print(f"stream / training step ({results['step_img_per_s']:.0f} img/s): {results['ratio_stream_vs_step']:.1f}x")
     print(f"wrote {path}")

@@ -51,7 +51,12 @@ def data_pack(
     overwrite: bool = typer.Option(False, help="Replace an existing pack made with different settings."),
     workers: Optional[int] = typer.Option(None, help="Decode processes [default: min(2, cores)]."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
-    image_format: str = typer.Option("png", "--format", help="png (small) | npy (pre-decoded uint8: ~4x larger, no decode when loading)."),
+    image_format: str = typer.Option(
+        "png", "--format",
+        help="png (small) | npy (one pre-decoded uint8 array per image: ~4x larger) | "
+        "blocks (--block-size images per uint8 array: ~4x larger, fastest to load).",
+    ),
+    block_size: int = typer.Option(256, help="Images per array with --format blocks."),
 ) -> None:
     """Pack images into deterministic WebDataset shards; bad files are skipped and counted."""
     from dist_gan.data.pack import pack
@@ -59,6 +64,7 @@ def data_pack(
     pack(
         src, out, resolution=resolution, crop=crop, shard_size=shard_size, progress=progress,
         limit=limit, min_size=min_size, overwrite=overwrite, workers=workers, image_format=image_format,
+        block_size=block_size,
     )
 
 

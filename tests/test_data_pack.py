@@ -22,7 +22,7 @@ from dist_gan.data.pack import pack
 from dist_gan.errors import UserError
 
 MANIFEST_KEYS = {
-    "format", "source", "layout", "resolution", "crop", "min_size", "shard_size", "limit", "image_format",
+    "format", "source", "layout", "resolution", "crop", "min_size", "shard_size", "limit", "image_format", "block_size",
     "counts", "shards", "num_samples", "content_hash", "dist_gan_version",
 }
 
@@ -310,3 +310,45 @@ def test_npy_format_streams_the_same_pixels_as_png(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(take(tmp_path / "png"), take(tmp_path / "npy")))
     with pytest.raises(UserError, match="image format"):
         pack(faces, tmp_path / "bad", resolution=32, progress=False, image_format="jpg")
+
+
+def test_blocks_format_holds_every_image_once_in_arrays(tmp_path):
+    """--format blocks: N images per (N, H, W, 3) uint8 member, never across shards, pixels equal to the PNG pack."""
+    from PIL import Image
+
+    from dist_gan.data.synthetic import draw_faces
+
+    faces = draw_faces(23, tmp_path / "faces.zip", size=32)
+    png = pack(faces, tmp_path / "png", resolution=32, shard_size=10, progress=False, workers=1)
+    blk = pack(faces, tmp_path / "blk", resolution=32, shard_size=10, progress=False, workers=1,
+               image_format="blocks", block_size=4)
+    assert blk["image_format"] == "blocks" and blk["block_size"] == 4 and blk["counts"] == png["counts"]
+    assert [s["count"] for s in blk["shards"]] == [10, 10, 3]
+    pixels_png, pixels_blk, block_lens = {}, {}, []
+    for s in png["shards"]:
+        with tarfile.open(tmp_path / "png" / s["name"]) as tf:
+            for m in tf:
+                if m.name.endswith(".png"):
+                    pixels_png[m.name[:-4]] = np.asarray(Image.open(io.BytesIO(tf.extractfile(m).read())).convert("RGB"))
+    for s in blk["shards"]:
+        with tarfile.open(tmp_path / "blk" / s["name"]) as tf:
+            members = {m.name: tf.extractfile(m).read() for m in tf}
+        in_shard = 0
+        for name in sorted(n for n in members if n.endswith(".images.npy")):
+            arr = np.load(io.BytesIO(members[name]))
+            meta = json.loads(members[name.replace(".images.npy", ".json")])
+            assert arr.dtype == np.uint8 and arr.shape[1:] == (32, 32, 3) and len(meta) == len(arr)
+            block_lens.append(len(arr))
+            in_shard += len(arr)
+            for a, md in zip(arr, meta):
+                pixels_blk[md["key"]] = a
+        assert in_shard == s["count"]  # a block never spans two shards
+    assert block_lens == [4, 4, 2, 4, 4, 2, 3]
+    assert pixels_png.keys() == pixels_blk.keys()
+    assert all(np.array_equal(pixels_png[k], pixels_blk[k]) for k in pixels_png)
+    # deterministic, like every pack
+    again = pack(faces, tmp_path / "blk2", resolution=32, shard_size=10, progress=False, workers=1,
+                 image_format="blocks", block_size=4)
+    assert again["content_hash"] == blk["content_hash"]
+    with pytest.raises(UserError, match="block size"):
+        pack(faces, tmp_path / "bad", resolution=32, progress=False, image_format="blocks", block_size=0)

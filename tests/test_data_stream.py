@@ -82,3 +82,73 @@ def test_corrupt_samples_are_skipped_and_counted(tmp_path, shards32):
 def test_missing_manifest_is_a_clear_error(tmp_path):
     with pytest.raises(UserError, match="dist-gan data pack"):
         open_shards(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def blocks32(tmp_path_factory):
+    """The same 37 faces as shards32, packed as blocks of 5 images in uneven shards of 16, 16 and 5."""
+    from dist_gan.data.pack import pack
+    from dist_gan.data.synthetic import draw_faces
+
+    root = tmp_path_factory.mktemp("blocks32")
+    faces = draw_faces(37, root / "faces.zip", size=32)
+    pack(faces, root / "png", resolution=32, shard_size=16, progress=False, workers=1)
+    pack(faces, root / "blk", resolution=32, shard_size=16, progress=False, workers=1, image_format="blocks", block_size=5)
+    return root
+
+
+def _pixels(batches):
+    return {img.numpy().tobytes() for b in batches for img in b}
+
+
+def test_blocks_stream_draws_only_packed_images_and_mixes_blocks(blocks32):
+    """Every batch image is a packed image; a shuffled batch mixes blocks (not 5 neighbours in a row)."""
+    png = take(StreamLoader(open_shards(blocks32 / "png"), 37, workers=0, shuffle=1), 20)
+    blk_set = open_shards(blocks32 / "blk")
+    assert blk_set.blocks and not open_shards(blocks32 / "png").blocks
+    shuffled = take(StreamLoader(blk_set, 8, workers=0, shuffle=20, chunk_batches=4, seed=2), 12)
+    assert all(b.dtype == torch.uint8 and b.shape == (8, 3, 32, 32) for b in shuffled)
+    assert _pixels(shuffled) <= _pixels(png)
+    assert len(_pixels(shuffled)) >= 30  # 96 draws from a pool of 20 over 37 images reach most of them
+    plain = take(StreamLoader(blk_set, 8, workers=0, shuffle=1, chunk_batches=4, seed=2), 1)[0]
+    first = shuffled[0]
+    assert not torch.equal(plain, first)  # the pool reorders
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_blocks_stream_is_deterministic_and_resumes_exactly(blocks32, workers):
+    make = lambda: StreamLoader(open_shards(blocks32 / "blk"), 4, workers=workers, shuffle=12, chunk_batches=6, seed=1, xflip=True)
+    full, again = take(make(), 14), take(make(), 14)
+    assert all(torch.equal(x, y) for x, y in zip(full, again))
+    resumed = take(make(), 5, start=9)
+    assert all(torch.equal(x, y) for x, y in zip(full[9:], resumed))
+
+
+def test_blocks_xflip_mirrors_whole_images(blocks32):
+    """xflip on blocks flips some images left-right and keeps the rest: each output is a packed image or its mirror."""
+    packed = take(StreamLoader(open_shards(blocks32 / "png"), 37, workers=0, shuffle=1), 20)
+    originals = _pixels(packed)
+    mirrors = {img.flip(-1).numpy().tobytes() for b in packed for img in b}
+    out = take(StreamLoader(open_shards(blocks32 / "blk"), 16, workers=0, shuffle=16, xflip=True, seed=5), 6)
+    flipped = sum(img.numpy().tobytes() in mirrors - originals for b in out for img in b)
+    kept = sum(img.numpy().tobytes() in originals for b in out for img in b)
+    assert flipped + kept == 96 and 20 < flipped < 76
+
+
+def test_corrupt_blocks_are_skipped_and_counted_by_their_images(tmp_path, blocks32):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    src = blocks32 / "blk" / "shard-000002.tar"  # one good block of 5
+    with tarfile.open(bad / "shard-000000.tar", "w") as tf:
+        for name, payload in [("000000000.images.npy", b"\x93NUMPY broken"), ("000000000.json", json.dumps([{}] * 7).encode())]:
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tf.addfile(info, io.BytesIO(payload))
+        with tarfile.open(src) as good:
+            for m in good.getmembers():
+                tf.addfile(m, good.extractfile(m))
+    manifest = {"resolution": 32, "image_format": "blocks", "shards": [{"name": "shard-000000.tar", "count": 12}]}
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    loader = StreamLoader(open_shards(bad), 4, workers=0, shuffle=1, chunk_batches=2)
+    batches = take(loader, 3)
+    assert len(batches) == 3 and loader.bad_samples >= 7  # the broken block's 7 images, per its metadata

@@ -10,6 +10,10 @@ Why this shape:
   skips the batches already seen, reaching bit-identical data.
 - Workers decode PNG/JPEG to uint8 (4x less to move than float); the training
   loop normalises to [-1, 1] on the device.
+- Shards packed as ``blocks`` (N images per uint8 array) skip the per-image tar,
+  decode and shuffle-buffer work: a block is read as one array into a pool of
+  ``shuffle`` images, and each batch is ``batch`` distinct random pool slots,
+  refilled from the stream (the same buffer shuffle, vectorised).
 - This loader is never passed through ``accelerator.prepare``: accelerate's
   dispatcher would silently drop data from an IterableDataset.
 """
@@ -19,9 +23,10 @@ from __future__ import annotations
 import io
 import json
 import random
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence
+from typing import Deque, Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -32,6 +37,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from dist_gan.errors import UserError
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp", "npy")
+BLOCK_EXT = "images.npy"  # a (N, H, W, 3) uint8 block of images (``dist-gan data pack --format blocks``)
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,11 @@ class ShardSet:
     @property
     def num_samples(self) -> int:
         return sum(self.counts)
+
+    @property
+    def blocks(self) -> bool:
+        """True when samples are blocks of images (``--format blocks``), not single images."""
+        return self.manifest.get("image_format") == "blocks"
 
 
 def open_shards(path: str | Path) -> ShardSet:
@@ -97,6 +108,23 @@ def decode_image(data: bytes, ext: str) -> np.ndarray:
     return arr
 
 
+def decode_block(data: bytes) -> np.ndarray:
+    """A ``.images.npy`` member -> uint8 (N, H, W, 3) array."""
+    arr = np.load(io.BytesIO(data), allow_pickle=False)
+    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[3] != 3 or arr.shape[0] == 0:
+        raise ValueError(f"expected uint8 NxHxWx3, got {arr.dtype} {arr.shape}")
+    return arr
+
+
+def block_size_hint(sample: dict) -> int:
+    """How many images a (possibly corrupt) block sample claimed: its metadata list's length, else 1."""
+    try:
+        meta = json.loads(sample["json"])
+        return len(meta) if isinstance(meta, list) and meta else 1
+    except Exception:  # noqa: BLE001 - the metadata may be as broken as the block
+        return 1
+
+
 class ResampledShardStream(IterableDataset):
     """One chunk of the endless stream for one rank: ``batches_per_worker`` batches per worker."""
 
@@ -111,12 +139,13 @@ class ResampledShardStream(IterableDataset):
         world_size: int,
         shuffle: int = 1000,
         xflip: bool = False,
+        blocks: bool = False,
     ) -> None:
         super().__init__()
         self.urls = list(urls)
         self.batch_size, self.batches_per_worker = batch_size, batches_per_worker
         self.seed, self.chunk, self.rank, self.world_size = seed, chunk, rank, world_size
-        self.shuffle, self.xflip = shuffle, xflip
+        self.shuffle, self.xflip, self.blocks = shuffle, xflip, blocks
         self.bad_samples = 0  # per-process count; corrupt samples are skipped, never fatal
 
     def _rng(self, worker: int) -> random.Random:
@@ -151,11 +180,63 @@ class ResampledShardStream(IterableDataset):
                 yield {"images": images_t, "worker": worker, "bad": self.bad_samples}
                 batch = []
 
+    def _decode_blocks(self, samples: Iterator[dict]) -> Iterator[np.ndarray]:
+        for sample in samples:
+            try:
+                if BLOCK_EXT not in sample:
+                    raise ValueError(f"no image block in sample {sample.get('__key__')}")
+                yield decode_block(sample[BLOCK_EXT])
+            except Exception:
+                self.bad_samples += block_size_hint(sample)
+
+    def _pool_batches(self, blocks: Iterator[np.ndarray], rng: random.Random, worker: int) -> Iterator[dict]:
+        """Batches from a pool of ``shuffle`` images: draw ``batch`` distinct slots, refill them from the stream."""
+        gen = np.random.default_rng(rng.getrandbits(64))
+        queue: Deque[np.ndarray] = deque()
+
+        def take(n: int) -> np.ndarray:
+            parts, need = [], n
+            while need:
+                if not queue:
+                    queue.append(next(blocks))
+                head = queue[0]
+                part, rest = head[:need], head[need:]
+                parts.append(part)
+                need -= len(part)
+                if len(rest):
+                    queue[0] = rest
+                else:
+                    queue.popleft()
+            return parts[0].copy() if len(parts) == 1 else np.concatenate(parts)
+
+        size = max(self.shuffle, self.batch_size) if self.shuffle > 1 else 0
+        pool = take(size) if size else None
+        while True:
+            if pool is not None:
+                slots = gen.choice(size, self.batch_size, replace=False)
+                batch = pool[slots]
+                pool[slots] = take(self.batch_size)
+            else:
+                batch = take(self.batch_size)
+            if self.xflip:
+                flip = gen.random(self.batch_size) < 0.5
+                batch[flip] = batch[flip, :, ::-1]
+            yield {"images": torch.from_numpy(batch).permute(0, 3, 1, 2), "worker": worker, "bad": self.bad_samples}
+
     def __iter__(self) -> Iterator[torch.Tensor]:
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
         mine = split_shards(split_shards(self.urls, self.rank, self.world_size), worker, num_workers)
         rng = self._rng(worker)
+        if self.blocks:
+            pipeline = wds.DataPipeline(
+                lambda: self._shard_urls(rng, mine),
+                wds.tarfile_to_samples(handler=wds.warn_and_continue),
+                self._decode_blocks,
+                lambda src: self._pool_batches(src, rng, worker),
+            ).with_epoch(nbatches=self.batches_per_worker)
+            yield from pipeline
+            return
         pipeline = wds.DataPipeline(
             lambda: self._shard_urls(rng, mine),
             wds.tarfile_to_samples(handler=wds.warn_and_continue),
@@ -194,7 +275,7 @@ class StreamLoader:
     def _chunk_loader(self, chunk: int) -> DataLoader:
         dataset = ResampledShardStream(
             self.shards.urls, self.local_batch, self.batches_per_worker, self.seed, chunk,
-            self.rank, self.world_size, self.shuffle, self.xflip,
+            self.rank, self.world_size, self.shuffle, self.xflip, self.shards.blocks,
         )
         return DataLoader(
             dataset,
