@@ -6,13 +6,14 @@ the ratio, and writes JSON (default ``benchmarks/results/step_<cpu|cuda>.json``)
 
 - dist_gan: ``TrainStep`` built exactly as ``dist_gan.engine.loop.train`` builds it
   (recipe ``dcgan64`` by default, its speed switches: precision, channels_last,
-  fused Adam, compile), on uint8 batches normalised on the device, with EMA;
+  fused Adam, swapped weight-grad convolutions, compile), on uint8 batches
+  normalised on the device, with EMA;
 - textbook: ``benchmarks/textbook.py`` (fp32, Sigmoid + BCELoss, default Adam, the
   PyTorch example's step), on float batches as its DataLoader would deliver them.
 
 Data loading is excluded on both sides (see ``end_to_end.py`` for that).
 ``--ablation`` adds the switches one at a time (fp32 + plain Adam, + fused Adam,
-+ channels_last, + bf16/auto precision, + each ``--compile-modes`` mode).
++ channels_last, + bf16/auto precision, + swap_wgrad, + each ``--compile-modes`` mode).
 
 FLOPs: one fp32 step of each is run under ``torch.utils.flop_counter.FlopCounterMode``
 (convolutions and matmuls, forward and backward, as the step really runs them) and
@@ -159,11 +160,14 @@ def ablation_cfgs(base, compile_modes: List[str]):
         return c
 
     fast_prec = base.train.precision if base.train.precision != "fp32" else "auto"
+    off = {"train.swap_wgrad": "never"}
     out = {
-        "dg_fp32_plain_adam": variant(**{"train.precision": "fp32", "train.channels_last": False, "optim.impl": "plain", "train.compile": ""}),
-        "dg_fp32_fused_adam": variant(**{"train.precision": "fp32", "train.channels_last": False, "optim.impl": "auto", "train.compile": ""}),
-        "dg_fp32_fused_cl": variant(**{"train.precision": "fp32", "train.channels_last": True, "optim.impl": "auto", "train.compile": ""}),
-        f"dg_{fast_prec}_fused_cl": variant(**{"train.precision": fast_prec, "train.channels_last": True, "optim.impl": "auto", "train.compile": ""}),
+        "dg_fp32_plain_adam": variant(**{"train.precision": "fp32", "train.channels_last": False, "optim.impl": "plain", "train.compile": "", **off}),
+        "dg_fp32_fused_adam": variant(**{"train.precision": "fp32", "train.channels_last": False, "optim.impl": "auto", "train.compile": "", **off}),
+        "dg_fp32_fused_cl": variant(**{"train.precision": "fp32", "train.channels_last": True, "optim.impl": "auto", "train.compile": "", **off}),
+        f"dg_{fast_prec}_fused_cl": variant(**{"train.precision": fast_prec, "train.channels_last": True, "optim.impl": "auto", "train.compile": "", **off}),
+        f"dg_{fast_prec}_fused_cl_swap_wgrad": variant(**{"train.precision": fast_prec, "train.channels_last": True, "optim.impl": "auto",
+                                                         "train.compile": "", "train.swap_wgrad": "always"}),
     }
     for mode in compile_modes:
         out[f"dg_fp32_fused_compile_{mode}"] = variant(**{"train.precision": "fp32", "train.channels_last": False,
@@ -290,10 +294,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
 def _switches(cfg, device: torch.device) -> Dict[str, Any]:
     from dist_gan.engine.precision import resolve_precision
+    from dist_gan.engine.step import swap_wgrad_wanted
 
     return {"precision": cfg.train.precision, "resolved_precision": resolve_precision(cfg.train.precision, device),
             "channels_last": bool(cfg.train.channels_last), "optim_impl": cfg.optim.impl, "compile": cfg.train.compile,
-            "tf32": bool(cfg.train.tf32)}
+            "tf32": bool(cfg.train.tf32), "swap_wgrad": swap_wgrad_wanted(cfg.train, device)}
 
 
 if __name__ == "__main__":

@@ -59,6 +59,7 @@ class TrainCfg:
     precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16: one loss scaler per network) | auto (bf16 where native, else fp16 on CUDA, else fp32)
     channels_last: bool = False  # NHWC networks and batches: faster convolutions with bf16/fp16 (oneDNN, cuDNN tensor cores)
     compile: str = ""  # torch.compile mode for G and D: "" (eager) | default | reduce-overhead (CUDA graphs) | max-autotune | max-autotune-no-cudagraphs; eager fallback if unavailable
+    swap_wgrad: str = "auto"  # deep 4x4 convs' weight grads as one forward conv (models/fastconv.py): auto (on for CPU, eager) | always | never
     tf32: bool = True  # TF32 for fp32 matmuls/convolutions on Ampere+ GPUs (no effect elsewhere)
     diffaug: str = ""  # DiffAugment policy for D's inputs, e.g. "color,translation,cutout"
     ema_kimg: float = 10.0  # EMA half-life in kimg: independent of the batch size
@@ -107,6 +108,7 @@ CHOICES: Dict[str, Sequence[Any]] = {
     "train.precision": ("fp32", "bf16", "fp16", "auto"),
     "train.compile": ("", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
     "train.nan_policy": ("stop", "rollback"),
+    "train.swap_wgrad": ("auto", "always", "never"),
     "optim.impl": ("auto", "fused", "foreach", "plain"),
     "backend": ("ddp", "deepspeed"),
     "zero_stage": (0, 1, 2),

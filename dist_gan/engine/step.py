@@ -40,6 +40,13 @@ class Networks(NamedTuple):
     precision: Precision
 
 
+def swap_wgrad_wanted(train_cfg, device: torch.device) -> bool:
+    """``train.swap_wgrad``: ``auto`` is on where it was measured to win (CPU/oneDNN, eager), off on GPUs."""
+    if train_cfg.swap_wgrad == "auto":
+        return device.type == "cpu" and not train_cfg.compile
+    return train_cfg.swap_wgrad == "always"
+
+
 def build_networks(cfg, device: torch.device) -> Networks:
     """G, D (seeded identically on every rank), G_ema, both Adams and the precision, per recipe."""
     from dist_gan.engine.precision import make_adam
@@ -47,6 +54,11 @@ def build_networks(cfg, device: torch.device) -> Networks:
 
     torch.manual_seed(cfg.seed)
     G, D = build_generator(cfg.model).to(device), build_discriminator(cfg.model).to(device)
+    if swap_wgrad_wanted(cfg.train, device):
+        from dist_gan.models.fastconv import use_swap_wgrad
+
+        use_swap_wgrad(G, cfg.model.resolution)
+        use_swap_wgrad(D, cfg.model.resolution)
     if cfg.train.channels_last:
         G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
