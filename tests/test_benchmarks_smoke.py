@@ -71,7 +71,11 @@ def test_loader_benchmark_writes_its_json(tmp_path):
     data = check_envelope(out, "loader")
     res = data["results"]
     check_timing(res["dist_gan_stream"]), check_timing(res["imagefolder"])
-    assert res["ratio_stream_vs_imagefolder"] > 0
+    check_timing(res["dist_gan_stream_npy"]), check_timing(res["dist_gan_stream_blocks"])
+    assert res["ratio_stream_vs_imagefolder"] > 0 and res["ratio_blocks_vs_imagefolder"] > 0
+    assert "stream (blocks) / imagefolder" in stdout
+    blocks = json.loads((cache / "shards-faces-64-blocks" / "manifest.json").read_text())
+    assert blocks["image_format"] == "blocks" and blocks["num_samples"] == 40  # packed by the real packer
     assert data["settings"]["num_images"] == 40 and data["settings"]["workers"] == 0
     # both candidates read the same 64x64 PNGs: the ImageFolder tree holds the shards' members
     pngs = sorted((cache / "imagefolder-faces-64" / "faces").glob("*.png"))
