@@ -523,8 +523,11 @@ def target_lines(rows: Dict[str, Dict[str, Any]]) -> List[str]:
     for name in ("dist_gan@img", "dist_gan@time"):
         r = rows.get(name)
         if r and r.get("gen_n") and r.get("ref_n"):
+            # The issue's bound: "within 1 point of the real rate (<= 8 % when real is 7.1 %)", i.e. at most
+            # 1 point above the reals'. Below the reals' rate means the detector finds a face in more samples
+            # than in real photos (smooth, frontal, centred faces), which the target does not penalise.
             gap = 100 * (r["gen_no_face"] / r["gen_n"] - r["ref_no_face"] / r["ref_n"])
-            out.append(f"{name} no-face rate within 1 point of the reals': {gap:+.1f} points ({'met' if abs(gap) <= 1 else 'NOT met'})")
+            out.append(f"{name} no-face rate at most 1 point above the reals': {gap:+.1f} points ({'met' if gap <= 1 else 'NOT met'})")
     for name in ("dist_gan@img", "dist_gan@time"):
         r = rows.get(name)
         if r:
@@ -600,6 +603,7 @@ def parse(argv: Optional[List[str]]) -> argparse.Namespace:
     p.add_argument("--tb-batch", type=int, default=128)
     p.add_argument("--tb-width", type=int, default=64, help="textbook ngf = ndf")
     p.add_argument("--cache", type=Path, default=None, help="shards and runs (outside the repo)")
+    p.add_argument("--render-only", action="store_true", help="rewrite results.md from --out's results.json (no training, no eval)")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "quality_vs_textbook")
     return p.parse_args(argv)
 
@@ -618,6 +622,12 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         textbook_child(p.parse_args(argv[1:]))
         return {}
     a = parse(argv)
+    if a.render_only:  # e.g. after a change to the tables' wording or the targets' judgement
+        results = json.loads((a.out / "results.json").read_text())
+        for data in results["datasets"].values():
+            data["ratios"] = ratios(data["rows"])
+        (a.out / "results.md").write_text(markdown(results))
+        return results
     cache = a.cache or default_cache()
     command = "python benchmarks/quality_vs_textbook.py " + shlex.join(argv)
     a.out.mkdir(parents=True, exist_ok=True)
