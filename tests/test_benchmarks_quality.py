@@ -54,3 +54,23 @@ def test_schema(smoke):
     assert tb["nimg"] == img["nimg"] == 64  # same image budget
     assert tm["budget_s"] > 0 and tm["nimg"] > 0  # stopped by the textbook's time
     assert set(block["ratios"]) == {"fid_ratio_img", "fid_ratio_time"}
+
+
+def test_render_only_rewrites_the_tables_and_judges_the_no_face_bound(smoke, tmp_path):
+    """--render-only rebuilds results.md from results.json; the no-face target is 'at most 1 point above the reals'."""
+    import shutil
+
+    from benchmarks import quality_vs_textbook as qvt
+
+    out, res = smoke
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    rows = res["datasets"]["celeba"]["rows"]
+    rows["dist_gan@img"].update(gen_no_face=5, gen_n=100, ref_no_face=7, ref_n=100)  # 2 points *below* the reals
+    rows["dist_gan@time"].update(gen_no_face=9, gen_n=100, ref_no_face=7, ref_n=100)  # 2 points above
+    (copy / "results.json").write_text(json.dumps(res))
+    (copy / "results.md").unlink()
+    qvt.main(["--render-only", "--out", str(copy)])
+    md = (copy / "results.md").read_text()
+    assert "dist_gan@img no-face rate at most 1 point above the reals': -2.0 points (met)" in md
+    assert "dist_gan@time no-face rate at most 1 point above the reals': +2.0 points (NOT met)" in md
