@@ -5,6 +5,7 @@ Also runs as ``python dist_gan/train.py ...`` (one process) and ``dist-gan train
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -28,8 +29,6 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
 
 if __name__ == "__main__":
     from dist_gan.errors import UserError
-
-    import os
 
     try:
         main()

@@ -228,21 +228,18 @@ class ResampledShardStream(IterableDataset):
         worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
         mine = split_shards(split_shards(self.urls, self.rank, self.world_size), worker, num_workers)
         rng = self._rng(worker)
-        if self.blocks:
-            pipeline = wds.DataPipeline(
-                lambda: self._shard_urls(rng, mine),
-                wds.tarfile_to_samples(handler=wds.warn_and_continue),
-                self._decode_blocks,
-                lambda src: self._pool_batches(src, rng, worker),
-            ).with_epoch(nbatches=self.batches_per_worker)
-            yield from pipeline
-            return
+        if self.blocks:  # the pool in _pool_batches is the shuffle buffer
+            stages = [self._decode_blocks, lambda src: self._pool_batches(src, rng, worker)]
+        else:
+            stages = [
+                wds.shuffle(self.shuffle, initial=min(self.shuffle, 100), rng=rng) if self.shuffle > 1 else None,
+                lambda src: self._decode(src, rng),
+                lambda src: self._batches(src, worker),
+            ]
         pipeline = wds.DataPipeline(
             lambda: self._shard_urls(rng, mine),
             wds.tarfile_to_samples(handler=wds.warn_and_continue),
-            wds.shuffle(self.shuffle, initial=min(self.shuffle, 100), rng=rng) if self.shuffle > 1 else None,
-            lambda src: self._decode(src, rng),
-            lambda src: self._batches(src, worker),
+            *stages,
         ).with_epoch(nbatches=self.batches_per_worker)
         yield from pipeline
 

@@ -60,10 +60,6 @@ class ReferenceSet:
                 "data_key": self.data_key, "preprocessing": self.preprocessing()}
 
 
-
-
-
-
 def open_reference(path: str | Path) -> ReferenceSet:
     """Inspect a shard folder, image zip or image folder; a UserError if it is none of these."""
     p = Path(path).expanduser()

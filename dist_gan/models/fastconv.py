@@ -25,6 +25,7 @@ from typing import Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 
 MAX_AREA = 16  # switch layers whose smaller feature map has at most this many pixels (4x4)
 
@@ -78,10 +79,8 @@ class _ConvSwapWgrad(torch.autograd.Function):
 
 
 def _eligible(m: nn.Module) -> bool:
-    if type(m).__name__.startswith("Parametrized"):
-        base = type(m).__mro__[1]
-    else:
-        base = type(m)
+    # A parametrised layer (spectral norm) has a generated subclass; judge the class it wraps.
+    base = type(m).__bases__[0] if parametrize.is_parametrized(m) else type(m)
     if base not in (nn.Conv2d, nn.ConvTranspose2d):
         return False
     plain = m.groups == 1 and tuple(m.dilation) == (1, 1) and m.padding_mode == "zeros" and not isinstance(m.padding, str)
@@ -112,13 +111,13 @@ def use_swap_wgrad(model: nn.Module, resolution: int, max_area: int = MAX_AREA) 
         areas[mod] = min(inp[0].shape[-1] * inp[0].shape[-2], out.shape[-1] * out.shape[-2])
 
     hooks = [m.register_forward_hook(record) for m in model.modules() if _eligible(m)]
+    was_training = model.training
     try:
-        was_training = model.training
         model.eval()
         with torch.no_grad():
             model(_probe_input(model, resolution))
-        model.train(was_training)
     finally:
+        model.train(was_training)
         for h in hooks:
             h.remove()
     switched = 0
