@@ -152,3 +152,22 @@ def test_corrupt_blocks_are_skipped_and_counted_by_their_images(tmp_path, blocks
     loader = StreamLoader(open_shards(bad), 4, workers=0, shuffle=1, chunk_batches=2)
     batches = take(loader, 3)
     assert len(batches) == 3 and loader.bad_samples >= 7  # the broken block's 7 images, per its metadata
+
+
+@pytest.mark.parametrize("blocks", [False, True])
+def test_shards_with_nothing_decodable_fail_with_a_clear_error(tmp_path, blocks):
+    """All-corrupt shards would resample forever without a batch: the stream stops with a UserError instead."""
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    name = "{:09d}.images.npy" if blocks else "{:09d}.png"
+    with tarfile.open(bad / "shard-000000.tar", "w") as tf:
+        for i in range(5):
+            info = tarfile.TarInfo(name.format(i))
+            info.size = 7
+            tf.addfile(info, io.BytesIO(b"garbage"))
+    manifest = {"resolution": 32, "shards": [{"name": "shard-000000.tar", "count": 5}]}
+    if blocks:
+        manifest["image_format"] = "blocks"
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match="undecodable samples in a row.*repack"):
+        take(StreamLoader(open_shards(bad), 4, workers=0, shuffle=1), 1)

@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from dist_gan.errors import UserError
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp", "npy")
+MAX_BAD_RUN = 1000  # this many undecodable samples in a row means the shards are broken, not a few bad files
 BLOCK_EXT = "images.npy"  # a (N, H, W, 3) uint8 block of images (``dist-gan data pack --format blocks``)
 
 
@@ -146,7 +147,18 @@ class ResampledShardStream(IterableDataset):
         self.batch_size, self.batches_per_worker = batch_size, batches_per_worker
         self.seed, self.chunk, self.rank, self.world_size = seed, chunk, rank, world_size
         self.shuffle, self.xflip, self.blocks = shuffle, xflip, blocks
-        self.bad_samples = 0  # per-process count; corrupt samples are skipped, never fatal
+        self.bad_samples = 0  # per-process count; corrupt samples are skipped, never fatal...
+        self._bad_run = 0  # ...unless nothing decodes at all, which would otherwise spin forever
+
+    def _count_bad(self, n: int) -> None:
+        self.bad_samples += n
+        self._bad_run += n
+        if self._bad_run >= MAX_BAD_RUN:
+            raise UserError(
+                f"{self._bad_run} undecodable samples in a row in the shards of rank {self.rank} "
+                f"({len(self.urls)} shard(s), e.g. {self.urls[0]}): they are corrupt or not made by "
+                "`dist-gan data pack`; repack them"
+            )
 
     def _rng(self, worker: int) -> random.Random:
         return random.Random(f"{self.seed}/{self.chunk}/{self.rank}/{worker}")
@@ -163,8 +175,9 @@ class ResampledShardStream(IterableDataset):
                     raise ValueError(f"no image in sample {sample.get('__key__')}")
                 arr = decode_image(sample[ext], ext)
             except Exception:
-                self.bad_samples += 1
+                self._count_bad(1)
                 continue
+            self._bad_run = 0
             if self.xflip and rng.random() < 0.5:
                 arr = arr[:, ::-1]
             yield arr
@@ -185,9 +198,12 @@ class ResampledShardStream(IterableDataset):
             try:
                 if BLOCK_EXT not in sample:
                     raise ValueError(f"no image block in sample {sample.get('__key__')}")
-                yield decode_block(sample[BLOCK_EXT])
+                block = decode_block(sample[BLOCK_EXT])
             except Exception:
-                self.bad_samples += block_size_hint(sample)
+                self._count_bad(block_size_hint(sample))
+                continue
+            self._bad_run = 0
+            yield block
 
     def _pool_batches(self, blocks: Iterator[np.ndarray], rng: random.Random, worker: int) -> Iterator[dict]:
         """Batches from a pool of ``shuffle`` images: draw ``batch`` distinct slots, refill them from the stream."""
