@@ -40,6 +40,20 @@ def test_two_rank_zero_run_stays_in_sync(shards32, tmp_path, stage):
     assert len(state["opt_G"]["state"]) == len(state["G"]) - sum("running" in k or "num_batches" in k for k in state["G"])
 
 
+@pytest.mark.parametrize("precision, dtype", [("fp32", None), ("bf16", "bfloat16"), ("fp16", "float16")])
+def test_deepspeed_config_autocasts_over_fp32_weights_and_reduces_in_fp32(precision, dtype):
+    from dist_gan.engine.backends import deepspeed_config
+
+    cfg = deepspeed_config(micro_batch=64, accum=2, zero_stage=2, precision=precision)
+    assert cfg["train_micro_batch_size_per_gpu"] == 64 and cfg["gradient_accumulation_steps"] == 2
+    assert cfg["zero_optimization"] == {"stage": 2} and cfg["gradient_clipping"] == 0.0
+    assert "fp16" not in cfg and "bf16" not in cfg  # DeepSpeed's half-weight modes would change the numerics
+    if dtype is None:
+        assert "torch_autocast" not in cfg
+    else:
+        assert cfg["torch_autocast"] == {"enabled": True, "dtype": dtype, "lower_precision_safe_modules": []}
+
+
 def _train1(*args):
     return run([sys.executable, TRAIN, *SMOKE, *args])
 
@@ -48,19 +62,24 @@ def _max_diff(a: dict, b: dict) -> float:
     return max(float((a[k].float() - b[k].float()).abs().max()) for k in a if a[k].is_floating_point())
 
 
-@pytest.mark.parametrize("first, second", [("ddp", "deepspeed"), ("deepspeed", "ddp")])
-def test_checkpoint_moves_between_backends_with_its_adam_state(shards32, tmp_path, first, second):
+@pytest.mark.parametrize("first, second, extra", [
+    ("ddp", "deepspeed", []), ("deepspeed", "ddp", []),
+    # fp16 at ZeRO-2: the loss scales travel too, and DeepSpeed reduces in fp32 as DDP does, so no wider bound.
+    ("ddp", "deepspeed", ["zero_stage=2", "train.precision=fp16"]),
+])
+def test_checkpoint_moves_between_backends_with_its_adam_state(shards32, tmp_path, first, second, extra):
     """Half a run on one backend, the rest on the other, lands where one backend alone lands.
 
     Adam's moments must travel: with them reset the weights end far apart (checked below).
     """
-    common = [f"data={shards32}", "train.kimg=0.16", "log.snapshot_kimg=0.08", "zero_stage=1"]
+    common = [f"data={shards32}", "train.kimg=0.16", "log.snapshot_kimg=0.08", "zero_stage=1", *extra]
     _train1(*common, f"backend={second}", f"run_dir={tmp_path / 'straight'}")
     _train1(*common, f"backend={first}", f"run_dir={tmp_path / 'moved'}", "train.kimg=0.08")
     out = _train1(*common, f"backend={second}", f"run_dir={tmp_path / 'moved'}", "resume=auto")
     assert "resumed at 0.08 kimg" in out.stderr
     straight, moved = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "moved")
     assert moved["cfg"]["backend"] == second and moved["nimg"] == straight["nimg"] == 160
+    assert moved["scaler_G"] == straight["scaler_G"] and moved["scaler_D"] == straight["scaler_D"]
     close = _max_diff(straight["G"], moved["G"])
     assert close < 1e-4, close
 
@@ -77,7 +96,62 @@ def test_checkpoint_moves_between_backends_with_its_adam_state(shards32, tmp_pat
     assert far > 20 * max(close, 1e-6), (close, far)
 
 
-def test_fp16_on_deepspeed_is_refused_clearly(shards32, tmp_path):
-    proc = subprocess.run([sys.executable, TRAIN, *SMOKE, f"data={shards32}", f"run_dir={tmp_path / 'r'}",
-                           "backend=deepspeed", "train.precision=fp16"], capture_output=True, text=True, env=ENV, timeout=300)
-    assert proc.returncode == 2 and "backend=ddp for fp16" in proc.stderr
+def test_two_rank_zero2_fp16_trains_both_networks_with_equal_loss_scales(shards32, tmp_path):
+    """fp16 autocast under ZeRO-2: the first steps overflow; both ranks must back off together and G must train.
+
+    (DeepSpeed's own ZeRO overflow check skips the step before its GradScaler sees it, so without
+    the backend's backoff hook G's scale stayed at 65536 and its Adam never stepped.)
+    """
+    run_dir = tmp_path / "fp16"
+    launch2(f"data={shards32}", f"run_dir={run_dir}", "backend=deepspeed", "zero_stage=2", "train.precision=fp16")
+    final = json.loads((run_dir / "final.json").read_text())
+    assert final["world_size"] == 2 and final["ranks_in_sync"], final
+    scales = [r["loss_scales"] for r in final["ranks"]]
+    assert scales[0] == scales[1] and all(0 < v < 65536 for v in scales[0].values()), scales
+    state = load_checkpoint(run_dir)
+    assert state["opt_G"]["state"] and state["opt_D"]["state"]
+    assert state["scaler_G"]["scale"] == scales[0]["G"] and state["scaler_D"]["scale"] == scales[0]["D"]
+
+
+def _overflow_on_rank0(rank: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    from dist_gan.engine.backends import SyncedGradScaler
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.SGD([p], lr=0.1)
+    scaler = SyncedGradScaler("cpu", init_scale=1024.0)
+    scaler.scale((p * (float("inf") if rank == 0 else 1.0)).sum()).backward()  # only rank 0 sees the overflow
+    scaler.step(opt)
+    scaler.update()
+    torch.save({"scale": scaler.get_scale(), "p": p.detach().clone()}, f"{out}/{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_synced_grad_scaler_skips_on_every_rank_when_one_overflows(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_overflow_on_rank0, args=(port, str(tmp_path)), nprocs=2)
+    results = [torch.load(tmp_path / f"{r}.pt", weights_only=True) for r in (0, 1)]
+    assert [r["scale"] for r in results] == [512.0, 512.0]  # both backed off once
+    assert all(torch.equal(r["p"], torch.ones(3)) for r in results)  # and both skipped the step
+
+
+def test_backoff_halves_the_scale_and_resets_growth():
+    from dist_gan.engine.backends import SyncedGradScaler
+
+    scaler = SyncedGradScaler("cpu", init_scale=256.0, growth_interval=3)
+    p = torch.nn.Parameter(torch.ones(2))
+    opt = torch.optim.SGD([p], lr=0.1)
+    for _ in range(2):  # two good steps: growth tracker at 2
+        scaler.scale(p.sum()).backward()
+        scaler.step(opt)
+        scaler.update()
+    scaler.backoff()
+    assert scaler.get_scale() == 128.0 and scaler.state_dict()["_growth_tracker"] == 0

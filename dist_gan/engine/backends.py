@@ -14,8 +14,13 @@ DeepSpeed notes, learnt the hard way:
 - D's parameters are frozen during G's step (and the raw module is called), or
   ZeRO-2 would reduce D's gradients a second time.
 - Mixed precision is torch autocast inside fp32 engines (DeepSpeed's
-  ``torch_autocast``), the same numerics as the DDP path; DeepSpeed's ZeRO path
-  has no loss scaler for fp16 autocast, so fp16 is DDP-only (clear error).
+  ``torch_autocast``), the same numerics as the DDP path. For fp16 DeepSpeed
+  keeps a ``torch.amp.GradScaler`` per engine (since 0.18). Under ZeRO-1/2 each
+  rank only sees its own gradient partition, so an overflow would make just one
+  rank skip its step and halve its scale; ``SyncedGradScaler`` all-reduces the
+  overflow flag so every rank skips together and the scales stay equal.
+  DeepSpeed's own ``fp16`` mode (half weights, fp32 masters) is not used: it
+  would make checkpoints backend-specific and it does not run on CPU.
 """
 
 from __future__ import annotations
@@ -30,6 +35,34 @@ from dist_gan.engine.precision import Precision
 from dist_gan.errors import UserError
 
 NETS = ("G", "D")
+
+
+class SyncedGradScaler(torch.amp.GradScaler):
+    """A GradScaler whose found-inf flag is the max over all ranks.
+
+    ZeRO hands the scaler only this rank's slice of the gradient; without the
+    all-reduce, ranks would disagree about skipping a step and their loss scales
+    (hence the scale of the gradients they average) would drift apart.
+    """
+
+    def _unscale_grads_(self, optimizer, inv_scale, found_inf, allow_fp16):
+        per_device = super()._unscale_grads_(optimizer, inv_scale, found_inf, allow_fp16)
+        if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+            flag = sum(per_device.values()) if per_device else torch.zeros((), device=found_inf.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            per_device = {flag.device: flag} if not per_device else {d: flag.to(d) for d in per_device}
+        return per_device
+
+    def backoff(self) -> None:
+        """What ``update()`` does after an overflow: scale x backoff factor, growth count reset.
+
+        ZeRO-1/2 check the gradients for overflow themselves and skip the step before
+        this scaler sees them; without this call the scale would never come down and a
+        network whose first gradients overflow would never train.
+        """
+        if self._scale is not None:
+            self._scale.mul_(self._backoff_factor)
+            self._growth_tracker.zero_()
 
 
 class DDPBackend:
@@ -79,6 +112,10 @@ class DDPBackend:
             if state.get(f"scaler_{net}"):
                 self.scalers[net].load_state_dict(state[f"scaler_{net}"])
 
+    def loss_scales(self) -> Dict[str, Optional[float]]:
+        """Each network's fp16 loss scale (None when nothing is scaled)."""
+        return {net: (s.get_scale() if s.is_enabled() else None) for net, s in self.scalers.items()}
+
     def set_lr(self, net: str, lr: float) -> None:
         for group in self.opts[net].param_groups:
             group["lr"] = lr
@@ -95,13 +132,11 @@ def _load_adam(opt, saved: Dict[str, Any]) -> None:
         group.update(flags)
 
 
+AUTOCAST_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
+
+
 def deepspeed_config(micro_batch: int, accum: int, zero_stage: int, precision: str) -> Dict[str, Any]:
-    """The DeepSpeed config for one network's engine."""
-    if precision == "fp16":
-        raise UserError(
-            "backend=deepspeed runs bf16 or fp32 (torch autocast in fp32 engines; DeepSpeed's ZeRO path has no "
-            "fp16 autocast loss scaler). Use train.precision=bf16, or backend=ddp for fp16 with a scaler per network."
-        )
+    """The DeepSpeed config for one network's engine: fp32 weights, torch autocast for bf16/fp16."""
     cfg: Dict[str, Any] = {
         "train_micro_batch_size_per_gpu": micro_batch,
         "gradient_accumulation_steps": accum,
@@ -110,8 +145,10 @@ def deepspeed_config(micro_batch: int, accum: int, zero_stage: int, precision: s
         "steps_per_print": 10**12,
         "wall_clock_breakdown": False,
     }
-    if precision == "bf16":
-        cfg["torch_autocast"] = {"enabled": True, "dtype": "bfloat16"}
+    if precision in AUTOCAST_DTYPES:
+        # No "lower-precision-safe" modules: gradients are reduced in fp32 as DDP does. DeepSpeed's
+        # default reduces conv/linear gradients in bf16/fp16, which halves traffic but rounds them.
+        cfg["torch_autocast"] = {"enabled": True, "dtype": AUTOCAST_DTYPES[precision], "lower_precision_safe_modules": []}
     return cfg
 
 
@@ -151,9 +188,35 @@ class DeepSpeedBackend:
             self.engines[net] = engine
         self.G, self.D = self.engines["G"], self.engines["D"]
         self.G_raw, self.D_raw = self.G.module, self.D.module
+        self.scalers = {net: self._install_synced_scaler(net) for net in NETS}
         if initial_state is not None:
             for net in NETS:
                 self._import_adam(net, initial_state[f"opt_{net}"])
+                self._import_scaler(net, initial_state.get(f"scaler_{net}"))
+
+    def _install_synced_scaler(self, net: str) -> Optional[torch.amp.GradScaler]:
+        """Swap the engine's fp16 GradScaler (if any) for one that agrees across ranks."""
+        engine = self.engines[net]
+        owner, attr = ((engine.optimizer, "torch_autocast_gradscaler") if self.zero_stage > 0
+                       else (engine, "torch_autocast_z0_gradscaler"))
+        if getattr(owner, attr, None) is None:
+            return None  # fp32 or bf16: nothing is scaled
+        scaler = SyncedGradScaler(getattr(owner, attr)._device)
+        setattr(owner, attr, scaler)
+        if self.zero_stage > 0:  # ZeRO's own overflow check returns early: back the scaler off there too
+            zero, update_scale = engine.optimizer, engine.optimizer._update_scale
+
+            def _update_scale(has_overflow: bool = False) -> None:
+                update_scale(has_overflow)
+                if has_overflow:
+                    scaler.backoff()
+
+            zero._update_scale = _update_scale
+        return scaler
+
+    def _import_scaler(self, net: str, saved: Optional[Dict[str, Any]]) -> None:
+        if self.scalers[net] is not None and saved:  # a bf16/fp32 checkpoint has none: keep the fresh scale
+            self.scalers[net].load_state_dict(saved)
 
     def hold_sync(self, net: str, last_round: bool) -> ContextManager:
         return contextlib.nullcontext()  # the engine accumulates over gradient_accumulation_steps itself
@@ -183,14 +246,16 @@ class DeepSpeedBackend:
         group = base.param_groups[0]
         steps = [s["step"] for s in base.state.values() if "step" in s]
         state: Dict[int, Dict[str, torch.Tensor]] = {}
+        n = len(list(engine.module.parameters()))
+        options = {k: v for k, v in group.items() if k != "params"}
+        if not any(bool(torch.as_tensor(s).item()) for s in steps):  # Adam has not stepped yet (fp16 skips the
+            return {"state": {}, "param_groups": [{**options, "params": list(range(n))}]}  # first overflowing steps)
         for idx, p in enumerate(engine.module.parameters()):
             exp_avg = safe_get_full_optimizer_state(p, "exp_avg")  # collective: every rank calls it
             exp_avg_sq = safe_get_full_optimizer_state(p, "exp_avg_sq")
             if exp_avg is not None and steps:
                 state[idx] = {"step": torch.as_tensor(steps[0], dtype=torch.float32).clone().cpu(),
                               "exp_avg": exp_avg.detach().float().cpu(), "exp_avg_sq": exp_avg_sq.detach().float().cpu()}
-        n = len(list(engine.module.parameters()))
-        options = {k: v for k, v in group.items() if k != "params"}
         return {"state": state, "param_groups": [{**options, "params": list(range(n))}]}
 
     def _import_adam(self, net: str, saved: Dict[str, Any]) -> None:
@@ -217,7 +282,7 @@ class DeepSpeedBackend:
         return {
             "G": self.G_raw.state_dict(), "D": self.D_raw.state_dict(),
             "opt_G": self._export_adam("G"), "opt_D": self._export_adam("D"),
-            "scaler_G": {}, "scaler_D": {},
+            **{f"scaler_{net}": (self.scalers[net].state_dict() if self.scalers[net] is not None else {}) for net in NETS},
         }
 
     def import_state(self, state: Dict[str, Any]) -> None:
@@ -231,6 +296,11 @@ class DeepSpeedBackend:
                 for p in module.parameters():
                     safe_set_full_fp32_param(p, p.detach().clone())
             self._import_adam(net, state[f"opt_{net}"])
+            self._import_scaler(net, state.get(f"scaler_{net}"))
+
+    def loss_scales(self) -> Dict[str, Optional[float]]:
+        """Each network's fp16 loss scale (None when nothing is scaled)."""
+        return {net: (s.get_scale() if s is not None else None) for net, s in self.scalers.items()}
 
     def set_lr(self, net: str, lr: float) -> None:
         for group in self._base_optimizer(net).param_groups:

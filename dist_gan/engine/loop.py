@@ -241,7 +241,7 @@ def train(cfg: DictConfig) -> Path:
                 monitor.print(f"[yellow]preempted ({preempt.signal_name}): checkpoint written at {nimg / 1000:.2f} kimg; exiting cleanly")
             break
 
-    summary = _rank_summary(accelerator, backend.G_raw, backend.D_raw, nimg=nimg, iteration=iteration, data_step=data_step,
+    summary = _rank_summary(accelerator, backend, nimg=nimg, iteration=iteration, data_step=data_step,
                             bad_samples=loader.bad_samples)
     if monitor:
         (run_dir / "final.json").write_text(json.dumps(summary, indent=2))
@@ -256,13 +256,13 @@ def train(cfg: DictConfig) -> Path:
     return run_dir
 
 
-def _rank_summary(accelerator: Accelerator, G, D, **counters: int) -> Dict[str, Any]:
-    """Every rank's counters and a float64 weight checksum, gathered: DDP desync shows here."""
+def _rank_summary(accelerator: Accelerator, backend, **counters: int) -> Dict[str, Any]:
+    """Every rank's counters, fp16 loss scales and a float64 weight checksum, gathered: desync shows here."""
     from accelerate.utils import gather_object
 
     with torch.no_grad():
-        checksum = sum(float(p.double().sum()) for p in (*G.parameters(), *D.parameters()))
-    mine = {"rank": accelerator.process_index, "weight_checksum": checksum, **counters}
+        checksum = sum(float(p.double().sum()) for p in (*backend.G_raw.parameters(), *backend.D_raw.parameters()))
+    mine = {"rank": accelerator.process_index, "weight_checksum": checksum, "loss_scales": backend.loss_scales(), **counters}
     ranks = gather_object([mine]) if accelerator.num_processes > 1 else [mine]
     sums = [r["weight_checksum"] for r in ranks]
     return {
@@ -270,7 +270,7 @@ def _rank_summary(accelerator: Accelerator, G, D, **counters: int) -> Dict[str, 
         "ranks": ranks,
         "weight_checksums": sums,
         "ranks_in_sync": all(s == sums[0] for s in sums)
-        and all(r["iteration"] == ranks[0]["iteration"] for r in ranks),
+        and all(r["iteration"] == ranks[0]["iteration"] and r["loss_scales"] == ranks[0]["loss_scales"] for r in ranks),
     }
 
 
