@@ -15,7 +15,7 @@ DeepSpeed notes, learnt the hard way:
   ZeRO-2 would reduce D's gradients a second time.
 - Mixed precision is torch autocast inside fp32 engines (DeepSpeed's
   ``torch_autocast``), the same numerics as the DDP path. For fp16 DeepSpeed
-  keeps a ``torch.amp.GradScaler`` per engine (since 0.18). Under ZeRO-1/2 each
+  keeps a ``torch.amp.GradScaler`` per engine (tested with 0.19.8). Under ZeRO-1/2 each
   rank only sees its own gradient partition, so an overflow would make just one
   rank skip its step and halve its scale; ``SyncedGradScaler`` all-reduces the
   overflow flag so every rank skips together and the scales stay equal.
@@ -200,6 +200,12 @@ class DeepSpeedBackend:
         owner, attr = ((engine.optimizer, "torch_autocast_gradscaler") if self.zero_stage > 0
                        else (engine, "torch_autocast_z0_gradscaler"))
         if getattr(owner, attr, None) is None:
+            if engine.torch_autocast_enabled() and engine.torch_autocast_dtype() == torch.float16:
+                import deepspeed
+
+                raise UserError(f"backend=deepspeed with train.precision=fp16 needs a DeepSpeed whose torch_autocast "
+                                f"keeps a loss scaler (0.19.8 does; this is {deepspeed.__version__}). Upgrade deepspeed, "
+                                "or use train.precision=bf16, or backend=ddp.")
             return None  # fp32 or bf16: nothing is scaled
         scaler = SyncedGradScaler(getattr(owner, attr)._device)
         setattr(owner, attr, scaler)
