@@ -23,7 +23,7 @@ Variants: the recipes ``dcgan64``, ``keras_improved``, ``wgan_gp``, ``began`` an
 ``dcgan64`` with both D options (``model.spectral_norm=true train.diffaug=color,translation,cutout``).
 ``dcgan128`` is left out: the study's data is packed at 64 px.
 
-What the committed results ran (8 kimg per variant; ~1.5 h on 2 cores with the two data sets
+What the committed results ran (8 kimg per variant; ~1 h 42 min on 2 cores with the two data sets
 run as two one-thread processes, see ``benchmarks/results/quality_study/command.txt``)::
 
     python benchmarks/quality_study.py --data celeba anime --kimg 8 --n 1000

@@ -259,7 +259,7 @@ class DeepSpeedBackend:
         for idx, p in enumerate(engine.module.parameters()):
             exp_avg = safe_get_full_optimizer_state(p, "exp_avg")  # collective: every rank calls it
             exp_avg_sq = safe_get_full_optimizer_state(p, "exp_avg_sq")
-            if exp_avg is not None and steps:
+            if exp_avg is not None:  # steps is non-empty here: the early return above
                 state[idx] = {"step": torch.as_tensor(steps[0], dtype=torch.float32).clone().cpu(),
                               "exp_avg": exp_avg.detach().float().cpu(), "exp_avg_sq": exp_avg_sq.detach().float().cpu()}
         return {"state": state, "param_groups": [{**options, "params": list(range(n))}]}
