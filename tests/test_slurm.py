@@ -82,8 +82,10 @@ esac
 """
 
 # For the plumbing test only: records what each node would launch instead of training.
+# One write per line: the nodes run at once, and three appends per line used to interleave.
 FAKE_LAUNCHER = r"""#!/usr/bin/env bash
-printf 'node=%s' "$SLURM_NODEID" >> "$STUB_LOG"; printf ' [%s]' "$@" >> "$STUB_LOG"; echo >> "$STUB_LOG"
+line="node=${SLURM_NODEID}$(printf ' [%s]' "$@")"
+echo "$line" >> "$STUB_LOG"
 """
 
 SMOKE_ARGS = ["recipe=smoke", "loader.workers=0", "log.progress=false", "log.tensorboard=false"]
