@@ -295,18 +295,32 @@ class Done:
         pass
 
 
+def resolved_recipe(cmd: List[str]) -> Optional[Dict[str, Any]]:
+    """The full config a dist_gan command trains with (None for the textbook). Part of the reuse key:
+    ``recipe=celeba64`` reads the same after the recipe file's defaults change, and must not reuse."""
+    if cmd[1:2] != [str(REPO / "dist_gan" / "train.py")]:
+        return None
+    from dist_gan.config import load_config, to_dict
+
+    cfg = to_dict(load_config(cmd[2:]))
+    for key in ("data", "run_dir", "resume"):  # where, not what: the paths are in the command already
+        cfg.pop(key, None)
+    return cfg
+
+
 def reusable(run: Path, cmd: List[str], name: str):
     stamp = run / "job.json"
     if stamp.is_file():
         st = json.loads(stamp.read_text())
-        if st.get("cmd") == cmd and st.get("rc") == 0:
+        if st.get("cmd") == cmd and st.get("rc") == 0 and st.get("config") == resolved_recipe(cmd):
             log(f"{name}: reusing the finished run in {run}")
             return Done(name, st)
     return None
 
 
 def stamp(job, run: Path, budget: Optional[float] = None) -> None:
-    (run / "job.json").write_text(json.dumps({"cmd": job.cmd, "rc": job.rc, "wall_s": job.wall_s, "cpu_s": job.cpu_s,
+    (run / "job.json").write_text(json.dumps({"cmd": job.cmd, "config": resolved_recipe(job.cmd), "rc": job.rc,
+                                              "wall_s": job.wall_s, "cpu_s": job.cpu_s,
                                               "terminated": job.terminated, "budget": budget}, indent=1))
 
 

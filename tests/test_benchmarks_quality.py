@@ -74,3 +74,29 @@ def test_render_only_rewrites_the_tables_and_judges_the_no_face_bound(smoke, tmp
     md = (copy / "results.md").read_text()
     assert "dist_gan@img no-face rate at most 1 point above the reals': -2.0 points (met)" in md
     assert "dist_gan@time no-face rate at most 1 point above the reals': +2.0 points (NOT met)" in md
+
+
+def test_a_finished_run_is_reused_only_while_its_resolved_recipe_is_unchanged(tmp_path):
+    """`recipe=celeba64` reads the same after celeba64's defaults change; the stamp's resolved config must not."""
+    import sys
+    from types import SimpleNamespace
+
+    from benchmarks import quality_vs_textbook as qvt
+
+    run = tmp_path / "run"
+    run.mkdir()
+    cmd = qvt.train_cmd(["recipe=celeba64", f"data={tmp_path}", f"run_dir={run}", "train.kimg=1"])
+    qvt.stamp(SimpleNamespace(cmd=cmd, rc=0, wall_s=2.0, cpu_s=1.5, terminated=False), run)
+    done = qvt.reusable(run, cmd, "dist_gan@img")
+    assert done is not None and done.cpu_s == 1.5
+    st = json.loads((run / "job.json").read_text())
+    assert st["config"]["train"]["kimg"] == 1 and "run_dir" not in st["config"]
+    st["config"]["train"]["batch"] += 16  # as if the recipe file's default had been different when it trained
+    (run / "job.json").write_text(json.dumps(st))
+    assert qvt.reusable(run, cmd, "dist_gan@img") is None
+    del st["config"]  # a stamp from before configs were recorded
+    (run / "job.json").write_text(json.dumps(st))
+    assert qvt.reusable(run, cmd, "dist_gan@img") is None
+    textbook = [sys.executable, "benchmarks/quality_vs_textbook.py", "_textbook", "--kimg", "1"]
+    (run / "job.json").write_text(json.dumps({"cmd": textbook, "rc": 0, "wall_s": 1.0, "cpu_s": 1.0}))
+    assert qvt.reusable(run, textbook, "textbook") is not None  # the textbook's command line is its whole config
