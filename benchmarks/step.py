@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import statistics
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -149,6 +151,73 @@ def flops_per_image(cfg, accelerator, device: torch.device, batch: int = 16) -> 
     }
 
 
+class _ConvRecorder:
+    """Records every convolution (forward and backward) one step dispatches: op, argument layouts, count."""
+
+    OPS = ("aten.convolution.default", "aten.convolution_backward.default")
+
+    def __init__(self) -> None:
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        calls: Dict[Any, int] = {}
+
+        def meta(x: Any) -> Any:
+            if isinstance(x, torch.Tensor):
+                return ("T", tuple(x.shape), tuple(x.stride()), x.dtype, x.device.type)
+            return tuple(meta(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+                if str(func) in _ConvRecorder.OPS:
+                    key = (func, meta(args), tuple(sorted((kwargs or {}).items())))
+                    calls[key] = calls.get(key, 0) + 1
+                return func(*args, **(kwargs or {}))
+
+        self.mode, self.calls = Mode(), calls
+
+
+def _materialise(m: Any) -> Any:
+    if isinstance(m, tuple) and m and m[0] == "T":
+        _, shape, stride, dtype, dev = m
+        return torch.empty_strided(shape, stride, dtype=dtype, device=dev).normal_() if dtype.is_floating_point \
+            else torch.empty_strided(shape, stride, dtype=dtype, device=dev).zero_()
+    return type(m)(_materialise(v) for v in m) if isinstance(m, (list, tuple)) else m
+
+
+def conv_ceiling(fn: Callable[[], Any], device: torch.device, batch: int, repeats: int = 5) -> Dict[str, Any]:
+    """The step's convolutions replayed one by one, alone, on random tensors of the same layouts.
+
+    Their summed time is what the step would take if everything but the convolution kernels
+    (BN, activations, Adam, EMA, casts, Python) were free: a ceiling on the step's img/s
+    set by the conv library (oneDNN / cuDNN) as it runs these shapes on this machine.
+    """
+    rec = _ConvRecorder()
+    with rec.mode:
+        fn()
+    common.sync(device)
+    per_call = []
+    total = 0.0
+    for (func, margs, mkw), count in rec.calls.items():
+        args, kwargs = _materialise(margs), dict(mkw)
+        func(*args, **kwargs)  # warm (primitive creation)
+        times = []
+        for _ in range(repeats):
+            common.sync(device)
+            t0 = time.perf_counter()
+            func(*args, **kwargs)
+            common.sync(device)
+            times.append(time.perf_counter() - t0)
+        sec = statistics.median(times)
+        total += sec * count
+        t = [a for a in margs if isinstance(a, tuple) and a and a[0] == "T"]
+        per_call.append({"op": str(func).split(".")[1], "count": count, "ms": round(sec * 1e3, 3),
+                         "shapes": [list(a[1]) for a in t[:3]], "dtype": str(t[0][3]).replace("torch.", "") if t else "",
+                         **({"output_mask": list(margs[-1])} if str(func).endswith("convolution_backward.default") else {})})
+    per_call.sort(key=lambda c: -c["ms"] * c["count"])
+    return {"conv_ms_per_step": total * 1e3, "calls": sum(c["count"] for c in per_call),
+            "ceiling_img_per_s": batch / total if total else None, "per_call": per_call}
+
+
 def ablation_cfgs(base, compile_modes: List[str]):
     """Cumulative switches, from a textbook-like dist_gan step to the full fast path."""
     from omegaconf import OmegaConf
@@ -192,6 +261,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--ablation", action="store_true", help="also time the switches one at a time")
     p.add_argument("--compile-modes", default="", help="comma list of compile modes added to the ablation")
     p.add_argument("--no-flops", action="store_true", help="skip the FLOP count")
+    p.add_argument("--conv-ceiling", action="store_true",
+                   help="also replay each step's convolutions alone: the img/s if nothing but them cost time")
     p.add_argument("--peak-tflops", type=float, default=None, help="peak for MFU (default: looked up by GPU name)")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/step_<cpu|cuda>.json)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more recipe overrides, e.g. model.ngf=16")
@@ -272,6 +343,16 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                     "textbook": f["textbook"] * results["textbook"]["img_per_s"] / (peak * 1e12),
                     "dist_gan_achieved_tflops": f["dist_gan"] * results["dist_gan"]["img_per_s"] / 1e12,
                 }
+    if args.conv_ceiling:  # after the timed runs: the same warmed steps, their convolutions replayed alone
+        out["conv_ceiling"] = {n: conv_ceiling(candidates[n], device, args.batch, args.repeats) for n in ("textbook", "dist_gan")}
+        dg_c, tb_c = out["conv_ceiling"]["dist_gan"], out["conv_ceiling"]["textbook"]
+        out["conv_ceiling"]["summary"] = {
+            "dist_gan_step_ms": 1e3 * args.batch / results["dist_gan"]["img_per_s"],
+            "textbook_step_ms": 1e3 * args.batch / results["textbook"]["img_per_s"],
+            "dist_gan_conv_share": dg_c["conv_ms_per_step"] / (1e3 * args.batch / results["dist_gan"]["img_per_s"]),
+            "textbook_conv_share": tb_c["conv_ms_per_step"] / (1e3 * args.batch / results["textbook"]["img_per_s"]),
+            "ceiling_vs_textbook": dg_c["ceiling_img_per_s"] / results["textbook"]["img_per_s"],
+        }
     settings = {"device": str(device), "batch": args.batch, "iters": args.iters, "repeats": args.repeats,
                 "warmup": args.warmup, "threads": torch.get_num_threads(), "recipe": args.recipe, "overrides": overrides}
     path = Path(args.out) if args.out else common.default_out("step", device)
@@ -286,6 +367,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     if "flops_per_image" in out:
         f = out["flops_per_image"]
         print(f"FLOPs/image per iteration: dist_gan {f['dist_gan'] / 1e9:.3f} GFLOP, textbook {f['textbook'] / 1e9:.3f} GFLOP")
+    if "conv_ceiling" in out:
+        c, sm = out["conv_ceiling"], out["conv_ceiling"]["summary"]
+        for n in ("textbook", "dist_gan"):
+            print(f"{n:9s}: {c[n]['calls']} convolution calls, {c[n]['conv_ms_per_step']:.0f} ms alone of a "
+                  f"{sm[n + '_step_ms']:.0f} ms step ({100 * sm[n + '_conv_share']:.0f}%); conv-only ceiling "
+                  f"{c[n]['ceiling_img_per_s']:.1f} img/s")
+        print(f"ceiling  : dist_gan's convolutions alone allow {sm['ceiling_vs_textbook']:.2f}x the textbook step")
     if "mfu" in out:
         print(f"MFU: dist_gan {100 * out['mfu']['dist_gan']:.1f}% of {out['mfu']['peak_tflops']} TFLOP/s bf16")
     print(f"wrote {path}")

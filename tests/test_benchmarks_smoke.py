@@ -42,7 +42,7 @@ def check_timing(entry: dict) -> None:
 def test_step_benchmark_writes_its_json(tmp_path):
     out = tmp_path / "step.json"
     stdout = run(["benchmarks/step.py", "--device", "cpu", "--batch", "16", "--iters", "1", "--repeats", "1", "--warmup", "1",
-                  "--threads", "1", "--ablation", "--out", str(out), "--set", *TINY_NETS])
+                  "--threads", "1", "--ablation", "--conv-ceiling", "--out", str(out), "--set", *TINY_NETS])
     assert "ratio" in stdout and "img/s" in stdout
     res = check_envelope(out, "step")["results"]
     check_timing(res["textbook"]), check_timing(res["dist_gan"])
@@ -55,6 +55,15 @@ def test_step_benchmark_writes_its_json(tmp_path):
     flops = res["flops_per_image"]
     assert 0 < flops["dist_gan"] < flops["textbook"]  # D is frozen in dist_gan's G step
     assert set(res["dist_gan_switches"]) >= {"precision", "resolved_precision", "channels_last", "optim_impl", "compile"}
+    ceil = res["conv_ceiling"]
+    tb_calls = ceil["textbook"]["per_call"]
+    assert ceil["textbook"]["calls"] == 40 == sum(c["count"] for c in tb_calls)  # 3 D passes + 1 G pass, 5 convs each, fwd + bwd
+    assert all(c["output_mask"][1] for c in tb_calls if c["op"] == "convolution_backward")  # it computes every weight grad
+    dg_bwd = [c for c in ceil["dist_gan"]["per_call"] if c["op"] == "convolution_backward"]
+    assert any(not c["output_mask"][1] for c in dg_bwd)  # D frozen in G's step: no weight grads there
+    for n in ("textbook", "dist_gan"):
+        assert ceil[n]["conv_ms_per_step"] > 0 and ceil[n]["ceiling_img_per_s"] == pytest.approx(16e3 / ceil[n]["conv_ms_per_step"])
+    assert 0 < ceil["summary"]["dist_gan_conv_share"] and "ceiling" in stdout
 
 
 def test_loader_benchmark_writes_its_json(tmp_path):
