@@ -13,7 +13,10 @@ the ratio, and writes JSON (default ``benchmarks/results/step_<cpu|cuda>.json``)
 
 Data loading is excluded on both sides (see ``end_to_end.py`` for that).
 ``--ablation`` adds the switches one at a time (fp32 + plain Adam, + fused Adam,
-+ channels_last, + bf16/auto precision, + swap_wgrad, + each ``--compile-modes`` mode).
++ channels_last, + bf16/auto precision, + swap_wgrad, + each ``--compile-modes`` mode);
+``--swap-areas 16,64`` adds the dist_gan step with swapped weight grads on the layers whose
+smaller feature map has at most that many pixels; ``--conv-ceiling`` replays every
+convolution of both steps alone: the img/s the step would reach if nothing else cost time.
 
 FLOPs: one fp32 step of each is run under ``torch.utils.flop_counter.FlopCounterMode``
 (convolutions and matmuls, forward and backward, as the step really runs them) and
@@ -261,6 +264,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--ablation", action="store_true", help="also time the switches one at a time")
     p.add_argument("--compile-modes", default="", help="comma list of compile modes added to the ablation")
     p.add_argument("--no-flops", action="store_true", help="skip the FLOP count")
+    p.add_argument("--swap-areas", default="",
+                   help="comma list of swap_wgrad max areas (px of the smaller feature map) to time as extra candidates")
     p.add_argument("--conv-ceiling", action="store_true",
                    help="also replay each step's convolutions alone: the img/s if nothing but them cost time")
     p.add_argument("--peak-tflops", type=float, default=None, help="peak for MFU (default: looked up by GPU name)")
@@ -310,6 +315,19 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                 print(f"  {name}: failed ({failed[name][:120]})", flush=True)
                 continue
             configs[name] = _switches(c, device)
+
+    for area in [int(a) for a in args.swap_areas.split(",") if a]:  # which layers get the swapped weight grad
+        from dist_gan.models.fastconv import use_swap_wgrad
+
+        from omegaconf import OmegaConf
+
+        stock = copy.deepcopy(cfg)  # built with stock kernels everywhere, then switched up to `area`
+        OmegaConf.update(stock, "train.swap_wgrad", "never")
+        c = dist_gan_candidate(stock, accelerator, args.batch)
+        st = c.train_step  # type: ignore[attr-defined]
+        n = use_swap_wgrad(st.G_raw, cfg.model.resolution, area) + use_swap_wgrad(st.D_raw, cfg.model.resolution, area)
+        candidates[f"dg_swap_area{area}"] = c
+        configs[f"dg_swap_area{area}"] = {**_switches(cfg, device), "swap_wgrad_max_area": area, "layers_switched": n}
 
     tb_params = sum(p.numel() for p in candidates["textbook"].model.netG.parameters()) + \
         sum(p.numel() for p in candidates["textbook"].model.netD.parameters())

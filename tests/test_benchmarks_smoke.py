@@ -42,7 +42,7 @@ def check_timing(entry: dict) -> None:
 def test_step_benchmark_writes_its_json(tmp_path):
     out = tmp_path / "step.json"
     stdout = run(["benchmarks/step.py", "--device", "cpu", "--batch", "16", "--iters", "1", "--repeats", "1", "--warmup", "1",
-                  "--threads", "1", "--ablation", "--conv-ceiling", "--out", str(out), "--set", *TINY_NETS])
+                  "--threads", "1", "--ablation", "--conv-ceiling", "--swap-areas", "16,64", "--out", str(out), "--set", *TINY_NETS])
     assert "ratio" in stdout and "img/s" in stdout
     res = check_envelope(out, "step")["results"]
     check_timing(res["textbook"]), check_timing(res["dist_gan"])
@@ -55,6 +55,8 @@ def test_step_benchmark_writes_its_json(tmp_path):
     flops = res["flops_per_image"]
     assert 0 < flops["dist_gan"] < flops["textbook"]  # D is frozen in dist_gan's G step
     assert set(res["dist_gan_switches"]) >= {"precision", "resolved_precision", "channels_last", "optim_impl", "compile"}
+    assert res["ablation"]["dg_swap_area16"]["switches"]["layers_switched"] == 4  # tiny nets, same layout as dcgan64
+    assert res["ablation"]["dg_swap_area64"]["switches"]["layers_switched"] == 6
     ceil = res["conv_ceiling"]
     tb_calls = ceil["textbook"]["per_call"]
     assert ceil["textbook"]["calls"] == 40 == sum(c["count"] for c in tb_calls)  # 3 D passes + 1 G pass, 5 convs each, fwd + bwd
