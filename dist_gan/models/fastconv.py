@@ -1,14 +1,15 @@
 """Weight gradients of the deep, tiny-spatial convolutions as one forward convolution.
 
 Why: on the CPU, oneDNN's backward-weights kernel is slow when the layer's small side
-is 8x8 or less with hundreds of channels (DCGAN's deepest D convs, 128->256 at 16->8 px
-and 256->512 at 8->4 px, and G's mirror images): it takes ~2-3x the forward's time, where
-the same reduction written as a forward convolution, with batch and channels swapped and
-the stride as dilation, takes ~1x. Step-level effect (``benchmarks/step.py --ablation``):
-+17 % at one thread on a loaded box for the 4x4 layers; with the 8x8 layers too
-(``--swap-areas 16,64,256``, batch 128, 2 threads, session 4) 144.7 img/s against 137.8
-for the 4x4 layers alone and 134.2 when the 16x16 layers are swapped as well (there the
-stock kernel wins again); at one thread 8x8 is neutral (81.1 vs 81.8).
+is 4x4 with hundreds of channels (DCGAN's deepest D conv, 256->512 at 8->4 px, and
+G's 512->256 at 4->8 px): it takes ~3x the forward's time, where the same reduction
+written as a forward convolution, with batch and channels swapped and the stride as
+dilation, takes ~1x. Step-level effect (``benchmarks/step.py --ablation``): +17 % at one
+thread on a loaded box, +2 % at two threads on a quiet one (oneDNN parallelises its
+own kernel better there). Extending it to the 8x8 layers (``max_area=64``, timed with
+``step.py --swap-areas 16,64,256``) was within the noise at batch 128 and 2 threads (+5 % in
+one run, -1.4 % in the next; the step's summed convolution time 735-835 ms at 16 against
+782-819 ms at 64) and neutral at one thread; at 16x16 (256) the step is ~8 % slower.
 
     dW[o, c] = sum_n  x[n, c]  (*)  dY[n, o]                (correlation, stride s)
              = conv2d(x^T, dY^T, padding=p, dilation=s)^T   with x^T = x.transpose(0, 1)
@@ -29,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-MAX_AREA = 64  # switch layers whose smaller feature map has at most this many pixels (8x8)
+MAX_AREA = 16  # switch layers whose smaller feature map has at most this many pixels (4x4)
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
