@@ -7,9 +7,9 @@ written as a forward convolution, with batch and channels swapped and the stride
 dilation, takes ~1x. Step-level effect (``benchmarks/step.py --ablation``): +17 % at one
 thread on a loaded box, +2 % at two threads on a quiet one (oneDNN parallelises its
 own kernel better there). Extending it to the 8x8 layers (``max_area=64``, timed with
-``step.py --swap-areas 16,64,256``) was within the noise at batch 128 and 2 threads (+5 % in
-one run, -1.4 % in the next; the step's summed convolution time 735-835 ms at 16 against
-782-819 ms at 64) and neutral at one thread; at 16x16 (256) the step is ~8 % slower.
+``step.py --swap-areas 16,64,256``) was within the noise at batch 128 and 2 threads (+5 %, -1.4 %
+and +3 % in three runs; the step's summed convolution time 735-835 ms at 16 against
+782-819 ms at 64) and neutral at one thread; at 16x16 (256) the step is 0-8 % slower.
 
     dW[o, c] = sum_n  x[n, c]  (*)  dY[n, o]                (correlation, stride s)
              = conv2d(x^T, dY^T, padding=p, dilation=s)^T   with x^T = x.transpose(0, 1)
