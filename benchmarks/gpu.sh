@@ -4,7 +4,8 @@
 #   bash benchmarks/gpu.sh            # env: PYTHON, WORKERS (loader workers, default min(8, cores)), CACHE, SRC
 #
 # 1. step.py at batch 512 with the ablation (fp32+plain Adam, +fused Adam, +channels_last,
-#    +bf16, + torch.compile in each mode below) and the FLOP count / MFU, then at batch 128;
+#    +bf16, + torch.compile in each mode below), the FLOP count / MFU and the convolution-only
+#    ceiling (each cuDNN convolution of the step replayed alone), then at batch 128;
 # 2. loader.py (StreamLoader vs ImageFolder at the same workers, and the .npy what-if);
 # 3. end_to_end.py at batch 512 (the real trainer vs the textbook trainer, data included);
 # 4. memory.py (max_memory_allocated per batch size);
@@ -37,7 +38,7 @@ run() {  # name, command...
 }
 
 run step512 $PY benchmarks/step.py --device cuda --batch 512 --iters 20 --repeats 5 --warmup 5 \
-    --ablation --compile-modes "$COMPILE_MODES" --out "$TMP/step512.json"
+    --ablation --compile-modes "$COMPILE_MODES" --conv-ceiling --out "$TMP/step512.json"
 run step128 $PY benchmarks/step.py --device cuda --batch 128 --iters 30 --repeats 5 --warmup 5 --out "$TMP/step128.json"
 run loader $PY benchmarks/loader.py --device cuda --batch 512 --workers "$WORKERS" --batches 40 --repeats 3 \
     --step-json "$TMP/step512.json" --out "$TMP/loader.json" "${EXTRA[@]}"
@@ -66,6 +67,9 @@ if "step512" in parts:
                    flops_per_image_textbook=r.get("flops_per_image", {}).get("textbook"), mfu=r.get("mfu"),
                    best_compile_mode=max(((k, v["img_per_s"]) for k, v in r.get("ablation", {}).items() if "compile" in k),
                                          key=lambda kv: kv[1], default=(None, None))[0])
+    if "conv_ceiling" in r:  # how far the step is from its convolutions alone: launch- or kernel-bound
+        summary.update(step512_conv_only_ceiling_img_s=r["conv_ceiling"]["dist_gan"]["ceiling_img_per_s"],
+                       step512_conv_share=r["conv_ceiling"]["summary"]["dist_gan_conv_share"])
 if "step128" in parts:
     r = parts["step128"]["results"]
     summary.update(step128_dist_gan_img_s=r["dist_gan"]["img_per_s"], step128_textbook_img_s=r["textbook"]["img_per_s"], step128_ratio=r["ratio"])
