@@ -317,9 +317,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             configs[name] = _switches(c, device)
 
     for area in [int(a) for a in args.swap_areas.split(",") if a]:  # which layers get the swapped weight grad
-        from dist_gan.models.fastconv import use_swap_wgrad
-
         from omegaconf import OmegaConf
+
+        from dist_gan.models.fastconv import use_swap_wgrad
 
         stock = copy.deepcopy(cfg)  # built with stock kernels everywhere, then switched up to `area`
         OmegaConf.update(stock, "train.swap_wgrad", "never")
