@@ -1,4 +1,5 @@
-"""Timing helpers shared by the benchmarks: alternating runs, medians, machine info, JSON.
+"""Helpers shared by the benchmarks: alternating runs, medians, machine info, JSON, and the
+reuse key of a finished training run.
 
 Rules every benchmark here follows:
 - candidates run side by side in ONE process, interleaved (A, B, A, B, ...), and the
@@ -175,3 +176,18 @@ def cache_dir() -> Path:
     path = Path(root)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def resolved_train_config(args: List[str]) -> Dict[str, Any]:
+    """The full config ``dist_gan/train.py *args`` trains with, less where it reads and writes.
+
+    Why: the benchmarks reuse a finished run when nothing about it changed, and the argument
+    list alone cannot tell: ``recipe=celeba64`` reads the same after the recipe file's
+    defaults change. Comparing this instead catches that.
+    """
+    from dist_gan.config import load_config, to_dict
+
+    cfg = to_dict(load_config(args))
+    for key in ("data", "run_dir", "resume"):  # where, not what: the paths are in the arguments already
+        cfg.pop(key, None)
+    return cfg

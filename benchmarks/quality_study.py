@@ -46,6 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 SHARED = (REPO / ".." / "shared").resolve()
+TRAIN_PY = REPO / "dist_gan" / "train.py"
 ZIPS = {"celeba": "celeba-10k.zip", "anime": "anime-faces-20k.zip"}
 DETECTOR = {"celeba": "haar (OpenCV frontal face)", "anime": "lbpcascade_animeface"}
 
@@ -99,22 +100,24 @@ def train_args(variant: str, shards: Path, run: Path, a: argparse.Namespace) -> 
 
 def train_variant(variant: str, shards: Path, run: Path, a: argparse.Namespace) -> Dict[str, Any]:
     """Train (or reuse a finished run with the same arguments); returns timing facts."""
+    from benchmarks.common import resolved_train_config
     from dist_gan.engine.checkpoint import list_checkpoints, load_checkpoint
 
     args = train_args(variant, shards, run, a)
+    config = resolved_train_config(args)  # `recipe=dcgan64` reads the same after the recipe file changes
     stamp = run / "study_args.json"
     ckpts = list_checkpoints(run / "checkpoints")
-    if ckpts and stamp.is_file() and json.loads(stamp.read_text())["args"] == args:
-        state = load_checkpoint(ckpts[-1])
-        if state["nimg"] >= round(a.kimg * 1000):
+    if ckpts and stamp.is_file():
+        st = json.loads(stamp.read_text())
+        if st["args"] == args and st.get("config") == config and load_checkpoint(ckpts[-1])["nimg"] >= round(a.kimg * 1000):
             log(f"{variant}: reusing {run}")
-            return json.loads(stamp.read_text())["facts"]
+            return st["facts"]
     shutil.rmtree(run, ignore_errors=True)
     if a.procs > 1:
         cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", str(a.procs), "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO / "dist_gan" / "train.py"), *args]
+               "--mixed_precision", "no", "--dynamo_backend", "no", str(TRAIN_PY), *args]
     else:
-        cmd = [sys.executable, str(REPO / "dist_gan" / "train.py"), *args]
+        cmd = [sys.executable, str(TRAIN_PY), *args]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **({"ACCELERATE_USE_CPU": "1"} if a.procs > 1 else {})}
     log(f"{variant}: training {a.kimg} kimg: {shlex.join(cmd[-len(args):])}")
     t0 = time.perf_counter()
@@ -126,7 +129,7 @@ def train_variant(variant: str, shards: Path, run: Path, a: argparse.Namespace) 
     last = records[-1] if records else {}
     facts = {"train_seconds": round(seconds, 1), "steps": last.get("step"), "kimg": last.get("kimg"),
              "img_per_s": round(a.kimg * 1000 / seconds, 1), "last_stats": {k: v for k, v in last.items() if k.startswith(("loss", "d_", "k_t", "m_global", "wdist", "gp"))}}
-    stamp.write_text(json.dumps({"args": args, "facts": facts}, indent=1))
+    stamp.write_text(json.dumps({"args": args, "config": config, "facts": facts}, indent=1))
     return facts
 
 

@@ -59,6 +59,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 SHARED = (REPO / ".." / "shared").resolve()
+TRAIN_PY = REPO / "dist_gan" / "train.py"
 ZIPS = {"celeba": "celeba-10k.zip", "anime": "anime-faces-20k.zip"}
 ANIME_CASCADE = SHARED / "detectors" / "lbpcascade_animeface.xml"
 SCHEMA = "dist_gan.quality_vs_textbook/1"
@@ -245,7 +246,7 @@ def dist_gan_args(a: argparse.Namespace, shards: Path, run: Path, extra: List[st
 
 
 def train_cmd(args: List[str]) -> List[str]:
-    return [sys.executable, str(REPO / "dist_gan" / "train.py"), *args]
+    return [sys.executable, str(TRAIN_PY), *args]
 
 
 def textbook_cmd(a: argparse.Namespace, shards: Path, run: Path) -> List[str]:
@@ -296,16 +297,11 @@ class Done:
 
 
 def resolved_recipe(cmd: List[str]) -> Optional[Dict[str, Any]]:
-    """The full config a dist_gan command trains with (None for the textbook). Part of the reuse key:
-    ``recipe=celeba64`` reads the same after the recipe file's defaults change, and must not reuse."""
-    if cmd[1:2] != [str(REPO / "dist_gan" / "train.py")]:
-        return None
-    from dist_gan.config import load_config, to_dict
+    """Part of the reuse key: the config a dist_gan command trains with; None for the textbook,
+    whose command line is its whole config."""
+    from benchmarks.common import resolved_train_config
 
-    cfg = to_dict(load_config(cmd[2:]))
-    for key in ("data", "run_dir", "resume"):  # where, not what: the paths are in the command already
-        cfg.pop(key, None)
-    return cfg
+    return resolved_train_config(cmd[2:]) if cmd[1:2] == [str(TRAIN_PY)] else None
 
 
 def reusable(run: Path, cmd: List[str], name: str):

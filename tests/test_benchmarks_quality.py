@@ -100,3 +100,30 @@ def test_a_finished_run_is_reused_only_while_its_resolved_recipe_is_unchanged(tm
     textbook = [sys.executable, "benchmarks/quality_vs_textbook.py", "_textbook", "--kimg", "1"]
     (run / "job.json").write_text(json.dumps({"cmd": textbook, "rc": 0, "wall_s": 1.0, "cpu_s": 1.0}))
     assert qvt.reusable(run, textbook, "textbook") is not None  # the textbook's command line is its whole config
+
+
+def test_the_zoo_study_reuses_a_run_only_while_its_resolved_recipe_is_unchanged(tmp_path, monkeypatch):
+    """quality_study.py keys its reuse on the resolved config too (the twin of the test above)."""
+    import subprocess
+    from types import SimpleNamespace
+
+    from benchmarks import quality_study as qs
+    from benchmarks.common import resolved_train_config
+    from dist_gan.engine.checkpoint import save_checkpoint
+
+    a = SimpleNamespace(seed=0, kimg=0.032, workers=0, ema_kimg=0.5, batch=0, width=8, override=[], procs=1)
+    run = tmp_path / "run"
+    save_checkpoint({"nimg": 32}, run / "checkpoints", 32)  # a finished 0.032-kimg run
+    args = qs.train_args("dcgan64", tmp_path, run, a)
+    stamp = {"args": args, "config": resolved_train_config(args), "facts": {"train_seconds": 1.0}}
+    (run / "study_args.json").write_text(json.dumps(stamp))
+    assert qs.train_variant("dcgan64", tmp_path, run, a) == stamp["facts"]  # reused: nothing trained
+
+    def no_training(cmd, **kw):
+        raise SystemExit(f"trained: {cmd[-len(args):] == args}")
+
+    monkeypatch.setattr(subprocess, "run", no_training)
+    stamp["config"]["train"]["batch"] += 16  # as if dcgan64's default had been different when it trained
+    (run / "study_args.json").write_text(json.dumps(stamp))
+    with pytest.raises(SystemExit, match="trained: True"):
+        qs.train_variant("dcgan64", tmp_path, run, a)
