@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -154,29 +155,27 @@ def flops_per_image(cfg, accelerator, device: torch.device, batch: int = 16) -> 
     }
 
 
-class _ConvRecorder:
-    """Records every convolution (forward and backward) one step dispatches: op, argument layouts, count."""
+def _layout(x: Any) -> Any:
+    """A hashable stand-in for a call's argument: tensors become (shape, stride, dtype, device)."""
+    if isinstance(x, torch.Tensor):
+        return ("T", tuple(x.shape), tuple(x.stride()), x.dtype, x.device.type)
+    return tuple(_layout(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+class _ConvRecorder(TorchDispatchMode):
+    """Counts every convolution (forward and backward) dispatched inside it, by op and argument layouts."""
 
     OPS = ("aten.convolution.default", "aten.convolution_backward.default")
 
     def __init__(self) -> None:
-        from torch.utils._python_dispatch import TorchDispatchMode
+        super().__init__()
+        self.calls: Dict[Any, int] = {}
 
-        calls: Dict[Any, int] = {}
-
-        def meta(x: Any) -> Any:
-            if isinstance(x, torch.Tensor):
-                return ("T", tuple(x.shape), tuple(x.stride()), x.dtype, x.device.type)
-            return tuple(meta(v) for v in x) if isinstance(x, (list, tuple)) else x
-
-        class Mode(TorchDispatchMode):
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
-                if str(func) in _ConvRecorder.OPS:
-                    key = (func, meta(args), tuple(sorted((kwargs or {}).items())))
-                    calls[key] = calls.get(key, 0) + 1
-                return func(*args, **(kwargs or {}))
-
-        self.mode, self.calls = Mode(), calls
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        if str(func) in self.OPS:
+            key = (func, _layout(args), tuple(sorted((kwargs or {}).items())))
+            self.calls[key] = self.calls.get(key, 0) + 1
+        return func(*args, **(kwargs or {}))
 
 
 def _materialise(m: Any) -> Any:
@@ -195,7 +194,7 @@ def conv_ceiling(fn: Callable[[], Any], device: torch.device, batch: int, repeat
     set by the conv library (oneDNN / cuDNN) as it runs these shapes on this machine.
     """
     rec = _ConvRecorder()
-    with rec.mode:
+    with rec:
         fn()
     common.sync(device)
     per_call = []
@@ -363,14 +362,12 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                 }
     if args.conv_ceiling:  # after the timed runs: the same warmed steps, their convolutions replayed alone
         out["conv_ceiling"] = {n: conv_ceiling(candidates[n], device, args.batch, args.repeats) for n in ("textbook", "dist_gan")}
-        dg_c, tb_c = out["conv_ceiling"]["dist_gan"], out["conv_ceiling"]["textbook"]
-        out["conv_ceiling"]["summary"] = {
-            "dist_gan_step_ms": 1e3 * args.batch / results["dist_gan"]["img_per_s"],
-            "textbook_step_ms": 1e3 * args.batch / results["textbook"]["img_per_s"],
-            "dist_gan_conv_share": dg_c["conv_ms_per_step"] / (1e3 * args.batch / results["dist_gan"]["img_per_s"]),
-            "textbook_conv_share": tb_c["conv_ms_per_step"] / (1e3 * args.batch / results["textbook"]["img_per_s"]),
-            "ceiling_vs_textbook": dg_c["ceiling_img_per_s"] / results["textbook"]["img_per_s"],
-        }
+        summary: Dict[str, float] = {}
+        for n in ("dist_gan", "textbook"):
+            step_ms = 1e3 * args.batch / results[n]["img_per_s"]
+            summary.update({f"{n}_step_ms": step_ms, f"{n}_conv_share": out["conv_ceiling"][n]["conv_ms_per_step"] / step_ms})
+        summary["ceiling_vs_textbook"] = out["conv_ceiling"]["dist_gan"]["ceiling_img_per_s"] / results["textbook"]["img_per_s"]
+        out["conv_ceiling"]["summary"] = summary
     settings = {"device": str(device), "batch": args.batch, "iters": args.iters, "repeats": args.repeats,
                 "warmup": args.warmup, "threads": torch.get_num_threads(), "recipe": args.recipe, "overrides": overrides}
     path = Path(args.out) if args.out else common.default_out("step", device)
