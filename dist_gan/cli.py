@@ -141,6 +141,7 @@ def eval_cmd(
     n: int = typer.Option(10000, "--n", "-n", help="Generated samples (spell it -n under torchrun)."),
     n_ref: Optional[int] = typer.Option(None, "--n-ref", help="Reference images (default: min(n, reference size))."),
     ema: bool = typer.Option(True, "--ema/--no-ema", help="Use the EMA generator (default) or the raw one."),
+    ema_kimg: Optional[float] = typer.Option(None, "--ema-kimg", help="Score the EMA with this half-life (kimg): the run's train.ema_kimg or one of its train.ema_probes."),
     detector: Optional[str] = typer.Option(None, "--detector", help="haar | anime | hog | mtcnn (default from the reference layout)."),
     cascade: Optional[str] = typer.Option(None, "--cascade", help="Cascade XML for the anime detector."),
     batch: int = typer.Option(250, "--batch", help="Images per generator/Inception batch."),
@@ -157,7 +158,7 @@ def eval_cmd(
 
     picked = [m for m, on in (("fid", fid), ("kid", kid), ("is", inception_score), ("detect", detect), ("leak", leak)) if on]
     report = evaluate(EvalOptions(
-        target=target, ref=ref, out=out, metrics=picked, n=n, n_ref=n_ref, ema=ema, detector=detector, cascade=cascade,
+        target=target, ref=ref, out=out, metrics=picked, n=n, n_ref=n_ref, ema=ema, ema_kimg=ema_kimg, detector=detector, cascade=cascade,
         batch=batch, seed=seed, inception_weights=inception_weights, all_checkpoints=all_checkpoints,
     ))
     if report is not None:

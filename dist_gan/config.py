@@ -64,6 +64,7 @@ class TrainCfg:
     diffaug: str = ""  # DiffAugment policy for D's inputs, e.g. "color,translation,cutout"
     ema_kimg: float = 10.0  # EMA half-life in kimg: independent of the batch size
     ema_rampup: float = 0.05  # half-life <= rampup * images seen, so early EMA is not stale; 0 = off
+    ema_probes: List[float] = field(default_factory=list)  # extra half-lives (kimg) averaged beside G_ema, for eval only: one run scores several (dist-gan eval --ema-kimg)
     nan_policy: str = "stop"  # stop | rollback (reload the last checkpoint, up to 3 times)
     max_rollbacks: int = 3
     collective_timeout_s: float = 300.0  # a dead rank ends the job after this long, never a hang
@@ -216,6 +217,10 @@ def validate(cfg: DictConfig) -> None:
         betas = cfg.optim[name]
         if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
             raise UserError(f"optim.{name} must be two numbers in [0, 1), got {list(betas)}")
+    probes = list(cfg.train.ema_probes)
+    if any(h <= 0 for h in probes) or len(set(probes)) != len(probes) or cfg.train.ema_kimg in probes:
+        raise UserError(f"train.ema_probes must be distinct positive half-lives in kimg other than "
+                        f"train.ema_kimg={cfg.train.ema_kimg}, got {probes}")
     _validate_variants(cfg)
 
 

@@ -36,3 +36,49 @@ def test_update_ema_lerps_params_and_copies_buffers():
     for b, e, m in zip(before, ema.parameters(), model.parameters()):
         assert torch.allclose(e, 0.75 * b + 0.25 * m)
     assert torch.equal(ema[1].running_mean, torch.full((3,), 7.0))
+
+
+# ---------------------------------------------------------------- EMA probes in a real run
+def _probe_run(shards, run_dir, *args):
+    from conftest import SMOKE
+    from dist_gan.config import load_config
+    from dist_gan.engine.loop import train
+
+    common = [f"data={shards}", "train.kimg=0.192", "log.snapshot_kimg=0.096", "train.ema_rampup=0"]
+    return train(load_config([*SMOKE, *common, f"run_dir={run_dir}", *args]))
+
+
+def test_ema_probes_leave_training_alone_match_a_run_with_that_half_life_and_survive_resume(shards32, tmp_path):
+    from dist_gan.engine.checkpoint import load_checkpoint, load_generator
+    from dist_gan.errors import UserError
+
+    plain = load_checkpoint(_probe_run(shards32, tmp_path / "plain"))  # train.ema_kimg=0.1, no probes
+    long = load_checkpoint(_probe_run(shards32, tmp_path / "long", "train.ema_kimg=0.5"))
+    probes = ["train.ema_probes=[0.02,0.5]"]
+    _probe_run(shards32, tmp_path / "probed", *probes, "train.kimg=0.096")  # stop halfway, then resume
+    probed = load_checkpoint(_probe_run(shards32, tmp_path / "probed", *probes, "resume=auto"))
+
+    for key in ("G", "D", "G_ema"):  # the probes never feed back into training
+        assert all(torch.equal(plain[key][k], probed[key][k]) for k in plain[key]), key
+    assert sorted(probed["G_ema_probes"]) == ["0.02", "0.5"]
+    p05, p002 = probed["G_ema_probes"]["0.5"], probed["G_ema_probes"]["0.02"]
+    assert all(torch.equal(long["G_ema"][k], p05[k]) for k in p05)  # = a run whose main EMA had that half-life
+    assert not all(torch.equal(p002[k], p05[k]) for k in p05)
+    assert not all(torch.equal(p002[k], probed["G_ema"][k]) for k in p05)
+
+    G, _ = load_generator(tmp_path / "probed", ema_kimg=0.5)
+    assert all(torch.equal(v, p05[k]) for k, v in G.state_dict().items())
+    G, _ = load_generator(tmp_path / "probed", ema_kimg=0.1)  # the main half-life names G_ema
+    assert all(torch.equal(v, probed["G_ema"][k]) for k, v in G.state_dict().items())
+    with pytest.raises(UserError, match=r"no EMA with a 3-kimg half-life; it has 0.02, 0.1, 0.5"):
+        load_generator(tmp_path / "probed", ema_kimg=3)
+
+
+@pytest.mark.parametrize("probes", ["[0]", "[0.5,0.5]", "[0.1]"])
+def test_bad_ema_probes_fail_fast(probes):
+    from conftest import SMOKE
+    from dist_gan.config import load_config
+    from dist_gan.errors import UserError
+
+    with pytest.raises(UserError, match="train.ema_probes must be distinct positive"):
+        load_config([*SMOKE, f"train.ema_probes={probes}"])

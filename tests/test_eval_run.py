@@ -143,3 +143,24 @@ def test_shard_reference_equals_zip_reference(celeba, shared_dir, tmp_path):
     assert R.stats_key(shards, 64, 20, "x") != R.stats_key(zipped, 64, 20, "x")
     assert R.default_detector(zipped) == "haar"
     assert R.default_detector(R.open_reference(shared_dir / "data" / "anime-faces-20k.zip")) == "anime"
+
+
+def test_ema_kimg_scores_a_probe_and_names_the_half_lives_a_run_kept(celeba, tmp_path):
+    torch.manual_seed(0)
+    G_ema, probe = Generator(64, 100, 64).state_dict(), Generator(64, 100, 64).state_dict()
+    cfg = {**CFG, "train": {"ema_kimg": 1.0}}
+    save_checkpoint({"cfg": cfg, "G": G_ema, "G_ema": G_ema, "G_ema_probes": {"5": probe}, "nimg": 0},
+                    tmp_path / "run" / "checkpoints", 0, keep=0)
+    outs = {}
+    for half_life in (None, 1, 5):
+        out = outs[half_life] = tmp_path / f"eval-{half_life}"
+        extra = [] if half_life is None else ["--ema-kimg", half_life]
+        res = _eval([tmp_path / "run", "--ref", celeba, "--n", 8, "--batch", 8, "--detect", "--out", out, *extra])
+        assert res.exit_code == 0, res.output + repr(res.exception)
+    rep = json.loads((outs[5] / "report.json").read_text())
+    assert rep["checkpoint"]["ema_kimg"] == 5 and rep["protocol"]["ema_kimg"] == 5
+    assert "EMA (5-kimg half-life) generator" in (outs[5] / "report.md").read_text()
+    grid = {k: (v / "grid.png").read_bytes() for k, v in outs.items()}
+    assert grid[None] == grid[1] != grid[5]  # 1 kimg is the run's main EMA; 5 is the probe
+    res = _eval([tmp_path / "run", "--ref", celeba, "--n", 8, "--detect", "--out", tmp_path / "x", "--ema-kimg", 7])
+    assert res.exit_code == 2 and "it has 1, 5" in " ".join(res.output.split())

@@ -97,17 +97,40 @@ def load_checkpoint(path_or_run: str | Path, map_location: str | torch.device = 
 
 
 def load_generator(
-    path_or_run: str | Path, ema: bool = True, device: str | torch.device = "cpu"
+    path_or_run: str | Path, ema: bool = True, device: str | torch.device = "cpu", ema_kimg: Optional[float] = None,
 ) -> Tuple[nn.Module, Dict[str, Any]]:
-    """G (the EMA copy by default) in eval mode, and the run's resolved recipe as a dict."""
+    """G (the EMA copy by default) in eval mode, and the run's resolved recipe as a dict.
+
+    ``ema_kimg`` picks the average with that half-life: the run's ``train.ema_kimg`` or one
+    of its ``train.ema_probes``.
+    """
     from dist_gan.models import build_generator
 
     state = load_checkpoint(path_or_run)
     cfg = state["cfg"]
     G = build_generator(cfg["model"])
-    G.load_state_dict(state["G_ema" if ema else "G"])
+    G.load_state_dict(_generator_state(state, ema, ema_kimg))
     G.to(device).eval().requires_grad_(False)
     return G, cfg
+
+
+def _generator_state(state: Dict[str, Any], ema: bool, ema_kimg: Optional[float]) -> Dict[str, Any]:
+    """The raw G, the main EMA or the probe asked for; a missing half-life names those the run kept."""
+    from dist_gan.engine.ema import probe_key
+
+    if ema_kimg is None:
+        return state["G_ema" if ema else "G"]
+    if not ema:
+        raise UserError("--ema-kimg picks an EMA generator; it cannot go with --no-ema")
+    main = state["cfg"].get("train", {}).get("ema_kimg")
+    if main is not None and probe_key(ema_kimg) == probe_key(main):
+        return state["G_ema"]
+    probes = state.get("G_ema_probes", {})
+    if probe_key(ema_kimg) in probes:
+        return probes[probe_key(ema_kimg)]
+    have = sorted({float(k) for k in probes} | ({float(main)} if main is not None else set()))
+    raise UserError(f"{state.get('path', 'the checkpoint')} has no EMA with a {probe_key(ema_kimg)}-kimg half-life; "
+                    f"it has {', '.join(probe_key(h) for h in have) or 'none'} (train.ema_kimg and train.ema_probes)")
 
 
 # ------------------------------------------------------------------ RNG state

@@ -5,12 +5,30 @@ per-step decay is ``0.5 ** (batch / half_life_images)``. Doubling the batch then
 squares the decay per step, so the average over *images* stays the same whether a
 run uses batch 64 or 512. The ramp-up caps the half-life at ``rampup * nimg`` so
 early in training the average is not dominated by the random init.
+
+EMA probes (``train.ema_probes``) are further averages of the same G with other
+half-lives. They never feed back into training, so one run yields the whole
+half-life curve: ``dist-gan eval --ema-kimg H`` scores any of them.
 """
 
 from __future__ import annotations
 
+from typing import Dict, Iterable
+
 import torch
 from torch import nn
+
+
+def probe_key(half_life_kimg: float) -> str:
+    """How a probe's half-life names its state dict in a checkpoint: 5.0 -> "5", 2.5 -> "2.5"."""
+    return f"{float(half_life_kimg):g}"
+
+
+def make_probes(G_ema: nn.Module, half_lives: Iterable[float]) -> Dict[float, nn.Module]:
+    """One frozen copy of ``G_ema`` per extra half-life."""
+    import copy
+
+    return {float(h): copy.deepcopy(G_ema).eval().requires_grad_(False) for h in half_lives}
 
 
 def ema_beta(batch: int, half_life_kimg: float, nimg: int, rampup: float = 0.0) -> float:

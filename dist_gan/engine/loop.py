@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from dist_gan import config as config_mod
 from dist_gan.data.stream import StreamLoader, open_shards, to_model_range
 from dist_gan.engine import checkpoint as ckpt
+from dist_gan.engine.ema import make_probes, probe_key
 from dist_gan.engine.monitor import Monitor, Throughput, plot_losses
 from dist_gan.engine.backends import DDPBackend, DeepSpeedBackend
 from dist_gan.engine.schedule import phases, total_images
@@ -93,6 +94,7 @@ def train(cfg: DictConfig) -> Path:
 
     # ------------------------------------------------------------ models
     G, D, G_ema, opt_G, opt_D, precision = build_networks(cfg, device)  # identical init on every rank
+    ema_probes = make_probes(G_ema, cfg.train.ema_probes)  # eval-only averages at other half-lives
     loss_fn = build_loss(cfg.loss)
 
     # ------------------------------------------------------------ backend + resume
@@ -114,6 +116,9 @@ def train(cfg: DictConfig) -> Path:
         if networks:
             backend.import_state(state)
         G_ema.load_state_dict(state["G_ema"])
+        saved_probes = state.get("G_ema_probes", {})
+        for half_life, probe in ema_probes.items():  # a probe new to this run starts from G_ema
+            probe.load_state_dict(saved_probes.get(probe_key(half_life), state["G_ema"]))
         if hasattr(loss_fn, "load_state_dict") and "loss_state" in state:
             loss_fn.load_state_dict(state["loss_state"])
         nimg, iteration, data_step = state["nimg"], state["iteration"], state["data_step"]
@@ -156,6 +161,7 @@ def train(cfg: DictConfig) -> Path:
             "cfg": config_mod.to_dict(cfg),
             **backend.export_state(),  # collective under ZeRO: every rank gathers its Adam partitions
             "G_ema": G_ema.state_dict(),
+            **({"G_ema_probes": {probe_key(h): p.state_dict() for h, p in ema_probes.items()}} if ema_probes else {}),
             "nimg": nimg, "iteration": iteration, "data_step": data_step, "rollbacks": rollbacks,
             "world_size": world, "rng_per_rank": accelerator_gather_rng(accelerator),
             **({"loss_state": loss_fn.state_dict()} if hasattr(loss_fn, "state_dict") else {}),
@@ -183,7 +189,7 @@ def train(cfg: DictConfig) -> Path:
     step = TrainStep(
         backend=backend, G_ema=G_ema, loss_fn=loss_fn, precision=precision, accelerator=accelerator, nz=nz, local_batch=local_batch,
         accum=accum, global_batch=batch, ema_kimg=cfg.train.ema_kimg, ema_rampup=cfg.train.ema_rampup,
-        compile=cfg.train.compile,
+        compile=cfg.train.compile, ema_probes=ema_probes,
     )
     augment = build_augment(cfg.train.diffaug)
     meter = Throughput(nimg)

@@ -78,7 +78,7 @@ class TrainStep:
         self, *, G_ema: nn.Module, loss_fn, precision: Precision, accelerator, nz: int, local_batch: int,
         accum: int, global_batch: int, ema_kimg: float, ema_rampup: float, backend=None,
         G: nn.Module | None = None, D: nn.Module | None = None, opt_G=None, opt_D=None, scaler_G=None, scaler_D=None,
-        compile: str = "",
+        compile: str = "", ema_probes: Optional[Dict[float, nn.Module]] = None,
     ) -> None:
         if backend is None:
             backend = DDPBackend(accelerator, G, D, opt_G, opt_D, scaler_G, scaler_D)
@@ -100,6 +100,7 @@ class TrainStep:
         self.loss_fn, self.precision, self.accelerator = loss_fn, precision, accelerator
         self.nz, self.local_batch, self.accum, self.global_batch = nz, local_batch, accum, global_batch
         self.ema_kimg, self.ema_rampup = ema_kimg, ema_rampup
+        self.ema_probes = ema_probes or {}
         self.device = accelerator.device
         self.sums: Dict[str, torch.Tensor] = {}
         self.counts: Dict[str, int] = {}
@@ -150,6 +151,8 @@ class TrainStep:
         self.backend.step("G")
         self.D_raw.requires_grad_(True)
         update_ema(self.G_ema, self.G_raw, ema_beta(self.global_batch, self.ema_kimg, nimg, self.ema_rampup))
+        for half_life, probe in self.ema_probes.items():
+            update_ema(probe, self.G_raw, ema_beta(self.global_batch, half_life, nimg, self.ema_rampup))
 
     def __call__(self, next_real: Callable[[], torch.Tensor], do_d: bool, do_g: bool, ctx: LossContext, nimg: int) -> int:
         """Run the scheduled phases; returns the real images consumed (global)."""

@@ -100,7 +100,7 @@ def render_markdown(report: Dict[str, Any]) -> str:
     lines: List[str] = [
         "# dist_gan evaluation",
         "",
-        f"- checkpoint: `{ck['path']}` (nimg {ck['nimg']}, {ck['kimg']:g} kimg, {'EMA' if ck['ema'] else 'raw'} generator)",
+        f"- checkpoint: `{ck['path']}` (nimg {ck['nimg']}, {ck['kimg']:g} kimg, {_which_generator(ck)} generator)",
         f"- generated samples: {proto['n_gen']} (seed {proto['seed']}; {proto['seed_rule']})",
         f"- reference: `{proto['reference']['path']}` ({proto['reference']['kind']}, layout {proto['reference']['layout']}), "
         f"{proto['n_ref']} images; {proto['reference']['preprocessing']}",
@@ -144,3 +144,10 @@ def write_markdown(report: Dict[str, Any], path: Path) -> Path:
 
 def command_line() -> str:
     return " ".join(sys.argv)
+
+
+def _which_generator(ck: dict) -> str:
+    """How the report names the generator: EMA, EMA (5-kimg half-life) or raw."""
+    if not ck["ema"]:
+        return "raw"
+    return f"EMA ({ck['ema_kimg']:g}-kimg half-life)" if ck.get("ema_kimg") is not None else "EMA"
