@@ -217,8 +217,11 @@ def validate(cfg: DictConfig) -> None:
         betas = cfg.optim[name]
         if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
             raise UserError(f"optim.{name} must be two numbers in [0, 1), got {list(betas)}")
+    from dist_gan.engine.ema import probe_key
+
     probes = list(cfg.train.ema_probes)
-    if any(h <= 0 for h in probes) or len(set(probes)) != len(probes) or cfg.train.ema_kimg in probes:
+    keys = [probe_key(h) for h in probes]  # as checkpoints name them: distinct there, not just as floats
+    if any(h <= 0 for h in probes) or len(set(keys)) != len(keys) or probe_key(cfg.train.ema_kimg) in keys:
         raise UserError(f"train.ema_probes must be distinct positive half-lives in kimg other than "
                         f"train.ema_kimg={cfg.train.ema_kimg}, got {probes}")
     _validate_variants(cfg)

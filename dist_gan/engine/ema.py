@@ -13,6 +13,7 @@ half-life curve: ``dist-gan eval --ema-kimg H`` scores any of them.
 
 from __future__ import annotations
 
+import copy
 from typing import Dict, Iterable
 
 import torch
@@ -26,8 +27,6 @@ def probe_key(half_life_kimg: float) -> str:
 
 def make_probes(G_ema: nn.Module, half_lives: Iterable[float]) -> Dict[float, nn.Module]:
     """One frozen copy of ``G_ema`` per extra half-life."""
-    import copy
-
     return {float(h): copy.deepcopy(G_ema).eval().requires_grad_(False) for h in half_lives}
 
 
