@@ -126,6 +126,7 @@ def _overflow_on_rank0(rank: int, port: int, out: str) -> None:
     scaler.step(opt)
     scaler.update()
     torch.save({"scale": scaler.get_scale(), "p": p.detach().clone()}, f"{out}/{rank}.pt")
+    dist.barrier()  # neither rank tears gloo down while the other is mid-collective (SIGABRT ~1 run in 10 without it)
     dist.destroy_process_group()
 
 
