@@ -11,6 +11,11 @@
 Every op is a differentiable function of ``x`` (additions, products and a gather),
 so G's gradient flows through it. Parameters are drawn per sample; the loss applies
 the augmentation to every image D sees, real and fake, in both phases.
+
+``p`` < 1 applies each op group to a random fraction ``p`` of the samples only, the
+per-sample probability of StyleGAN2-ADA (Karras et al. 2020). ADA's argument: when
+part of D's inputs are left clean, G is not rewarded for reproducing the augmentation
+(a "leak"), so a weaker ``p`` trades some of the regularisation for fidelity.
 """
 
 from __future__ import annotations
@@ -91,9 +96,29 @@ def parse_policy(policy: str) -> List[str]:
     return names
 
 
-def diff_augment(x: torch.Tensor, policy: str) -> torch.Tensor:
-    """Apply the comma-separated ``policy`` to an (N, C, H, W) batch; differentiable in ``x``."""
+def _check_p(p: float) -> float:
+    p = float(p)
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"DiffAugment probability p must be in [0, 1], got {p}")
+    return p
+
+
+def diff_augment(x: torch.Tensor, policy: str, p: float = 1.0) -> torch.Tensor:
+    """Apply the comma-separated ``policy`` to an (N, C, H, W) batch; differentiable in ``x``.
+
+    Each op group (``color``, ``translation``, ``cutout``) hits each sample with
+    probability ``p``. ``p = 1`` draws no extra random numbers, so it is bit-identical
+    to the reference policy.
+    """
+    p = _check_p(p)
     for name in parse_policy(policy):
+        if p == 0.0:
+            break
+        y = x
         for fn in AUGMENT_FNS[name]:
-            x = fn(x)
+            y = fn(y)
+        if p < 1.0:
+            keep = torch.rand(x.size(0), 1, 1, 1, device=x.device) >= p
+            y = torch.where(keep, x, y)
+        x = y
     return x

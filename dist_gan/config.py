@@ -62,6 +62,7 @@ class TrainCfg:
     swap_wgrad: str = "auto"  # deep 4x4 convs' weight grads as one forward conv (models/fastconv.py): auto (on for CPU, eager) | always | never
     tf32: bool = True  # TF32 for fp32 matmuls/convolutions on Ampere+ GPUs (no effect elsewhere)
     diffaug: str = ""  # DiffAugment policy for D's inputs, e.g. "color,translation,cutout"
+    diffaug_p: float = 1.0  # per-sample probability of each DiffAugment op group (ADA's p); 1 = the reference policy
     ema_kimg: float = 10.0  # EMA half-life in kimg: independent of the batch size
     ema_rampup: float = 0.05  # half-life <= rampup * images seen, so early EMA is not stale; 0 = off
     ema_probes: List[float] = field(default_factory=list)  # extra half-lives (kimg) averaged beside G_ema, for eval only: one run scores several (dist-gan eval --ema-kimg)
@@ -245,6 +246,8 @@ def _validate_variants(cfg: DictConfig) -> None:
         parse_policy(cfg.train.diffaug)
     except ValueError as exc:
         raise UserError(f"train.diffaug: {exc}") from None
+    if not 0.0 <= float(cfg.train.diffaug_p) <= 1.0:
+        raise UserError(f"train.diffaug_p must be in [0, 1], got {cfg.train.diffaug_p}")
 
 
 def to_dict(cfg: DictConfig) -> Dict[str, Any]:

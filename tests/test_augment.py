@@ -100,3 +100,34 @@ def test_context_applies_augment_then_noise():
     ctx = LossContext(noise_sigma=0.0, augment=build_augment("cutout"))
     out = ctx.d_input(torch.ones(4, 3, 8, 8))
     assert (out == 0).any()
+
+
+def test_probability_one_is_the_reference_policy_bit_for_bit():
+    x = torch.randn(16, 3, 16, 16)
+    torch.manual_seed(3)
+    ref = A.diff_augment(x, "color,translation,cutout")
+    torch.manual_seed(3)
+    assert torch.equal(A.diff_augment(x, "color,translation,cutout", p=1.0), ref)
+
+
+def test_probability_zero_is_identity():
+    x = torch.randn(4, 3, 8, 8)
+    assert torch.equal(A.diff_augment(x, "color,translation", p=0.0), x)
+    assert build_augment("translation", p=0.0)(x) is x
+
+
+def test_probability_augments_about_that_fraction_and_keeps_gradients():
+    x = torch.randn(2000, 3, 4, 4, requires_grad=True)
+    y = A.diff_augment(x, "color", p=0.3)  # brightness moves every sample it touches
+    changed = (y - x).flatten(1).abs().amax(dim=1) > 0
+    assert 0.25 < changed.float().mean().item() < 0.35
+    y.sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def test_probability_out_of_range_is_refused():
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        A.diff_augment(torch.zeros(1, 3, 8, 8), "color", p=1.5)
+    with pytest.raises(UserError, match=r"train.diffaug_p must be in \[0, 1\]"):
+        load_config(["train.diffaug=translation", "train.diffaug_p=-0.1"])
+    assert load_config(["train.diffaug=translation", "train.diffaug_p=0.5"]).train.diffaug_p == 0.5
