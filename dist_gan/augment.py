@@ -5,7 +5,7 @@
 
 - ``color``: brightness (+U(-0.5, 0.5)), saturation (x U(0, 2) around the
   per-pixel channel mean), contrast (x U(0.5, 1.5) around the image mean);
-- ``translation``: shift by up to 1/8 of the size in x and y, zero padding;
+- ``translation``: shift by up to 1/8 of the size in x and y (``translation=``), zero padding;
 - ``cutout``: zero one square of half the size at a random centre.
 
 Every op is a differentiable function of ``x`` (additions, products and a gather),
@@ -103,20 +103,23 @@ def _check_p(p: float) -> float:
     return p
 
 
-def diff_augment(x: torch.Tensor, policy: str, p: float = 1.0) -> torch.Tensor:
+def diff_augment(x: torch.Tensor, policy: str, p: float = 1.0, translation: float = 0.125) -> torch.Tensor:
     """Apply the comma-separated ``policy`` to an (N, C, H, W) batch; differentiable in ``x``.
 
     Each op group (``color``, ``translation``, ``cutout``) hits each sample with
-    probability ``p``. ``p = 1`` draws no extra random numbers, so it is bit-identical
-    to the reference policy.
+    probability ``p``; ``translation`` is the largest shift as a fraction of the size.
+    ``p = 1`` draws no extra random numbers, so with the default shift it is
+    bit-identical to the reference policy.
     """
     p = _check_p(p)
+    if not 0.0 < translation <= 0.5:
+        raise ValueError(f"DiffAugment translation must be in (0, 0.5], got {translation}")
     for name in parse_policy(policy):
         if p == 0.0:
             break
         y = x
         for fn in AUGMENT_FNS[name]:
-            y = fn(y)
+            y = rand_translation(y, translation) if fn is rand_translation else fn(y)
         if p < 1.0:
             keep = torch.rand(x.size(0), 1, 1, 1, device=x.device) >= p
             y = torch.where(keep, x, y)

@@ -63,6 +63,7 @@ class TrainCfg:
     tf32: bool = True  # TF32 for fp32 matmuls/convolutions on Ampere+ GPUs (no effect elsewhere)
     diffaug: str = ""  # DiffAugment policy for D's inputs, e.g. "color,translation,cutout"
     diffaug_p: float = 1.0  # per-sample probability of each DiffAugment op group (ADA's p); 1 = the reference policy
+    diffaug_translation: float = 0.125  # DiffAugment's largest shift as a fraction of the size (reference: 1/8)
     ema_kimg: float = 10.0  # EMA half-life in kimg: independent of the batch size
     ema_rampup: float = 0.05  # half-life <= rampup * images seen, so early EMA is not stale; 0 = off
     ema_probes: List[float] = field(default_factory=list)  # extra half-lives (kimg) averaged beside G_ema, for eval only: one run scores several (dist-gan eval --ema-kimg)
@@ -248,6 +249,8 @@ def _validate_variants(cfg: DictConfig) -> None:
         raise UserError(f"train.diffaug: {exc}") from None
     if not 0.0 <= float(cfg.train.diffaug_p) <= 1.0:
         raise UserError(f"train.diffaug_p must be in [0, 1], got {cfg.train.diffaug_p}")
+    if not 0.0 < float(cfg.train.diffaug_translation) <= 0.5:
+        raise UserError(f"train.diffaug_translation must be in (0, 0.5], got {cfg.train.diffaug_translation}")
 
 
 def to_dict(cfg: DictConfig) -> Dict[str, Any]:

@@ -254,9 +254,10 @@ def build_loss(loss_cfg: Mapping[str, object]):
     return LOSSES[name](**{k: v for k, v in loss_cfg.items() if k != "name"})
 
 
-def build_augment(policy: str, p: float = 1.0) -> Callable[[torch.Tensor], torch.Tensor]:
+def build_augment(policy: str, p: float = 1.0, translation: float = 0.125) -> Callable[[torch.Tensor], torch.Tensor]:
     """DiffAugment for a policy such as ``color,translation,cutout``, each op group applied
-    with per-sample probability ``p``; identity when the policy is empty or ``p`` is 0."""
+    with per-sample probability ``p`` and shifts up to ``translation`` of the size;
+    identity when the policy is empty or ``p`` is 0."""
     if not policy or float(p) == 0.0:
         return _identity
     from functools import partial
@@ -264,4 +265,4 @@ def build_augment(policy: str, p: float = 1.0) -> Callable[[torch.Tensor], torch
     from dist_gan.augment import diff_augment, parse_policy
 
     policy = ",".join(parse_policy(policy))  # fail now, with the valid names, not mid-training
-    return partial(diff_augment, policy=policy, p=float(p))
+    return partial(diff_augment, policy=policy, p=float(p), translation=float(translation))

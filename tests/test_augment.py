@@ -131,3 +131,23 @@ def test_probability_out_of_range_is_refused():
     with pytest.raises(UserError, match=r"train.diffaug_p must be in \[0, 1\]"):
         load_config(["train.diffaug=translation", "train.diffaug_p=-0.1"])
     assert load_config(["train.diffaug=translation", "train.diffaug_p=0.5"]).train.diffaug_p == 0.5
+
+
+def test_translation_fraction_bounds_the_shift():
+    size = 32
+    x = torch.arange(size * size, dtype=torch.float32).add(1).view(1, 1, size, size).expand(256, 3, size, size)
+    for frac, max_shift in ((0.0625, 2), (0.25, 8)):
+        y = A.diff_augment(x, "translation", translation=frac)
+        zero_rows = (y[:, 0] == 0).all(dim=2).sum(dim=1)
+        assert zero_rows.max().item() == max_shift  # reached, never exceeded
+    torch.manual_seed(5)
+    ref = A.diff_augment(x, "translation")
+    torch.manual_seed(5)
+    assert torch.equal(build_augment("translation", translation=0.125)(x), ref)  # 1/8 is the reference
+
+
+def test_translation_fraction_validated():
+    with pytest.raises(ValueError, match=r"\(0, 0.5\]"):
+        A.diff_augment(torch.zeros(1, 3, 8, 8), "translation", translation=0.0)
+    with pytest.raises(UserError, match=r"train.diffaug_translation must be in \(0, 0.5\]"):
+        load_config(["train.diffaug=translation", "train.diffaug_translation=0.75"])

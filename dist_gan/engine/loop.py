@@ -191,7 +191,7 @@ def train(cfg: DictConfig) -> Path:
         accum=accum, global_batch=batch, ema_kimg=cfg.train.ema_kimg, ema_rampup=cfg.train.ema_rampup,
         compile=cfg.train.compile, ema_probes=ema_probes,
     )
-    augment = build_augment(cfg.train.diffaug, cfg.train.diffaug_p)
+    augment = build_augment(cfg.train.diffaug, cfg.train.diffaug_p, cfg.train.diffaug_translation)
     meter = Throughput(nimg)
     tick_start = time.perf_counter()
     sample_every = max(1, total_images(cfg.log.sample_kimg))
