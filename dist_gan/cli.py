@@ -132,7 +132,7 @@ def slurm_submit(
 def eval_cmd(
     target: str = typer.Argument(..., metavar="RUN_OR_CHECKPOINT", help="A ckpt-*.pt file or a run directory (newest checkpoint)."),
     ref: str = typer.Option(..., "--ref", help="Reference set: a shard folder (manifest.json) or a zip/folder of images."),
-    out: Path = typer.Option(..., "--out", help="Folder for report.json, report.md, grid.png, pairs.png."),
+    out: Path = typer.Option(..., "--out", help="Folder for report.json, report.md, grid.png, pairs.png, no_face.png."),
     fid: bool = typer.Option(False, "--fid", help="Frechet Inception Distance."),
     kid: bool = typer.Option(False, "--kid", help="Kernel Inception Distance."),
     inception_score: bool = typer.Option(False, "--is", help="Inception Score (needs weights with the fc head)."),

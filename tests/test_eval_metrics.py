@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image
 import pytest
 
 from dist_gan.errors import UserError
@@ -71,6 +72,25 @@ def test_detect_metric_counts_generated_and_real():
     assert out["gen_n"] == 10 and out["gen_no_face"] == 5 and out["gen_no_face_rate"] == 0.5
     assert out["ref_n"] == 10 and out["ref_no_face"] == 5  # as many real images as generated ones
     assert out["detector"]["name"] == "every-other"
+    assert out["gen_no_face_index"] == [1, 3, 5, 7, 9] and out["png"] is None  # no out_dir, no picture
+
+
+def test_detect_metric_draws_the_missed_samples(tmp_path):
+    gen = np.stack([np.full((8, 8, 3), i * 20, np.uint8) for i in range(10)])  # image i is grey level 20*i
+    ctx = M.EvalContext(gen_images=gen, ref_images=gen, out_dir=tmp_path, options={"detector_obj": _EveryOther()})
+    out = M.calc_metric("detect", ctx)
+    grid = np.asarray(Image.open(out["png"]))
+    assert out["png"].endswith("no_face.png")
+    assert grid.shape == (2 * (2 + 8 + 2), 2 * (2 + 5 * 10), 3)  # one row of the 5 misses, 2 px pads, shown 2x
+    tiles = [grid[4 + 4 : 4 + 12, 4 + c * 20 + 4 : 4 + c * 20 + 12, 0] for c in range(5)]
+    assert [int(t.mean()) for t in tiles] == [20, 60, 100, 140, 180]  # images 1, 3, 5, 7, 9 in order
+
+    class _All(_EveryOther):
+        def detect(self, images):
+            return np.ones(len(images), bool)
+
+    again = M.calc_metric("detect", M.EvalContext(gen_images=gen, ref_images=gen, out_dir=tmp_path, options={"detector_obj": _All()}))
+    assert again["gen_no_face"] == 0 and again["png"] is None and not (tmp_path / "no_face.png").exists()
 
 
 def test_leak_metric_writes_pairs(tmp_path):

@@ -72,6 +72,9 @@ def test_end_to_end_report(single):
     d = m["detect"]
     assert d["detector"]["name"] == "haar" and d["gen_n"] == N and d["ref_n"] == N
     assert d["gen_no_face"] >= d["ref_no_face"]  # noise-like samples show fewer faces than real ones
+    assert len(d["gen_no_face_index"]) == d["gen_no_face"] and all(0 <= i < N for i in d["gen_no_face_index"])
+    assert rep["files"]["no_face"] == ("no_face.png" if d["gen_no_face"] else None)
+    assert (out / "no_face.png").is_file() == bool(d["gen_no_face"])
     assert m["leak"]["n_generated"] == N and m["leak"]["png"].endswith("pairs.png")
     assert rep["figures"]["fid"] == m["fid"]["fid"]
     assert "FID" in (out / "report.md").read_text() or "fid" in (out / "report.md").read_text()

@@ -113,6 +113,9 @@ def inception(ctx: EvalContext) -> Dict[str, Any]:
     return inception_score(ctx.gen_logits, splits=ctx.options.get("is_splits", 10))
 
 
+NO_FACE_GRID = 64  # generated images drawn in no_face.png (the first ones missed)
+
+
 @register_metric("detect", needs=("ref_images",))
 def detect(ctx: EvalContext) -> Dict[str, Any]:
     """Face detectability: generated images with no face found, beside real ones (the detector's ceiling)."""
@@ -133,6 +136,18 @@ def detect(ctx: EvalContext) -> Dict[str, Any]:
     if ref_found is not None:
         out.update({"ref_n": int(len(ref_found)), "ref_no_face": int((~ref_found).sum()),
                     "ref_no_face_rate": float((~ref_found).mean()), "ref_face_rate": float(ref_found.mean())})
+    # Which samples were missed (indices into the --seed latents), and what they look like: a count
+    # alone cannot tell faceless samples from faces the detector fails on.
+    missed = np.flatnonzero(~gen_found)
+    out["gen_no_face_index"] = [int(i) for i in missed]
+    out["png"] = None
+    if ctx.out_dir is not None and not len(missed):
+        (Path(ctx.out_dir) / "no_face.png").unlink(missing_ok=True)  # not a stale one from an earlier run
+    elif ctx.out_dir is not None:
+        from dist_gan.eval.report import save_sample_grid
+
+        shown = ctx.gen_images[missed[:NO_FACE_GRID]]
+        out["png"] = str(save_sample_grid(shown, Path(ctx.out_dir) / "no_face.png", nrow=min(8, len(shown))))
     return out
 
 

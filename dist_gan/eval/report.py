@@ -1,7 +1,8 @@
 """Evaluation outputs: report.json (every figure + protocol), report.md, grid.png, fid_vs_kimg.png.
 
 pairs.png (closest generated/reference pairs) is drawn by ``leak.leak_report``;
-the report says when it was not asked for.
+the report says when it was not asked for. no_face.png (generated images the detector
+missed) is drawn by the ``detect`` metric.
 """
 
 from __future__ import annotations
@@ -124,6 +125,9 @@ def render_markdown(report: Dict[str, Any]) -> str:
                   f"| generated | {d['gen_n']} | {d['gen_no_face']} | {d['gen_no_face_rate']:.3f} |"]
         if "ref_n" in d:
             lines.append(f"| real (detector ceiling) | {d['ref_n']} | {d['ref_no_face']} | {d['ref_no_face_rate']:.3f} |")
+        if d.get("png"):
+            lines += ["", f"The generated images with no face found (the first {min(d['gen_no_face'], 64)} of {d['gen_no_face']}): "
+                      f"{Path(d['png']).name}; their sample indices are `gen_no_face_index` in report.json."]
     if report.get("checkpoints"):
         lines += ["", "## FID per checkpoint", "", "| kimg | FID | checkpoint |", "|---|---|---|"]
         for p in report["checkpoints"]:

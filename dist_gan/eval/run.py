@@ -321,6 +321,8 @@ def _build_report(opts: EvalOptions, dist: Dist, ckpt: Path, ref: R.ReferenceSet
     else:
         files["pairs"] = None
         files["pairs_note"] = "pairs.png not written: --leak was not asked (it draws the closest generated/reference pairs)"
+    if "detect" in results:
+        files["no_face"] = "no_face.png" if results["detect"].get("png") else None
     if curve:
         best = min(curve, key=lambda p: p["fid"])
         report["checkpoints"] = curve
