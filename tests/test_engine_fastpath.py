@@ -112,8 +112,7 @@ def test_fast_path_learns_the_same_as_fp32_and_the_textbook(accelerator, reals):
     for key in ("loss_d", "loss_g"):
         assert max_diff(plain, textbook, key) < 1e-4, key
         assert max_diff(fp32_fast, plain, key) < 2e-3, key
-    if not precision_mod.bf16_native(torch.device("cpu")):
-        pytest.skip("no native bf16 on this CPU: the fast path is fp32 here, checked above")
+    # bf16 numerics whether the CPU computes them natively or oneDNN emulates them (slowly)
     fast = dist_gan_trajectory(accelerator, reals, FAST)
     for key in ("loss_d", "loss_g"):
         assert max_diff(fast, plain, key) < 0.03, (key, [round(x[key] - y[key], 4) for x, y in zip(fast, plain)])
@@ -148,6 +147,19 @@ def test_precision_auto_resolves_per_device():
     assert p.requested == "auto" and p.mode in ("bf16", "fp32") and not p.make_scaler().is_enabled()
     with pytest.raises(ValueError):
         Precision("fp8", cpu)
+
+
+def test_auto_is_bf16_where_native_and_explicit_bf16_warns_where_emulated(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(precision_mod, "bf16_native", lambda device: True)
+    assert Precision("auto", cpu).mode == "bf16"  # what bigbatch/celeba64 get on an AVX512-BF16/AMX CPU or a GPU
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Precision("bf16", cpu)  # native: no warning
+    monkeypatch.setattr(precision_mod, "bf16_native", lambda device: False)
+    assert Precision("auto", cpu).mode == "fp32"
+    with pytest.warns(RuntimeWarning, match="emulates it"):
+        assert Precision("bf16", cpu).mode == "bf16"  # honoured, but the user is told what it costs
 
 
 def test_make_adam_takes_a_generator_and_falls_back(monkeypatch):

@@ -31,6 +31,10 @@ COMPILE_MODES = ("", "default", "reduce-overhead", "max-autotune", "max-autotune
 
 log = logging.getLogger(__name__)
 
+EMULATED_BF16 = ("train.precision=bf16 on a CPU without native bf16 (no AVX512-BF16/AMX): oneDNN emulates it, "
+                 "about 25x slower than fp32 (a DCGAN-64 step at batch 16 on an AVX2 EPYC: 17.7 s against 0.66 s). "
+                 "train.precision=auto picks bf16 only where it is native.")
+
 
 def bf16_native(device: torch.device) -> bool:
     """True where bf16 autocast is fast, not emulated: CUDA sm80+, or oneDNN's bf16 ISA on CPU."""
@@ -77,6 +81,8 @@ class Precision:
         self.requested = mode
         self.mode, self.device = resolve_precision(mode, device), device
         self.dtype: Optional[torch.dtype] = DTYPES[self.mode]
+        if mode == "bf16" and device.type == "cpu" and not bf16_native(device):
+            warnings.warn(EMULATED_BF16, RuntimeWarning, stacklevel=2)
         configure_backends(device, tf32)
 
     def autocast(self) -> ContextManager:
