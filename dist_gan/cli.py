@@ -142,6 +142,7 @@ def eval_cmd(
     n_ref: Optional[int] = typer.Option(None, "--n-ref", help="Reference images (default: min(n, reference size))."),
     ema: bool = typer.Option(True, "--ema/--no-ema", help="Use the EMA generator (default) or the raw one."),
     ema_kimg: Optional[float] = typer.Option(None, "--ema-kimg", help="Score the EMA with this half-life (kimg): the run's train.ema_kimg or one of its train.ema_probes."),
+    bn_recal: bool = typer.Option(False, "--bn-recal/--no-bn-recal", help="Re-estimate G's BatchNorm statistics for the weights scored (the EMA copies G's) from 4096 latents."),
     detector: Optional[str] = typer.Option(None, "--detector", help="haar | anime | hog | mtcnn (default from the reference layout)."),
     cascade: Optional[str] = typer.Option(None, "--cascade", help="Cascade XML for the anime detector."),
     batch: int = typer.Option(250, "--batch", help="Images per generator/Inception batch."),
@@ -158,7 +159,7 @@ def eval_cmd(
 
     picked = [m for m, on in (("fid", fid), ("kid", kid), ("is", inception_score), ("detect", detect), ("leak", leak)) if on]
     report = evaluate(EvalOptions(
-        target=target, ref=ref, out=out, metrics=picked, n=n, n_ref=n_ref, ema=ema, ema_kimg=ema_kimg, detector=detector, cascade=cascade,
+        target=target, ref=ref, out=out, metrics=picked, n=n, n_ref=n_ref, ema=ema, ema_kimg=ema_kimg, bn_recal=bn_recal, detector=detector, cascade=cascade,
         batch=batch, seed=seed, inception_weights=inception_weights, all_checkpoints=all_checkpoints,
     ))
     if report is not None:
@@ -278,13 +279,14 @@ def sample_cmd(
     grid: bool = typer.Option(True, "--grid/--no-grid", help="Write grid.png."),
     singles: bool = typer.Option(False, "--singles/--no-singles", help="Write one PNG per image."),
     superres: Optional[Path] = typer.Option(None, help="Upscale with this super-resolution model."),
+    bn_recal: bool = typer.Option(False, "--bn-recal/--no-bn-recal", help="Re-estimate the EMA G's BatchNorm statistics from 4096 latents (it copies G's)."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
 ) -> None:
     """Deterministic samples: a grid and/or single PNGs (optionally super-resolved)."""
     from dist_gan.tools.sample import run_sample
 
     written = run_sample(ckpt, out, n=n, seed=seed, truncation=truncation, grid=grid, singles=singles,
-                         superres=superres, device=device)
+                         superres=superres, device=device, bn_recal=bn_recal)
     console.print(f"wrote {len(written)} file(s) to {out}")
 
 
@@ -299,13 +301,14 @@ def interpolate_cmd(
     seed: int = typer.Option(0, help="Seed of the key latents."),
     fps: int = typer.Option(30, help="Frames per second."),
     superres: Optional[Path] = typer.Option(None, help="Upscale frames with this super-resolution model."),
+    bn_recal: bool = typer.Option(False, "--bn-recal/--no-bn-recal", help="Re-estimate the EMA G's BatchNorm statistics from 4096 latents (it copies G's)."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
 ) -> None:
     """A looping latent-walk video (GIF or MP4)."""
     from dist_gan.tools.interpolate import run_interpolate
 
     path = run_interpolate(ckpt, out, n_keys=n_keys, frames=frames, use_slerp=slerp, seed=seed, fps=fps,
-                           superres=superres, device=device)
+                           superres=superres, device=device, bn_recal=bn_recal)
     console.print(f"wrote {n_keys * frames} frames to {path}")
 
 

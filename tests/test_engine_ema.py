@@ -82,3 +82,39 @@ def test_bad_ema_probes_fail_fast(probes):
 
     with pytest.raises(UserError, match="train.ema_probes must be distinct positive"):
         load_config([*SMOKE, f"train.ema_probes={probes}"])
+
+
+# ---------------------------------------------------------------- BN recalibration
+def test_recalibrate_bn_sets_the_population_statistics_of_the_weights_sampled():
+    from dist_gan.engine.ema import recalibrate_bn
+    from dist_gan.models.dcgan import Generator
+
+    torch.manual_seed(0)
+    G = Generator(resolution=32, nz=8, ngf=8).eval()
+    bn = G.net[1]
+    bn.running_mean.fill_(5.0)  # stale statistics, as an EMA copied from G carries
+    bn.running_var.fill_(9.0)
+    rng_before = torch.get_rng_state()
+    recalibrate_bn(G, nz=8, n=2048, batch=256, seed=3)
+    assert torch.equal(torch.get_rng_state(), rng_before)  # no global RNG drawn
+    assert not G.training and bn.momentum == 0.1  # eval mode and the momentum restored
+
+    z = torch.randn(2048, 8, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        pre = G.net[0](z[:, :, None, None])  # the first BN's inputs for exactly those latents
+    assert torch.allclose(bn.running_mean, pre.mean(dim=(0, 2, 3)), atol=1e-5)
+    assert torch.allclose(bn.running_var, pre.var(dim=(0, 2, 3)), rtol=0.02)
+
+    again = copy.deepcopy(G)
+    recalibrate_bn(again, nz=8, n=2048, batch=256, seed=3)
+    assert all(torch.equal(a, b) for a, b in zip(G.buffers(), again.buffers()))  # deterministic
+
+
+def test_recalibrate_bn_leaves_a_generator_without_batchnorm_alone():
+    from dist_gan.engine.ema import has_batchnorm, recalibrate_bn
+
+    G = nn.Sequential(nn.Linear(4, 4), nn.Tanh())
+    before = copy.deepcopy(G.state_dict())
+    recalibrate_bn(G.train(), nz=4)
+    assert not has_batchnorm(G) and not G.training
+    assert all(torch.equal(before[k], v) for k, v in G.state_dict().items())

@@ -167,3 +167,22 @@ def test_ema_kimg_scores_a_probe_and_names_the_half_lives_a_run_kept(celeba, tmp
     assert grid[None] == grid[1] != grid[5]  # 1 kimg is the run's main EMA; 5 is the probe
     res = _eval([tmp_path / "run", "--ref", celeba, "--n", 8, "--detect", "--out", tmp_path / "x", "--ema-kimg", 7])
     assert res.exit_code == 2 and "it has 1, 5" in " ".join(res.output.split())
+
+
+def test_bn_recal_scores_the_weights_with_their_own_batchnorm_statistics(celeba, tmp_path):
+    torch.manual_seed(0)
+    G = Generator(64, 100, 64)
+    for m in G.modules():  # stale statistics, as the EMA inherits them from G
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.fill_(0.5)
+            m.running_var.fill_(4.0)
+    save_checkpoint({"cfg": CFG, "G": G.state_dict(), "G_ema": G.state_dict(), "nimg": 0}, tmp_path / "run" / "checkpoints", 0, keep=0)
+    outs = {}
+    for flag in ("--no-bn-recal", "--bn-recal"):
+        out = outs[flag] = tmp_path / flag.strip("-")
+        res = _eval([tmp_path / "run", "--ref", celeba, "--n", 8, "--batch", 8, "--detect", "--out", out, flag])
+        assert res.exit_code == 0, res.output + repr(res.exception)
+    on, off = (json.loads((outs[f] / "report.json").read_text()) for f in ("--bn-recal", "--no-bn-recal"))
+    assert on["checkpoint"]["bn_recal"] is True and off["checkpoint"]["bn_recal"] is False and on["protocol"]["bn_recal"]
+    assert "EMA generator, BN statistics re-estimated" in (outs["--bn-recal"] / "report.md").read_text()
+    assert (outs["--bn-recal"] / "grid.png").read_bytes() != (outs["--no-bn-recal"] / "grid.png").read_bytes()

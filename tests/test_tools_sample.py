@@ -45,3 +45,18 @@ def test_sample_cli_errors(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     res = run(app, ["sample", str(bad)])
     assert res.exit_code == 2 and "cannot read checkpoint" in " ".join(res.output.split())
+
+
+def test_sample_bn_recal_is_deterministic_and_changes_stale_statistics(tmp_path):
+    G = demo_generator(32, 100, 16)
+    for m in G.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.add_(0.3)  # what an EMA inherits from G: statistics of other weights
+    cfg = {"model": {"arch": "dcgan", "resolution": 32, "nz": 100, "ngf": 16, "ndf": 16}}
+    save_checkpoint({"cfg": cfg, "G": G.state_dict(), "G_ema": G.state_dict(), "nimg": 0}, tmp_path / "run" / "checkpoints", 0)
+    grids = {}
+    for d, flags in (("stored", []), ("recal1", ["--bn-recal"]), ("recal2", ["--bn-recal"])):
+        res = CliRunner().invoke(app, ["sample", str(tmp_path / "run"), "--n", "8", "--out", str(tmp_path / d), *flags])
+        assert res.exit_code == 0, res.output
+        grids[d] = (tmp_path / d / "grid.png").read_bytes()
+    assert grids["recal1"] == grids["recal2"] != grids["stored"]

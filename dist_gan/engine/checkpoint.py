@@ -98,12 +98,15 @@ def load_checkpoint(path_or_run: str | Path, map_location: str | torch.device = 
 
 def load_generator(
     path_or_run: str | Path, ema: bool = True, device: str | torch.device = "cpu", ema_kimg: Optional[float] = None,
+    bn_recal: bool = False,
 ) -> Tuple[nn.Module, Dict[str, Any]]:
     """G (the EMA copy by default) in eval mode, and the run's resolved recipe as a dict.
 
     ``ema_kimg`` picks the average with that half-life: the run's ``train.ema_kimg`` or one
-    of its ``train.ema_probes``.
+    of its ``train.ema_probes``. ``bn_recal`` re-estimates the BN statistics for the loaded
+    weights (``ema.recalibrate_bn``) instead of using the stored ones.
     """
+    from dist_gan.engine.ema import recalibrate_bn
     from dist_gan.models import build_generator
 
     state = load_checkpoint(path_or_run)
@@ -111,6 +114,8 @@ def load_generator(
     G = build_generator(cfg["model"])
     G.load_state_dict(_generator_state(state, ema, ema_kimg))
     G.to(device).eval().requires_grad_(False)
+    if bn_recal:
+        recalibrate_bn(G, int(cfg["model"]["nz"]))
     return G, cfg
 
 

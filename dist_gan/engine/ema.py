@@ -9,6 +9,11 @@ early in training the average is not dominated by the random init.
 EMA probes (``train.ema_probes``) are further averages of the same G with other
 half-lives. They never feed back into training, so one run yields the whole
 half-life curve: ``dist-gan eval --ema-kimg H`` scores any of them.
+
+BatchNorm statistics are not averaged: the EMA copies G's running mean/variance,
+which describe G's activations, not those of the averaged weights. ``recalibrate_bn``
+re-estimates them for the network actually sampled from (SWA's ``update_bn``); G's
+BN inputs come from latents alone, so no data is needed.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Dict, Iterable
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import update_bn
 
 
 def probe_key(half_life_kimg: float) -> str:
@@ -48,3 +54,22 @@ def update_ema(ema: nn.Module, model: nn.Module, beta: float) -> None:
     torch._foreach_lerp_(ema_params, params, 1.0 - beta)
     for b_ema, b in zip(ema.buffers(), model.buffers()):
         b_ema.copy_(b)
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+@torch.no_grad()
+def recalibrate_bn(G: nn.Module, nz: int, n: int = 4096, batch: int = 256, seed: int = 0) -> nn.Module:
+    """Replace G's BN running statistics by their average over ``n`` latents, then eval mode.
+
+    The latents come from their own seeded generator, so the result is deterministic and
+    no global RNG is consumed. A G without BatchNorm is returned unchanged.
+    """
+    if has_batchnorm(G):
+        device = next(G.parameters()).device
+        gen = torch.Generator().manual_seed(seed)
+        latents = [torch.randn(min(batch, n - i), nz, generator=gen).to(device) for i in range(0, n, batch)]
+        update_bn(latents, G)
+    return G.eval()

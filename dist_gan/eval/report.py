@@ -101,7 +101,8 @@ def render_markdown(report: Dict[str, Any]) -> str:
     lines: List[str] = [
         "# dist_gan evaluation",
         "",
-        f"- checkpoint: `{ck['path']}` (nimg {ck['nimg']}, {ck['kimg']:g} kimg, {_which_generator(ck)} generator)",
+        f"- checkpoint: `{ck['path']}` (nimg {ck['nimg']}, {ck['kimg']:g} kimg, {_which_generator(ck)} generator"
+        f"{', BN statistics re-estimated' if ck.get('bn_recal') else ''})",
         f"- generated samples: {proto['n_gen']} (seed {proto['seed']}; {proto['seed_rule']})",
         f"- reference: `{proto['reference']['path']}` ({proto['reference']['kind']}, layout {proto['reference']['layout']}), "
         f"{proto['n_ref']} images; {proto['reference']['preprocessing']}",

@@ -46,6 +46,7 @@ class EvalOptions:
     n_ref: Optional[int] = None  # default: min(n, reference size)
     ema: bool = True
     ema_kimg: Optional[float] = None  # EMA half-life to score: train.ema_kimg (default) or one of train.ema_probes
+    bn_recal: bool = False  # re-estimate G's BN statistics for the scored weights (ema.recalibrate_bn)
     detector: Optional[str] = None  # default from the reference layout
     cascade: Optional[str] = None
     batch: int = 250
@@ -156,7 +157,7 @@ def generate_and_extract(ckpt: Path, opts: EvalOptions, dist: Dist, model: Optio
     from dist_gan.engine.checkpoint import load_generator
     from dist_gan.imaging import to_uint8
 
-    G, cfg = load_generator(ckpt, ema=opts.ema, ema_kimg=opts.ema_kimg)
+    G, cfg = load_generator(ckpt, ema=opts.ema, ema_kimg=opts.ema_kimg, bn_recal=opts.bn_recal)
     nz = int(cfg["model"]["nz"])
 
     def work(start: int, stop: int) -> Dict[str, np.ndarray]:
@@ -296,7 +297,7 @@ def _build_report(opts: EvalOptions, dist: Dist, ckpt: Path, ref: R.ReferenceSet
     nimg = checkpoint_nimg(ckpt)
     protocol: Dict[str, Any] = {
         "n_gen": opts.n, "n_ref": n_ref, "seed": opts.seed, "seed_rule": SEED_RULE, "batch": opts.batch,
-        "ema": opts.ema, "ema_kimg": opts.ema_kimg, "generated_to_uint8": TO_UINT8, "reference": ref.describe(), "world_size": dist.world,
+        "ema": opts.ema, "ema_kimg": opts.ema_kimg, "bn_recal": opts.bn_recal, "generated_to_uint8": TO_UINT8, "reference": ref.describe(), "world_size": dist.world,
         "work_split": "global batch b -> rank b % world_size; results all_gathered; rank 0 scores",
         "metrics": list(opts.metrics),
     }
@@ -309,7 +310,7 @@ def _build_report(opts: EvalOptions, dist: Dist, ckpt: Path, ref: R.ReferenceSet
     report: Dict[str, Any] = {
         "format": "dist_gan.eval/1",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "checkpoint": {"path": str(ckpt), "nimg": nimg, "kimg": nimg / 1000, "ema": opts.ema, "ema_kimg": opts.ema_kimg},
+        "checkpoint": {"path": str(ckpt), "nimg": nimg, "kimg": nimg / 1000, "ema": opts.ema, "ema_kimg": opts.ema_kimg, "bn_recal": opts.bn_recal},
         "protocol": protocol,
         "metrics": {k: {kk: vv for kk, vv in v.items() if kk != "pairs"} if isinstance(v, dict) else v
                     for k, v in results.items()},

@@ -78,6 +78,7 @@ def run_interpolate(
     fps: int = 30,
     superres: Optional[str | Path] = None,
     device: str = "cpu",
+    bn_recal: bool = False,
 ) -> Path:
     """The ``dist-gan interpolate`` command."""
     from dist_gan.tools.imageio_utils import progress_bar, to_uint8
@@ -88,7 +89,7 @@ def run_interpolate(
         raise UserError(f"--out must end in .gif or .mp4 (got {out.name})")
     if n_keys < 2:
         raise UserError(f"--n-keys must be at least 2 (got {n_keys})")
-    G, cfg, sr = load_sampler(ckpt, superres, device)
+    G, cfg, sr = load_sampler(ckpt, superres, device, bn_recal)
     z = path_latents(truncated_normal(n_keys, cfg["model"]["nz"], seed), frames, use_slerp)
     chunks = []
     with progress_bar() as bar, torch.no_grad():

@@ -76,11 +76,11 @@ def demo_generator(resolution: int = 32, nz: int = 100, ngf: int = 16, seed: int
     return G.requires_grad_(False)
 
 
-def load_sampler(ckpt, superres: Optional[str], device: str):
+def load_sampler(ckpt, superres: Optional[str], device: str, bn_recal: bool = False):
     """(EMA G, its recipe, the super-resolution model or None) for the sample and interpolate commands."""
     from dist_gan.engine.checkpoint import load_generator
 
-    G, cfg = load_generator(ckpt, ema=True, device=device)
+    G, cfg = load_generator(ckpt, ema=True, device=device, bn_recal=bn_recal)
     sr = None
     if superres:
         from dist_gan.tools.superres import load_superres
@@ -99,13 +99,14 @@ def run_sample(
     singles: bool = False,
     superres: Optional[str | Path] = None,
     device: str = "cpu",
+    bn_recal: bool = False,
 ) -> List[Path]:
     """The ``dist-gan sample`` command: write ``grid.png`` and/or ``sample_00000.png``..."""
     from dist_gan.tools.imageio_utils import progress_bar, save_grid, save_image
 
     if n < 1:
         raise UserError(f"--n must be at least 1 (got {n})")
-    G, cfg, sr = load_sampler(ckpt, superres, device)
+    G, cfg, sr = load_sampler(ckpt, superres, device, bn_recal)
     z = truncated_normal(n, cfg["model"]["nz"], seed, truncation)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
