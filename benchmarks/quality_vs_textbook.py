@@ -28,7 +28,9 @@ Each run is scored by ``dist-gan eval RUN --fid --kid --detect --leak --ref SHAR
 (the textbook's G is written as a dist_gan checkpoint, G = G_ema, so the same evaluator,
 latents and eval-mode BN apply): FID/KID against the packed reference (NVIDIA's Inception),
 face detector misses on N samples and on N reals (Haar for CelebA; the anime LBP cascade
-for anime), and the nearest-neighbour leak check.
+for anime), and the nearest-neighbour leak check. ``--bn-recal`` scores every run, the
+textbook's included, with its G's BatchNorm statistics re-estimated for the weights scored
+(``dist-gan eval --bn-recal``; the sample figure uses the same generators).
 
 Writes under ``--out`` (default ``benchmarks/results/quality_vs_textbook``):
 ``results.json`` (schema ``dist_gan.quality_vs_textbook/1``), ``results.md`` (the tables),
@@ -410,7 +412,7 @@ def eval_cmd(run: Path, shards: Path, out: Path, a: argparse.Namespace, data: st
         cmd += ["--detector", "anime", "--cascade", str(ANIME_CASCADE)]
     else:
         cmd += ["--detector", "haar"]
-    return cmd
+    return cmd + (["--bn-recal"] if a.bn_recal else [])
 
 
 def ref_cached(shards: Path, n: int) -> bool:
@@ -484,20 +486,21 @@ def row(name: str, facts: Dict[str, Any], rep: Dict[str, Any], out: Path) -> Dic
         "gen_no_face": det.get("gen_no_face"), "gen_n": det.get("gen_n"),
         "ref_no_face": det.get("ref_no_face"), "ref_n": det.get("ref_n"), "detector": det.get("detector"),
         "leak": {k: v for k, v in leak.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)},
-        "eval": {"command": rep.get("_eval_command"), "wall_s": rep.get("_eval_wall_s"), "cpu_s": rep.get("_eval_cpu_s"),
+        "eval": {"command": rep.get("_eval_command"), "bn_recal": bool(rep["checkpoint"].get("bn_recal")),
+                 "wall_s": rep.get("_eval_wall_s"), "cpu_s": rep.get("_eval_cpu_s"),
                  "report": str(Path(rep["_out"]) / "report.json")},
     }
 
 
 # ------------------------------------------------------------------ figure
-def grid_of(run: Path, n: int = GRID_N):
+def grid_of(run: Path, bn_recal: bool, n: int = GRID_N):
     import numpy as np
     import torch
 
     from dist_gan.engine.checkpoint import load_generator
     from dist_gan.imaging import to_uint8
 
-    G, cfg = load_generator(run)
+    G, cfg = load_generator(run, bn_recal=bn_recal)
     z = torch.randn(n, int(cfg["model"]["nz"]), generator=torch.Generator().manual_seed(GRID_SEED))
     with torch.no_grad():
         return tile(np.asarray(to_uint8(G(z))))
@@ -558,7 +561,8 @@ def markdown(results: Dict[str, Any]) -> str:
             f"Shards: `{block['shards']}` ({block['images']} images, {block['crop']} crop, 64 px); seed {s['seed']}; "
             f"image budget {s['kimg']} kimg; time budget = the textbook's {s['clock']} seconds; "
             f"{s['threads']} thread(s) per process; {'trainings run concurrently' if s['parallel'] else 'one at a time'}; "
-            f"eval n = {s['n']} generated vs {s['n']} reference images (EMA G for dist_gan; the textbook has no EMA).", "",
+            f"eval n = {s['n']} generated vs {s['n']} reference images (EMA G for dist_gan; the textbook has no EMA)"
+            + ("; every G's BN statistics re-estimated from 4096 latents (`--bn-recal`)" if s.get("bn_recal") else "") + ".", "",
             f"dist_gan@img: `recipe={s['recipe']}{''.join(' ' + o for o in s['override'])}`; dist_gan@time adds "
             + (f"`{' '.join(s['time_override'])}`" if s["time_override"] else "nothing") + ".", "",
             "| run | kimg | steps | train wall s | train CPU s | FID | FID / textbook | KID x1e3 | no face | leak (under real p1 / expected, copies, verdict) |",
@@ -602,6 +606,8 @@ def parse(argv: Optional[List[str]]) -> argparse.Namespace:
     p.add_argument("--override", nargs="*", default=[], help="key=value for both dist_gan runs")
     p.add_argument("--time-override", nargs="*", default=["model.ngf=32", "model.ndf=32"],
                    help="key=value for the time-budgeted dist_gan run only")
+    p.add_argument("--bn-recal", action="store_true",
+                   help="score every run (the textbook's too) with its G's BN statistics re-estimated (dist-gan eval --bn-recal)")
     p.add_argument("--clock", choices=("cpu", "wall"), default="cpu", help="how the time budget is measured")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads per process")
     p.add_argument("--parallel", action="store_true", help="train the three at once; evaluate two at a time")
@@ -671,7 +677,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         panels = [("reals", "training shards", tile(shard_array(shards)[:GRID_N]))]
         for n in RUNS:
             r = rows[n]
-            panels.append((f"{n} ({r['train']['kimg']:.1f} kimg)", f"FID {fmt(r['fid'], '.0f')}  no face {r['gen_no_face']}/{r['gen_n']}", grid_of(runs[n])))
+            panels.append((f"{n} ({r['train']['kimg']:.1f} kimg)", f"FID {fmt(r['fid'], '.0f')}  no face {r['gen_no_face']}/{r['gen_n']}", grid_of(runs[n], a.bn_recal)))
         compose(panels, a.out / fig, f"{data}: textbook DCGAN vs dist_gan (seed {a.seed}, same latents, dist_gan EMA G)")
         with open(shards / "manifest.json") as fh:
             manifest = json.load(fh)

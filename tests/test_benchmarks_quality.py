@@ -22,7 +22,7 @@ def smoke(tmp_path_factory, shared_dir):
     out = root / "out"
     qvt.main(["--data", "celeba", "--limit", "64", "--kimg", "0.064", "--n", "64", "--tb-width", "16", "--tb-batch", "32",
               "--override", "model.ngf=16", "model.ndf=16", "train.batch=32", "--time-override",
-              "--parallel", "--cache", str(root / "cache"), "--out", str(out)])
+              "--parallel", "--bn-recal", "--cache", str(root / "cache"), "--out", str(out)])
     return out, json.loads((out / "results.json").read_text())
 
 
@@ -50,6 +50,7 @@ def test_schema(smoke):
         for key in ("wall_s", "cpu_s", "nimg", "kimg", "command"):
             assert key in row["train"], (name, key)
         assert "copies" in row["leak"]
+        assert row["eval"]["bn_recal"] is True and "--bn-recal" in row["eval"]["command"]  # every run, the textbook's too
     tb, img, tm = (block["rows"][n]["train"] for n in RUNS)
     assert tb["nimg"] == img["nimg"] == 64  # same image budget
     assert tm["budget_s"] > 0 and tm["nimg"] > 0  # stopped by the textbook's time
