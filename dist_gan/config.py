@@ -64,6 +64,7 @@ class TrainCfg:
     diffaug: str = ""  # DiffAugment policy for D's inputs, e.g. "color,translation,cutout"
     diffaug_p: float = 1.0  # per-sample probability of each DiffAugment op group (ADA's p); 1 = the reference policy
     diffaug_translation: float = 0.125  # DiffAugment's largest shift as a fraction of the size (reference: 1/8)
+    diffaug_until_kimg: float = 0.0  # DiffAugment only until this many kimg, then D sees plain images (fine detail late); 0 = the whole run
     ema_kimg: float = 10.0  # EMA half-life in kimg: independent of the batch size
     ema_rampup: float = 0.05  # half-life <= rampup * images seen, so early EMA is not stale; 0 = off
     ema_probes: List[float] = field(default_factory=list)  # extra half-lives (kimg) averaged beside G_ema, for eval only: one run scores several (dist-gan eval --ema-kimg)
@@ -251,6 +252,8 @@ def _validate_variants(cfg: DictConfig) -> None:
         raise UserError(f"train.diffaug_p must be in [0, 1], got {cfg.train.diffaug_p}")
     if not 0.0 < float(cfg.train.diffaug_translation) <= 0.5:
         raise UserError(f"train.diffaug_translation must be in (0, 0.5], got {cfg.train.diffaug_translation}")
+    if float(cfg.train.diffaug_until_kimg) < 0:
+        raise UserError(f"train.diffaug_until_kimg must be >= 0 (0 = DiffAugment for the whole run), got {cfg.train.diffaug_until_kimg}")
 
 
 def to_dict(cfg: DictConfig) -> Dict[str, Any]:

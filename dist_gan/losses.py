@@ -55,6 +55,14 @@ def instance_noise_sigma(sigma: float, anneal_kimg: float, nimg: int) -> float:
     return sigma * max(0.0, 1.0 - nimg / (anneal_kimg * 1000.0))
 
 
+def augment_at(augment: Callable[[torch.Tensor], torch.Tensor], until_kimg: float, nimg: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """DiffAugment while fewer than ``until_kimg`` kimg have been shown (0 = always), then
+    the identity: a function of ``nimg`` alone, so a resumed run switches at the same image."""
+    if until_kimg <= 0 or nimg < until_kimg * 1000.0:
+        return augment
+    return _identity
+
+
 class BCELoss:
     """Non-saturating GAN loss on logits, with one-sided label smoothing.
 

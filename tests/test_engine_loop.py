@@ -17,6 +17,7 @@ from conftest import REPO, SMOKE
 from dist_gan.config import load_config
 from dist_gan.engine.checkpoint import list_checkpoints, load_checkpoint
 from dist_gan.engine.loop import TrainingDiverged, train
+from dist_gan.errors import UserError
 
 TRAIN = [sys.executable, str(REPO / "dist_gan" / "train.py")]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -51,6 +52,23 @@ def test_resume_reaches_the_same_weights_bit_for_bit(shards32, tmp_path):
         assert states_equal(a[key], b[key]), key
     assert a["opt_G"]["state"][0]["exp_avg"].equal(b["opt_G"]["state"][0]["exp_avg"])
 
+
+
+def test_diffaug_until_kimg_hands_d_plain_images_from_that_image_on(shards32, tmp_path):
+    """DiffAugment on for 96 images then off equals a run that resumes those 96 images without it, bit for bit;
+    a run that never augments ends elsewhere, so the first half really was augmented."""
+    common = [f"data={shards32}", "train.kimg=0.192", "log.snapshot_kimg=0.096", "train.diffaug=translation"]
+    switched = run_inprocess(*common, f"run_dir={tmp_path / 'a'}", "train.diffaug_until_kimg=0.096")
+    run_inprocess(*common, f"run_dir={tmp_path / 'b'}", "train.kimg=0.096")
+    resumed_plain = run_inprocess(*common, f"run_dir={tmp_path / 'b'}", "resume=auto", "train.diffaug=''")
+    never = run_inprocess(*common, f"run_dir={tmp_path / 'c'}", "train.diffaug=''")
+    a, b, c = (load_checkpoint(r) for r in (switched, resumed_plain, never))
+    assert a["nimg"] == b["nimg"] == c["nimg"] == 192
+    for key in ("G", "D", "G_ema"):
+        assert states_equal(a[key], b[key]), key
+    assert not states_equal(a["D"], c["D"])
+    with pytest.raises(UserError, match="train.diffaug_until_kimg must be >= 0"):
+        load_config([*SMOKE, "train.diffaug_until_kimg=-1"])
 
 def test_nan_stops_with_a_clear_message(shards32, tmp_path):
     with pytest.raises(TrainingDiverged, match="non-finite"):

@@ -38,7 +38,7 @@ from dist_gan.engine.signals import PreemptionFlag
 from dist_gan.engine.step import TrainStep, build_networks
 from dist_gan.errors import UserError
 from dist_gan.imaging import save_grid
-from dist_gan.losses import LossContext, build_augment, build_loss, instance_noise_sigma
+from dist_gan.losses import LossContext, augment_at, build_augment, build_loss, instance_noise_sigma
 
 GRID_LATENTS = 64  # the 8x8 sample grid
 
@@ -202,7 +202,7 @@ def train(cfg: DictConfig) -> Path:
     while nimg < end_nimg:
         do_d, do_g = phases(iteration, cfg.optim.d_steps, cfg.optim.g_steps)
         sigma = instance_noise_sigma(cfg.loss.instance_noise, cfg.loss.noise_anneal_kimg, nimg)
-        ctx = LossContext(noise_sigma=sigma, augment=augment)
+        ctx = LossContext(noise_sigma=sigma, augment=augment_at(augment, cfg.train.diffaug_until_kimg, nimg))
         nimg += step(next_real, do_d, do_g, ctx, nimg)
         iteration += 1
         steps_since_log += 1
