@@ -23,6 +23,12 @@ app.add_typer(data_app, name="data")
 console = Console(stderr=True)
 
 
+def _bn_recal_option() -> bool:
+    """eval, sample and interpolate share one --bn-recal flag (dist_gan.engine.ema.recalibrate_bn)."""
+    return typer.Option(False, "--bn-recal/--no-bn-recal",
+                        help="Re-estimate the EMA G's BatchNorm statistics from 4096 latents before use (the EMA copies G's, which belong to other weights).")
+
+
 def friendly(fn: Callable) -> Callable:
     """Report a UserError as a clear message and exit code 2, never a traceback."""
 
@@ -142,7 +148,7 @@ def eval_cmd(
     n_ref: Optional[int] = typer.Option(None, "--n-ref", help="Reference images (default: min(n, reference size))."),
     ema: bool = typer.Option(True, "--ema/--no-ema", help="Use the EMA generator (default) or the raw one."),
     ema_kimg: Optional[float] = typer.Option(None, "--ema-kimg", help="Score the EMA with this half-life (kimg): the run's train.ema_kimg or one of its train.ema_probes."),
-    bn_recal: bool = typer.Option(False, "--bn-recal/--no-bn-recal", help="Re-estimate G's BatchNorm statistics for the weights scored (the EMA copies G's) from 4096 latents."),
+    bn_recal: bool = _bn_recal_option(),
     detector: Optional[str] = typer.Option(None, "--detector", help="haar | anime | hog | mtcnn (default from the reference layout)."),
     cascade: Optional[str] = typer.Option(None, "--cascade", help="Cascade XML for the anime detector."),
     batch: int = typer.Option(250, "--batch", help="Images per generator/Inception batch."),
@@ -279,7 +285,7 @@ def sample_cmd(
     grid: bool = typer.Option(True, "--grid/--no-grid", help="Write grid.png."),
     singles: bool = typer.Option(False, "--singles/--no-singles", help="Write one PNG per image."),
     superres: Optional[Path] = typer.Option(None, help="Upscale with this super-resolution model."),
-    bn_recal: bool = typer.Option(False, "--bn-recal/--no-bn-recal", help="Re-estimate the EMA G's BatchNorm statistics from 4096 latents (it copies G's)."),
+    bn_recal: bool = _bn_recal_option(),
     device: str = typer.Option("cpu", help="cpu or cuda."),
 ) -> None:
     """Deterministic samples: a grid and/or single PNGs (optionally super-resolved)."""
@@ -301,7 +307,7 @@ def interpolate_cmd(
     seed: int = typer.Option(0, help="Seed of the key latents."),
     fps: int = typer.Option(30, help="Frames per second."),
     superres: Optional[Path] = typer.Option(None, help="Upscale frames with this super-resolution model."),
-    bn_recal: bool = typer.Option(False, "--bn-recal/--no-bn-recal", help="Re-estimate the EMA G's BatchNorm statistics from 4096 latents (it copies G's)."),
+    bn_recal: bool = _bn_recal_option(),
     device: str = typer.Option("cpu", help="cpu or cuda."),
 ) -> None:
     """A looping latent-walk video (GIF or MP4)."""
