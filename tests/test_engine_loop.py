@@ -53,7 +53,6 @@ def test_resume_reaches_the_same_weights_bit_for_bit(shards32, tmp_path):
     assert a["opt_G"]["state"][0]["exp_avg"].equal(b["opt_G"]["state"][0]["exp_avg"])
 
 
-
 def test_diffaug_until_kimg_hands_d_plain_images_from_that_image_on(shards32, tmp_path):
     """DiffAugment on for 96 images then off equals a run that resumes those 96 images without it, bit for bit;
     a run that never augments ends elsewhere, so the first half really was augmented."""
@@ -69,6 +68,7 @@ def test_diffaug_until_kimg_hands_d_plain_images_from_that_image_on(shards32, tm
     assert not states_equal(a["D"], c["D"])
     with pytest.raises(UserError, match="train.diffaug_until_kimg must be >= 0"):
         load_config([*SMOKE, "train.diffaug_until_kimg=-1"])
+
 
 def test_nan_stops_with_a_clear_message(shards32, tmp_path):
     with pytest.raises(TrainingDiverged, match="non-finite"):

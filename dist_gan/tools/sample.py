@@ -49,6 +49,8 @@ def demo_generator(resolution: int = 32, nz: int = 100, ngf: int = 16, seed: int
     statistics are calibrated on random latents, and the output is scaled to use
     the tanh range.
     """
+    from torch.optim.swa_utils import update_bn
+
     from dist_gan.models.dcgan import Generator
 
     torch.manual_seed(seed)
@@ -60,19 +62,10 @@ def demo_generator(resolution: int = 32, nz: int = 100, ngf: int = 16, seed: int
         last = convs[-1]
         cin, cout = last.weight.shape[:2]
         last.weight.copy_(torch.randn(cin, cout)[:, :, None, None] / cin**0.5 * smooth * 2)
-        for m in G.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.momentum = None  # cumulative average over the calibration batches
-                m.reset_running_stats()
-        G.train()
-        for _ in range(4):
-            G(torch.randn(128, nz))
+        update_bn([torch.randn(128, nz) for _ in range(4)], G)  # what ema.recalibrate_bn runs, on the seeded global RNG
         G.eval()
         pre = G.net[:-1](torch.randn(256, nz)[:, :, None, None]).std()
         last.weight.mul_(0.9 / pre)
-        for m in G.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.momentum = 0.1
     return G.requires_grad_(False)
 
 
