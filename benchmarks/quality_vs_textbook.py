@@ -53,6 +53,7 @@ import signal
 import subprocess
 import sys
 import time
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -539,8 +540,9 @@ def target_lines(rows: Dict[str, Dict[str, Any]]) -> List[str]:
             # The issue's bound: "within 1 point of the real rate (<= 8 % when real is 7.1 %)", i.e. at most
             # 1 point above the reals'. Below the reals' rate means the detector finds a face in more samples
             # than in real photos (smooth, frontal, centred faces), which the target does not penalise.
-            gap = 100 * (r["gen_no_face"] / r["gen_n"] - r["ref_no_face"] / r["ref_n"])
-            out.append(f"{name} no-face rate at most 1 point above the reals': {gap:+.1f} points ({'met' if gap <= 1 else 'NOT met'})")
+            # Exact fractions: 17/1000 - 7/1000 is 1.0000000000000002 points in floats, which would fail the bound.
+            gap = 100 * (Fraction(r["gen_no_face"], r["gen_n"]) - Fraction(r["ref_no_face"], r["ref_n"]))
+            out.append(f"{name} no-face rate at most 1 point above the reals': {float(gap):+.1f} points ({'met' if gap <= 1 else 'NOT met'})")
     for name in ("dist_gan@img", "dist_gan@time"):
         r = rows.get(name)
         if r:

@@ -77,6 +77,19 @@ def test_render_only_rewrites_the_tables_and_judges_the_no_face_bound(smoke, tmp
     assert "dist_gan@time no-face rate at most 1 point above the reals': +2.0 points (NOT met)" in md
 
 
+def test_a_no_face_rate_exactly_one_point_above_the_reals_meets_the_bound():
+    """17/1000 against the reals' 7/1000 is exactly 1 point (in floats 1.0000000000000002): met; 18/1000 is not."""
+    from benchmarks import quality_vs_textbook as qvt
+
+    leak = {"verdict": "no memorisation signal"}
+    rows = {"textbook": {"fid": 400.0},
+            "dist_gan@img": {"fid": 130.0, "gen_no_face": 17, "gen_n": 1000, "ref_no_face": 7, "ref_n": 1000, "leak": leak},
+            "dist_gan@time": {"fid": 90.0, "gen_no_face": 18, "gen_n": 1000, "ref_no_face": 7, "ref_n": 1000, "leak": leak}}
+    lines = qvt.target_lines(rows)
+    assert "dist_gan@img no-face rate at most 1 point above the reals': +1.0 points (met)" in lines
+    assert "dist_gan@time no-face rate at most 1 point above the reals': +1.1 points (NOT met)" in lines
+
+
 def test_a_finished_run_is_reused_only_while_its_resolved_recipe_is_unchanged(tmp_path):
     """`recipe=celeba64` reads the same after celeba64's defaults change; the stamp's resolved config must not."""
     import sys
