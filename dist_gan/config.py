@@ -193,6 +193,9 @@ def load_config(args: Sequence[str] = (), recipe: Optional[str] = None) -> DictC
     _check_keys(raw, f"in recipe {path.name}")
     _check_keys({k: None for k in overrides}, "on the command line")
     schema = OmegaConf.structured(Config)
+    for key, value in overrides.items():  # `train.diffaug=` means "off" (''), not null, for a string field
+        if not value.strip() and isinstance(OmegaConf.select(schema, key, default=None), str):
+            overrides[key] = "''"
     try:
         cfg = OmegaConf.merge(schema, raw, OmegaConf.from_dotlist([f"{k}={v}" for k, v in overrides.items()]))
     except ConfigKeyError as exc:  # belt and braces: struct mode found a key we missed

@@ -57,6 +57,15 @@ def test_bad_values_fail_with_the_key_named(arg, fragment):
         load_config(["recipe=smoke", arg])
 
 
+def test_an_empty_value_clears_a_string_field_and_is_an_error_elsewhere():
+    """`train.diffaug=` (as typed in a shell) turns DiffAugment off like `train.diffaug=''`; an empty number is still bad."""
+    assert load_config(["recipe=anime64"]).train.diffaug == "translation"
+    assert load_config(["recipe=anime64", "train.diffaug="]).train.diffaug == ""
+    assert load_config(["recipe=anime64", "train.diffaug=''"]).train.diffaug == ""
+    with pytest.raises(UserError, match=r"train\.batch"):
+        load_config(["recipe=smoke", "train.batch="])
+
+
 def test_unknown_recipe_lists_the_available_ones():
     with pytest.raises(UserError, match="smoke"):
         load_config(["recipe=nope"])
