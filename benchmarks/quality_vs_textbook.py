@@ -48,6 +48,7 @@ import argparse
 import json
 import math
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -307,6 +308,16 @@ def resolved_recipe(cmd: List[str]) -> Optional[Dict[str, Any]]:
     return resolved_train_config(cmd[2:]) if cmd[1:2] == [str(TRAIN_PY)] else None
 
 
+def run_folder(name: str, time_tag: str = "") -> str:
+    """A run's folder name (training and evaluation): ``dist_gan@time`` -> ``dist_gan_at_time[-TAG]``.
+
+    The tag lets several time-budget candidates train side by side against one finished textbook
+    (``--runs dist_gan@time --train-only --time-tag A``, another with ``--time-tag B``) without one
+    invocation deleting the other's run; the textbook and ``dist_gan@img`` folders never take it."""
+    base = name.replace("@", "_at_")
+    return f"{base}-{time_tag}" if time_tag and name == "dist_gan@time" else base
+
+
 def reusable(run: Path, cmd: List[str], name: str):
     stamp = run / "job.json"
     if stamp.is_file():
@@ -336,7 +347,7 @@ def train_all(a: argparse.Namespace, data: str, shards: Path, root: Path, reuse_
     """The trainings of one data set (``a.runs``; finished identical runs are reused); returns facts per run."""
     import shutil
 
-    runs = {name: root / name.replace("@", "_at_") for name in RUNS}
+    runs = {name: root / run_folder(name, a.time_tag) for name in RUNS}
     clock = (lambda j: j.cpu_now()) if a.clock == "cpu" else (lambda j: j.wall_now())
     cmds = {"textbook": textbook_cmd(a, shards, runs["textbook"]),
             "dist_gan@img": train_cmd(dist_gan_args(a, shards, runs["dist_gan@img"], [], a.kimg)),
@@ -434,7 +445,7 @@ def evaluate_all(a: argparse.Namespace, data: str, shards: Path, runs: Dict[str,
     from dist_gan.engine.checkpoint import resolve_checkpoint
 
     names = list(runs)
-    outs = {n: out / data / n.replace("@", "_at_") for n in names}
+    outs = {n: out / data / run_folder(n, a.time_tag) for n in names}
     jobs: Dict[str, Any] = {}
     for n in names:  # an identical evaluation of the same checkpoint, already done: keep it
         st = outs[n] / "eval_stamp.json"
@@ -608,6 +619,7 @@ def parse(argv: Optional[List[str]]) -> argparse.Namespace:
     p.add_argument("--override", nargs="*", default=[], help="key=value for both dist_gan runs")
     p.add_argument("--time-override", nargs="*", default=["model.ngf=32", "model.ndf=32"],
                    help="key=value for the time-budgeted dist_gan run only")
+    p.add_argument("--time-tag", default="", help="suffix of the dist_gan@time run's folders (several time candidates at once)")
     p.add_argument("--bn-recal", action="store_true",
                    help="score every run (the textbook's too) with its G's BN statistics re-estimated (dist-gan eval --bn-recal)")
     p.add_argument("--clock", choices=("cpu", "wall"), default="cpu", help="how the time budget is measured")
@@ -623,7 +635,10 @@ def parse(argv: Optional[List[str]]) -> argparse.Namespace:
     p.add_argument("--cache", type=Path, default=None, help="shards and runs (outside the repo)")
     p.add_argument("--render-only", action="store_true", help="rewrite results.md from --out's results.json (no training, no eval)")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "quality_vs_textbook")
-    return p.parse_args(argv)
+    a = p.parse_args(argv)
+    if a.time_tag and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", a.time_tag):
+        p.error(f"--time-tag {a.time_tag!r}: use letters, digits, '_', '.' and '-' (it names folders)")
+    return a
 
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:

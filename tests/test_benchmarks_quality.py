@@ -77,6 +77,27 @@ def test_render_only_rewrites_the_tables_and_judges_the_no_face_bound(smoke, tmp
     assert "dist_gan@time no-face rate at most 1 point above the reals': +2.0 points (NOT met)" in md
 
 
+def test_a_tagged_time_candidate_trains_beside_the_kept_one_against_the_same_textbook(smoke):
+    """--time-tag B puts a second dist_gan@time into dist_gan_at_time-B: the textbook is reused, not retrained,
+    and the untagged time run (with its eval) is left as it was."""
+    from benchmarks import quality_vs_textbook as qvt
+
+    out, _ = smoke
+    root = out.parent / "cache" / "qvt_runs" / "celeba-limit64"
+    kept = {n: (root / n / "job.json").read_text() for n in ("textbook", "dist_gan_at_time")}
+    qvt.main(["--data", "celeba", "--limit", "64", "--kimg", "0.064", "--n", "64", "--tb-width", "16", "--tb-batch", "32",
+              "--override", "model.ngf=16", "model.ndf=16", "train.batch=32", "--time-override", "train.batch=16",
+              "--runs", "dist_gan@time", "--train-only", "--time-tag", "B", "--cache", str(out.parent / "cache"), "--out", str(out)])
+    for name, text in kept.items():
+        assert (root / name / "job.json").read_text() == text, name
+    tagged = json.loads((root / "dist_gan_at_time-B" / "job.json").read_text())
+    assert tagged["rc"] == 0 and tagged["budget"] > 0 and "train.batch=16" in tagged["cmd"]
+    assert f"run_dir={root / 'dist_gan_at_time-B'}" in tagged["cmd"]
+    assert qvt.run_folder("dist_gan@time", "B") == "dist_gan_at_time-B" and qvt.run_folder("textbook", "B") == "textbook"
+    with pytest.raises(SystemExit):
+        qvt.parse(["--time-tag", "../elsewhere"])
+
+
 def test_a_no_face_rate_exactly_one_point_above_the_reals_meets_the_bound():
     """17/1000 against the reals' 7/1000 is exactly 1 point (in floats 1.0000000000000002): met; 18/1000 is not."""
     from benchmarks import quality_vs_textbook as qvt
