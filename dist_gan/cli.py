@@ -26,7 +26,7 @@ console = Console(stderr=True)
 def _bn_recal_option() -> bool:
     """eval, sample and interpolate share one --bn-recal flag (dist_gan.engine.ema.recalibrate_bn)."""
     return typer.Option(False, "--bn-recal/--no-bn-recal",
-                        help="Re-estimate the EMA G's BatchNorm statistics from 4096 latents before use (the EMA copies G's, which belong to other weights).")
+                        help="Re-estimate the BatchNorm statistics of the G in use (EMA or raw) from 4096 latents first: an EMA G carries copies of the raw G's, which belong to other weights.")
 
 
 def friendly(fn: Callable) -> Callable:
