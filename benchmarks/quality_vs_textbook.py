@@ -440,23 +440,87 @@ def ref_cached(shards: Path, n: int) -> bool:
         return False
 
 
+EVAL_LOCK = "eval_lock.json"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def wait_for_other_eval(out: Path, cmd: List[str], poll_s: float = 5.0) -> bool:
+    """Wait while another live invocation runs this same evaluation into ``out`` (its lock file);
+    True if there was one. A lock left by a dead process, or for another command, is ignored."""
+    lock = out / EVAL_LOCK
+    waited = False
+    while lock.is_file():
+        try:
+            held = json.loads(lock.read_text())
+        except (OSError, ValueError):  # removed or half-written between the check and the read
+            time.sleep(poll_s)
+            continue
+        if held.get("pid") == os.getpid() or held.get("cmd") != cmd or not _alive(int(held.get("pid", 0))):
+            return waited
+        if not waited:
+            log(f"waiting for pid {held['pid']}, which is already running this evaluation into {out}")
+        waited = True
+        time.sleep(poll_s)
+    return waited
+
+
+def _claim_eval(out: Path, cmd: List[str]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / (EVAL_LOCK + ".tmp")
+    tmp.write_text(json.dumps({"pid": os.getpid(), "cmd": cmd}))
+    os.replace(tmp, out / EVAL_LOCK)
+
+
+def _release_eval(out: Path) -> None:
+    lock = out / EVAL_LOCK
+    try:
+        if json.loads(lock.read_text()).get("pid") == os.getpid():
+            lock.unlink()
+    except (OSError, ValueError):
+        pass
+
+
 def evaluate_all(a: argparse.Namespace, data: str, shards: Path, runs: Dict[str, Path], out: Path) -> Dict[str, Dict[str, Any]]:
-    """``dist-gan eval`` per run: the first alone (it caches the reference statistics), then the rest."""
+    """``dist-gan eval`` per run: the first alone (it caches the reference statistics), then the rest.
+
+    An identical finished evaluation (same command, same checkpoint file) is reused; one that another
+    invocation is running right now (``--eval-finished`` staged beside the full run) is waited for,
+    then reused, instead of being run twice."""
     from dist_gan.engine.checkpoint import resolve_checkpoint
 
     names = list(runs)
     outs = {n: out / data / run_folder(n, a.time_tag) for n in names}
+    cmds = {n: eval_cmd(runs[n], shards, outs[n], a, data) for n in names}
     jobs: Dict[str, Any] = {}
-    for n in names:  # an identical evaluation of the same checkpoint, already done: keep it
+
+    def reuse(n: str) -> bool:  # an identical evaluation of the same checkpoint, already done: keep it
         st = outs[n] / "eval_stamp.json"
-        cmd = eval_cmd(runs[n], shards, outs[n], a, data)
         ck = resolve_checkpoint(runs[n])
         if st.is_file() and (outs[n] / "report.json").is_file():
             stamp_ = json.loads(st.read_text())
-            if stamp_["cmd"] == cmd and stamp_["checkpoint"] == [str(ck), ck.stat().st_size, ck.stat().st_mtime]:
+            if stamp_["cmd"] == cmds[n] and stamp_["checkpoint"] == [str(ck), ck.stat().st_size, ck.stat().st_mtime]:
                 log(f"eval {n}: reusing {outs[n] / 'report.json'}")
                 jobs[n] = Done(f"eval {n}", stamp_)
+                return True
+        return False
+
+    for n in names:
+        if not reuse(n) and wait_for_other_eval(outs[n], cmds[n]):
+            reuse(n)
     todo = [n for n in names if n not in jobs]
+
+    def launch(n: str) -> Job:
+        _claim_eval(outs[n], cmds[n])
+        return Job(f"eval {n}", cmds[n], runs[n] / "eval.log", a.threads)
 
     def finish(n: str, j: Job) -> None:
         j.check()
@@ -464,20 +528,25 @@ def evaluate_all(a: argparse.Namespace, data: str, shards: Path, runs: Dict[str,
         ck = resolve_checkpoint(runs[n])
         (outs[n] / "eval_stamp.json").write_text(json.dumps({"cmd": j.cmd, "rc": 0, "wall_s": j.wall_s, "cpu_s": j.cpu_s,
                                                               "checkpoint": [str(ck), ck.stat().st_size, ck.stat().st_mtime]}))
+        _release_eval(outs[n])
 
-    if todo and not jobs and not ref_cached(shards, a.n):  # the first one alone computes and caches the reference statistics
-        first = Job(f"eval {todo[0]}", eval_cmd(runs[todo[0]], shards, outs[todo[0]], a, data), runs[todo[0]] / "eval.log", a.threads)
-        wait_all([first])
-        finish(todo[0], first)
-        rest = todo[1:]
-    else:
-        rest = todo
-    width = max(1, len(rest)) if a.parallel else 1
-    for i in range(0, len(rest), width):
-        batch = [Job(f"eval {n}", eval_cmd(runs[n], shards, outs[n], a, data), runs[n] / "eval.log", a.threads) for n in rest[i:i + width]]
-        wait_all(batch)
-        for n, j in zip(rest[i:i + width], batch):
-            finish(n, j)
+    try:
+        if todo and not jobs and not ref_cached(shards, a.n):  # the first one alone computes and caches the reference statistics
+            first = launch(todo[0])
+            wait_all([first])
+            finish(todo[0], first)
+            rest = todo[1:]
+        else:
+            rest = todo
+        width = max(1, len(rest)) if a.parallel else 1
+        for i in range(0, len(rest), width):
+            batch = [launch(n) for n in rest[i:i + width]]
+            wait_all(batch)
+            for n, j in zip(rest[i:i + width], batch):
+                finish(n, j)
+    finally:  # a failed evaluation leaves no lock that would make the next invocation wait
+        for n in todo:
+            _release_eval(outs[n])
     reports = {}
     for n in names:
         rep = json.loads((outs[n] / "report.json").read_text())

@@ -32,6 +32,7 @@ def test_files_written(smoke):
         assert (out / name).is_file(), name
     for run in RUNS:
         assert (out / "celeba" / run.replace("@", "_at_") / "report.json").is_file()
+        assert not (out / "celeba" / run.replace("@", "_at_") / "eval_lock.json").exists()  # released when done
 
 
 def test_schema(smoke):
@@ -96,6 +97,39 @@ def test_a_tagged_time_candidate_trains_beside_the_kept_one_against_the_same_tex
     assert qvt.run_folder("dist_gan@time", "B") == "dist_gan_at_time-B" and qvt.run_folder("textbook", "B") == "textbook"
     with pytest.raises(SystemExit):
         qvt.parse(["--time-tag", "../elsewhere"])
+
+
+def test_an_evaluation_running_in_another_invocation_is_waited_for_not_repeated(tmp_path):
+    """The lock of a live process running the same eval command makes a second invocation wait; a dead
+    holder's lock, or one for another command, does not."""
+    import subprocess
+    import threading
+    import time
+
+    from benchmarks import quality_vs_textbook as qvt
+
+    cmd = ["python", "-m", "dist_gan.eval.run", "eval", "RUN", "--fid"]
+    lock = tmp_path / qvt.EVAL_LOCK
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    lock.write_text(json.dumps({"pid": dead.pid, "cmd": cmd}))
+    assert qvt.wait_for_other_eval(tmp_path, cmd, poll_s=0.05) is False  # its holder is gone
+    holder = subprocess.Popen(["sleep", "30"])
+    try:
+        lock.write_text(json.dumps({"pid": holder.pid, "cmd": cmd + ["--kid"]}))
+        assert qvt.wait_for_other_eval(tmp_path, cmd, poll_s=0.05) is False  # another evaluation
+        lock.write_text(json.dumps({"pid": holder.pid, "cmd": cmd}))
+        threading.Timer(0.5, lock.unlink).start()  # the other invocation finishes and releases it
+        t0 = time.perf_counter()
+        assert qvt.wait_for_other_eval(tmp_path, cmd, poll_s=0.05) is True
+        assert time.perf_counter() - t0 >= 0.4
+    finally:
+        holder.kill()
+        holder.wait()
+    qvt._claim_eval(tmp_path, cmd)  # our own lock never makes us wait
+    assert qvt.wait_for_other_eval(tmp_path, cmd, poll_s=0.05) is False
+    qvt._release_eval(tmp_path)
+    assert not lock.exists()
 
 
 def test_a_no_face_rate_exactly_one_point_above_the_reals_meets_the_bound():
