@@ -40,6 +40,12 @@ Writes under ``--out`` (default ``benchmarks/results/quality_vs_textbook``):
 The issue's protocol (60 kimg, n=1000)::
 
     python benchmarks/quality_vs_textbook.py --data celeba anime --kimg 60 --n 1000 --parallel
+
+Finished runs are reused while their command and resolved recipe are unchanged, so a new time-budget
+candidate needs only ``--runs dist_gan@time`` and its ``--time-override`` (keep ``--override`` as it
+was, or ``dist_gan@img`` retrains). Two candidates at once: ``--train-only --time-tag A`` and
+``--train-only --time-tag B`` side by side (folders ``dist_gan_at_time-A`` and ``-B``), then the full
+command with the chosen tag evaluates it and writes the tables.
 """
 
 from __future__ import annotations
