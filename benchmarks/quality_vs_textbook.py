@@ -467,9 +467,10 @@ def wait_for_other_eval(out: Path, cmd: List[str], poll_s: float = 5.0) -> bool:
     while lock.is_file():
         try:
             held = json.loads(lock.read_text())
-        except (OSError, ValueError):  # removed or half-written between the check and the read
-            time.sleep(poll_s)
+        except OSError:  # released between the check and the read
             continue
+        except ValueError:  # not a lock this code wrote (it writes them whole, by rename): ignore it
+            return waited
         if held.get("pid") == os.getpid() or held.get("cmd") != cmd or not _alive(int(held.get("pid", 0))):
             return waited
         if not waited:

@@ -114,6 +114,8 @@ def test_an_evaluation_running_in_another_invocation_is_waited_for_not_repeated(
     dead.wait()
     lock.write_text(json.dumps({"pid": dead.pid, "cmd": cmd}))
     assert qvt.wait_for_other_eval(tmp_path, cmd, poll_s=0.05) is False  # its holder is gone
+    lock.write_text("{not json")
+    assert qvt.wait_for_other_eval(tmp_path, cmd, poll_s=0.05) is False  # garbage is not a lock
     holder = subprocess.Popen(["sleep", "30"])
     try:
         lock.write_text(json.dumps({"pid": holder.pid, "cmd": cmd + ["--kid"]}))
