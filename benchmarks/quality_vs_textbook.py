@@ -481,10 +481,9 @@ def wait_for_other_eval(out: Path, cmd: List[str], poll_s: float = 5.0) -> bool:
 
 
 def _claim_eval(out: Path, cmd: List[str]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / (EVAL_LOCK + ".tmp")
-    tmp.write_text(json.dumps({"pid": os.getpid(), "cmd": cmd}))
-    os.replace(tmp, out / EVAL_LOCK)
+    from dist_gan.eval.report import write_json  # atomic, with a per-process temp name
+
+    write_json({"pid": os.getpid(), "cmd": cmd}, out / EVAL_LOCK)
 
 
 def _release_eval(out: Path) -> None:
