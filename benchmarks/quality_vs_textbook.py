@@ -467,9 +467,9 @@ def wait_for_other_eval(out: Path, cmd: List[str], poll_s: float = 5.0) -> bool:
     while lock.is_file():
         try:
             held = json.loads(lock.read_text())
-        except OSError:  # released between the check and the read
+        except FileNotFoundError:  # released between the check and the read: the loop ends
             continue
-        except ValueError:  # not a lock this code wrote (it writes them whole, by rename): ignore it
+        except (OSError, ValueError):  # unreadable, or not a lock this code wrote (it writes them whole): ignore it
             return waited
         if held.get("pid") == os.getpid() or held.get("cmd") != cmd or not _alive(int(held.get("pid", 0))):
             return waited
