@@ -49,6 +49,9 @@ class OptimCfg:
     d_steps: int = 1  # D:G schedule as d_steps:g_steps per cycle (1:1, 2:1, 4:3, 5:1 ...)
     g_steps: int = 1
     impl: str = "auto"  # adam implementation: auto | fused | foreach | plain
+    lr_decay_kimg: List[float] = field(default_factory=list)  # [start, end]: learning rates fall linearly across this window (kimg); [] = constant
+    lr_decay_to: float = 0.0  # fraction of g_lr/d_lr left at the end of the window (and after it)
+    lr_decay_nets: str = "both"  # which learning rates decay: both | g | d
 
 
 @dataclass
@@ -114,6 +117,7 @@ CHOICES: Dict[str, Sequence[Any]] = {
     "train.nan_policy": ("stop", "rollback"),
     "train.swap_wgrad": ("auto", "always", "never"),
     "optim.impl": ("auto", "fused", "foreach", "plain"),
+    "optim.lr_decay_nets": ("both", "g", "d"),
     "backend": ("ddp", "deepspeed"),
     "zero_stage": (0, 1, 2),
     "model.resolution": (32, 64, 128),
@@ -223,6 +227,11 @@ def validate(cfg: DictConfig) -> None:
         betas = cfg.optim[name]
         if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
             raise UserError(f"optim.{name} must be two numbers in [0, 1), got {list(betas)}")
+    decay = list(cfg.optim.lr_decay_kimg)
+    if decay and (len(decay) != 2 or not 0.0 <= decay[0] < decay[1]):
+        raise UserError(f"optim.lr_decay_kimg must be [] (constant rates) or [start, end] with 0 <= start < end, got {decay}")
+    if not 0.0 <= cfg.optim.lr_decay_to <= 1.0:
+        raise UserError(f"optim.lr_decay_to must be in [0, 1] (a fraction of the recipe's rates), got {cfg.optim.lr_decay_to}")
     from dist_gan.engine.ema import probe_key
 
     probes = list(cfg.train.ema_probes)

@@ -49,6 +49,10 @@ def test_unknown_key_inside_a_recipe_file_is_caught(tmp_path):
         ("model.resolution=48", "model.resolution"),
         ("loss.real_label=1.5", "loss.real_label"),
         ("optim.d_betas=[0.5]", "optim.d_betas"),
+        ("optim.lr_decay_kimg=[300,200]", "optim.lr_decay_kimg"),
+        ("optim.lr_decay_kimg=[100]", "optim.lr_decay_kimg"),
+        ("optim.lr_decay_to=1.5", "optim.lr_decay_to"),
+        ("optim.lr_decay_nets=both_nets", "optim.lr_decay_nets"),
         ("nonsense", "key=value"),
     ],
 )

@@ -70,6 +70,29 @@ def test_diffaug_until_kimg_hands_d_plain_images_from_that_image_on(shards32, tm
         load_config([*SMOKE, "train.diffaug_until_kimg=-1"])
 
 
+def test_lr_decay_follows_the_images_shown_and_resumes_bit_for_bit(shards32, tmp_path):
+    """A decay window that a resume cuts in two ends at the same weights and rates as one straight run;
+    the logged scale falls across the window; lr_decay_nets=d leaves G's rate alone."""
+    common = [f"data={shards32}", "train.kimg=0.192", "log.snapshot_kimg=0.096", "log.every=1",
+              "optim.lr_decay_kimg=[0.048,0.144]", "optim.lr_decay_to=0.25"]
+    straight = run_inprocess(*common, f"run_dir={tmp_path / 'a'}")
+    run_inprocess(*common, f"run_dir={tmp_path / 'b'}", "train.kimg=0.096")
+    resumed = run_inprocess(*common, f"run_dir={tmp_path / 'b'}", "resume=auto")
+    a, b = load_checkpoint(straight), load_checkpoint(resumed)
+    for key in ("G", "D", "G_ema"):
+        assert states_equal(a[key], b[key]), key
+    for net, lr in (("G", 2e-4), ("D", 2e-4)):
+        assert a[f"opt_{net}"]["param_groups"][0]["lr"] == b[f"opt_{net}"]["param_groups"][0]["lr"] == pytest.approx(lr * 0.25)
+    scales = [json.loads(x)["lr_scale"] for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert scales[0] == 1.0 and scales[-1] == pytest.approx(0.25)
+    assert all(y <= x for x, y in zip(scales, scales[1:])) and 0.25 < scales[len(scales) // 2] < 1.0
+    constant = load_checkpoint(run_inprocess(*common[:4], f"run_dir={tmp_path / 'c'}"))
+    assert not states_equal(a["G"], constant["G"])  # the decay changed the trajectory
+    d_only = load_checkpoint(run_inprocess(*common, "optim.lr_decay_nets=d", f"run_dir={tmp_path / 'd'}"))
+    assert d_only["opt_G"]["param_groups"][0]["lr"] == pytest.approx(2e-4)
+    assert d_only["opt_D"]["param_groups"][0]["lr"] == pytest.approx(0.5e-4)
+
+
 def test_nan_stops_with_a_clear_message(shards32, tmp_path):
     with pytest.raises(TrainingDiverged, match="non-finite"):
         run_inprocess(f"data={shards32}", f"run_dir={tmp_path / 'r'}", "loss.instance_noise=1e40")

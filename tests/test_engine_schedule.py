@@ -1,10 +1,10 @@
-"""D:G schedules and kimg accounting."""
+"""D:G schedules, the learning-rate decay window and kimg accounting."""
 
 from __future__ import annotations
 
 import pytest
 
-from dist_gan.engine.schedule import d_steps_for, phases
+from dist_gan.engine.schedule import d_steps_for, lr_factor, phases
 
 
 @pytest.mark.parametrize("d, g", [(1, 1), (2, 1), (4, 3), (5, 1), (1, 2)])
@@ -26,3 +26,19 @@ def test_two_one_alternates_g():
 def test_kimg_accounting_rounds_up():
     assert d_steps_for(60, 128) == 469  # 60,032 images: at least 60 kimg shown
     assert d_steps_for(0.5, 512) == 1
+
+
+def test_lr_factor_is_flat_then_linear_then_flat():
+    window = [1.0, 3.0]  # kimg
+    assert lr_factor(0, window, 0.1) == 1.0
+    assert lr_factor(1000, window, 0.1) == 1.0
+    assert lr_factor(2000, window, 0.1) == pytest.approx(0.55)
+    assert lr_factor(2500, window, 0.0) == pytest.approx(0.25)
+    assert lr_factor(3000, window, 0.1) == pytest.approx(0.1)
+    assert lr_factor(10**7, window, 0.1) == pytest.approx(0.1)
+    factors = [lr_factor(n, window, 0.0) for n in range(0, 4000, 16)]
+    assert all(b <= a for a, b in zip(factors, factors[1:]))  # never rises
+
+
+def test_no_window_means_constant_rates():
+    assert lr_factor(123456, [], 0.0) == 1.0

@@ -33,7 +33,7 @@ from dist_gan.engine import checkpoint as ckpt
 from dist_gan.engine.ema import make_probes, probe_key
 from dist_gan.engine.monitor import Monitor, Throughput, plot_losses
 from dist_gan.engine.backends import DDPBackend, DeepSpeedBackend
-from dist_gan.engine.schedule import phases, total_images
+from dist_gan.engine.schedule import lr_factor, phases, total_images
 from dist_gan.engine.signals import PreemptionFlag
 from dist_gan.engine.step import TrainStep, build_networks
 from dist_gan.errors import UserError
@@ -197,10 +197,17 @@ def train(cfg: DictConfig) -> Path:
     sample_every = max(1, total_images(cfg.log.sample_kimg))
     snap_every = max(1, total_images(cfg.log.snapshot_kimg))
     steps_since_log = 0
+    decaying = [net for net in ("G", "D") if cfg.optim.lr_decay_nets in ("both", net.lower())] if cfg.optim.lr_decay_kimg else []
+    recipe_lr = {"G": cfg.optim.g_lr, "D": cfg.optim.d_lr}
+    lr_scale = 1.0
 
     # ------------------------------------------------------------ the loop
     while nimg < end_nimg:
         do_d, do_g = phases(iteration, cfg.optim.d_steps, cfg.optim.g_steps)
+        if decaying:  # set every step (a float per param group): resume and rollback need no extra state
+            lr_scale = lr_factor(nimg, cfg.optim.lr_decay_kimg, cfg.optim.lr_decay_to)
+            for net in decaying:
+                backend.set_lr(net, recipe_lr[net] * lr_scale)
         sigma = instance_noise_sigma(cfg.loss.instance_noise, cfg.loss.noise_anneal_kimg, nimg)
         ctx = LossContext(noise_sigma=sigma, augment=augment_at(augment, cfg.train.diffaug_until_kimg, nimg))
         nimg += step(next_real, do_d, do_g, ctx, nimg)
@@ -216,7 +223,7 @@ def train(cfg: DictConfig) -> Path:
         finite = all(math.isfinite(v) for v in record.values())
         stop = preempt.agreed(accelerator)
         record.update(step=iteration, kimg=nimg / 1000, img_per_s=meter.tick(nimg), noise_sigma=ctx.noise_sigma,
-                      time=time.perf_counter() - tick_start)
+                      lr_scale=lr_scale, time=time.perf_counter() - tick_start)
         if not finite:
             last = ckpt.list_checkpoints(run_dir / "checkpoints")
             if cfg.train.nan_policy == "rollback" and last and rollbacks < cfg.train.max_rollbacks:

@@ -1,15 +1,17 @@
-"""The D:G update schedule (n_dis) and training-length accounting in images.
+"""The D:G update schedule (n_dis), the learning-rate decay and training-length accounting in images.
 
 ``d_steps:g_steps`` per cycle of ``max(d_steps, g_steps)`` iterations, spread as
 evenly as integer arithmetic allows: 1:1, 2:1 (D every iteration, G every other),
 4:3 (D every iteration, G on 3 of 4), 5:1 (WGAN-GP's n_critic). Length is counted
-in real images shown to D (kimg), as StyleGAN2-ADA does, never in epochs.
+in real images shown to D (kimg), as StyleGAN2-ADA does, never in epochs; so is the
+learning-rate decay window, which makes it a pure function of the images shown: a
+resumed run follows the same rates, whatever the batch size or world size.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Tuple
+from typing import Sequence, Tuple
 
 
 def _spread(position: int, steps: int, cycle: int) -> bool:
@@ -30,3 +32,17 @@ def total_images(kimg: float) -> int:
 def d_steps_for(kimg: float, batch: int) -> int:
     """D steps needed to show at least ``kimg`` thousand real images at this global batch."""
     return math.ceil(total_images(kimg) / batch)
+
+
+def lr_factor(nimg: int, decay_kimg: Sequence[float], final: float) -> float:
+    """Multiplier of the recipe's learning rates after ``nimg`` images: 1 before the window
+    ``decay_kimg = [start, end]``, falling linearly to ``final`` across it, ``final`` after it
+    (SNGAN-style linear decay, here placed by images so a time-budgeted run can anneal late)."""
+    if not decay_kimg:
+        return 1.0
+    start, end = (total_images(k) for k in decay_kimg)
+    if nimg <= start:
+        return 1.0
+    if nimg >= end:
+        return float(final)
+    return 1.0 - (1.0 - float(final)) * (nimg - start) / (end - start)
