@@ -24,6 +24,11 @@ SIGSTOP whenever it is ahead of the textbook's CPU clock, so it never spends mor
 textbook has; it is stopped as soon as it reaches the textbook's final total), then the
 evaluations run two at a time.
 
+``--time-format blocks`` has dist_gan@time stream the same pixels packed as uint8 arrays of 256
+images (``dist-gan data pack --format blocks``) instead of one PNG per image: the stream's
+per-image tar and PNG decode go, as the textbook's one-off decode into memory is left out of
+its budget. The textbook, ``dist_gan@img`` and every evaluation read the PNG shards.
+
 Each run is scored by ``dist-gan eval RUN --fid --kid --detect --leak --ref SHARDS --n N``
 (the textbook's G is written as a dist_gan checkpoint, G = G_ema, so the same evaluator,
 latents and eval-mode BN apply): FID/KID against the packed reference (NVIDIA's Inception),

@@ -99,6 +99,39 @@ def test_a_tagged_time_candidate_trains_beside_the_kept_one_against_the_same_tex
         qvt.parse(["--time-tag", "../elsewhere"])
 
 
+def test_time_format_blocks_streams_the_same_pixels_without_per_image_decode(smoke):
+    """--time-format blocks: the time candidate reads uint8-block shards holding exactly the PNG shards' pixels;
+    the textbook is still the reused one (its command names the PNG shards)."""
+    import io
+    import tarfile
+
+    import numpy as np
+
+    from benchmarks import quality_vs_textbook as qvt
+    from dist_gan.eval import reference as R
+
+    out, _ = smoke
+    cache = out.parent / "cache"
+    root = cache / "qvt_runs" / "celeba-limit64"
+    textbook = (root / "textbook" / "job.json").read_text()
+    qvt.main(["--data", "celeba", "--limit", "64", "--kimg", "0.064", "--n", "64", "--tb-width", "16", "--tb-batch", "32",
+              "--override", "model.ngf=16", "model.ndf=16", "train.batch=32", "--time-override", "train.batch=16",
+              "--runs", "dist_gan@time", "--train-only", "--time-tag", "blk", "--time-format", "blocks",
+              "--cache", str(cache), "--out", str(out)])
+    assert (root / "textbook" / "job.json").read_text() == textbook
+    blocks = cache / "shards" / "qvt-celeba-64-center-limit64-blocks"
+    job = json.loads((root / "dist_gan_at_time-blk" / "job.json").read_text())
+    assert job["rc"] == 0 and f"data={blocks}" in job["cmd"] and job["budget"] > 0
+    manifest = json.loads((blocks / "manifest.json").read_text())
+    assert manifest["image_format"] == "blocks" and manifest["num_samples"] == 64
+    arrays = []
+    for shard in manifest["shards"]:
+        with tarfile.open(blocks / shard["name"]) as tar:
+            arrays += [np.load(io.BytesIO(tar.extractfile(m).read())) for m in tar.getmembers() if m.name.endswith(".images.npy")]
+    png = R.open_reference(cache / "shards" / "qvt-celeba-64-center-limit64")
+    assert np.array_equal(np.concatenate(arrays), R.load_images(png, 64, 64))
+
+
 def test_an_evaluation_running_in_another_invocation_is_waited_for_not_repeated(tmp_path):
     """The lock of a live process running the same eval command makes a second invocation wait; a dead
     holder's lock, or one for another command, does not."""
