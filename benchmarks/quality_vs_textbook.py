@@ -111,9 +111,23 @@ def packed_shards(data: str, cache: Path, crop: str, limit: Optional[int], zip_p
     suffix = (f"-limit{limit}" if limit else "") + ("" if image_format == "png" else f"-{image_format}")
     out = cache / "shards" / f"qvt-{data}-64-{crop}{suffix}"
     if not (out / "manifest.json").is_file():
+        # Into a private folder, renamed into place: candidates started together pack at once, and
+        # writing one folder from several processes broke the losers' renames (session 16).
+        import shutil
+        import tempfile
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
         log(f"packing {src.name} at 64 px ({crop} crop, {image_format}) -> {out}")
-        pack(src, out, resolution=64, crop=crop, shard_size=2000, progress=False, limit=limit, workers=1,
+        pack(src, tmp, resolution=64, crop=crop, shard_size=2000, progress=False, limit=limit, workers=1,
              image_format=image_format, block_size=BLOCK_SIZE)
+        if not (out / "manifest.json").is_file():
+            shutil.rmtree(out, ignore_errors=True)  # a crashed pack's leftovers
+            try:
+                os.rename(tmp, out)
+            except OSError:  # another invocation's identical pack (the packer is deterministic) got there first
+                pass
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -132,6 +132,32 @@ def test_time_format_blocks_streams_the_same_pixels_without_per_image_decode(smo
     assert np.array_equal(np.concatenate(arrays), R.load_images(png, 64, 64))
 
 
+def test_invocations_started_together_pack_the_shards_once_without_clobbering(tmp_path, shared_dir):
+    """Three candidates launched at once all pack the same folder: each gets a complete copy, none fails."""
+    import threading
+
+    from benchmarks import quality_vs_textbook as qvt
+    from dist_gan.data.stream import open_shards
+
+    results, errors = [], []
+
+    def one() -> None:
+        try:
+            results.append(qvt.packed_shards("anime", tmp_path, "center", 48, image_format="blocks"))
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(set(results)) == 1
+    shards = open_shards(results[0])
+    assert shards.manifest["counts"]["seen"] == 48 and shards.num_samples == shards.manifest["counts"]["written"] > 40
+    assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == [results[0].name]  # no private folders left
+
+
 def test_an_evaluation_running_in_another_invocation_is_waited_for_not_repeated(tmp_path):
     """The lock of a live process running the same eval command makes a second invocation wait; a dead
     holder's lock, or one for another command, does not."""
