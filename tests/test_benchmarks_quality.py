@@ -102,12 +102,12 @@ def test_a_tagged_time_candidate_trains_beside_the_kept_one_against_the_same_tex
 def test_time_format_blocks_streams_the_same_pixels_without_per_image_decode(smoke):
     """--time-format blocks: the time candidate reads uint8-block shards holding exactly the PNG shards' pixels;
     the textbook is still the reused one (its command names the PNG shards)."""
-    import io
     import tarfile
 
     import numpy as np
 
     from benchmarks import quality_vs_textbook as qvt
+    from dist_gan.data.stream import BLOCK_EXT, decode_block
     from dist_gan.eval import reference as R
 
     out, _ = smoke
@@ -127,7 +127,7 @@ def test_time_format_blocks_streams_the_same_pixels_without_per_image_decode(smo
     arrays = []
     for shard in manifest["shards"]:
         with tarfile.open(blocks / shard["name"]) as tar:
-            arrays += [np.load(io.BytesIO(tar.extractfile(m).read())) for m in tar.getmembers() if m.name.endswith(".images.npy")]
+            arrays += [decode_block(tar.extractfile(m).read()) for m in tar.getmembers() if m.name.endswith(BLOCK_EXT)]
     png = R.open_reference(cache / "shards" / "qvt-celeba-64-center-limit64")
     assert np.array_equal(np.concatenate(arrays), R.load_images(png, 64, 64))
 
