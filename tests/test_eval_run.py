@@ -148,6 +148,27 @@ def test_shard_reference_equals_zip_reference(celeba, shared_dir, tmp_path):
     assert R.default_detector(R.open_reference(shared_dir / "data" / "anime-faces-20k.zip")) == "anime"
 
 
+def test_block_and_npy_shards_give_the_png_shards_reference_pixels(celeba, tmp_path):
+    """--ref on shards packed as npy or uint8 blocks reads the same images as PNG shards (it once read
+    no image from them and returned uninitialised memory); a reference that yields too few images fails."""
+    import numpy as np
+
+    from dist_gan.data.pack import pack
+    from dist_gan.errors import UserError
+    from dist_gan.eval import reference as R
+
+    packed = {}
+    for fmt in ("png", "npy", "blocks"):
+        pack(Path(celeba), tmp_path / fmt, resolution=64, shard_size=8, progress=False, limit=20, workers=1,
+             image_format=fmt, block_size=6)
+        packed[fmt] = R.load_images(R.open_reference(tmp_path / fmt), 20, 64)
+    assert np.array_equal(packed["npy"], packed["png"]) and np.array_equal(packed["blocks"], packed["png"])
+    short = R.open_reference(tmp_path / "png")
+    short.count = 25  # the listing promises more than the shards hold
+    with pytest.raises(UserError, match="yielded only 20 of the 25"):
+        R.load_images(short, 25, 64)
+
+
 def test_ema_kimg_scores_a_probe_and_names_the_half_lives_a_run_kept(celeba, tmp_path):
     torch.manual_seed(0)
     G_ema, probe = Generator(64, 100, 64).state_dict(), Generator(64, 100, 64).state_dict()

@@ -105,14 +105,24 @@ def square_resize(img: Image.Image, resolution: int, crop: str = "center") -> np
 
 
 def _iter_shard_images(ref: ReferenceSet) -> Iterator[Image.Image]:
+    """Every image of the shards in order, whatever ``dist-gan data pack --format`` wrote:
+    ``.png`` or ``.npy`` per image, or ``.images.npy`` blocks (decoded as the training stream does)."""
+    from dist_gan.data.stream import BLOCK_EXT, decode_block, decode_image
+
     for name in ref.items:
         shard = ref.path / name
         if not shard.is_file():
             raise UserError(f"shard {shard} listed in manifest.json is missing")
         with tarfile.open(shard) as tf:
             for member in tf:
-                if member.isfile() and member.name.endswith(".png"):
+                if not member.isfile():
+                    continue
+                if member.name.endswith(BLOCK_EXT):
+                    yield from (Image.fromarray(img) for img in decode_block(tf.extractfile(member).read()))
+                elif member.name.endswith(".png"):
                     yield Image.open(io.BytesIO(tf.extractfile(member).read()))
+                elif member.name.endswith(".npy"):
+                    yield Image.fromarray(decode_image(tf.extractfile(member).read(), "npy"))
 
 
 def iter_images(ref: ReferenceSet, resolution: int) -> Iterator[np.ndarray]:
@@ -135,10 +145,14 @@ def load_images(ref: ReferenceSet, n: int, resolution: int, progress: Optional[C
     if n > ref.count:
         raise UserError(f"--n-ref {n} but the reference {ref.path} holds only {ref.count} images")
     out = np.empty((n, resolution, resolution, 3), np.uint8)
+    read = 0
     for i, img in zip(range(n), iter_images(ref, resolution)):
         out[i] = img
+        read += 1
         if progress is not None:
             progress(1)
+    if read < n:  # never hand back the uninitialised rest of ``out`` as images
+        raise UserError(f"the reference {ref.path} yielded only {read} of the {n} images its listing promised")
     return out
 
 
