@@ -17,6 +17,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from dist_gan.cli import app
+from dist_gan.data.format import BLOCK_EXT, IMAGE_EXT, META_EXT, decode_block, decode_image, member_name, split_member
 from dist_gan.data.images import crop_box
 from dist_gan.data.pack import pack
 from dist_gan.errors import UserError
@@ -136,7 +137,7 @@ def test_manifest_schema_and_tar_headers(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["manifest.json"] + [s["name"] for s in m["shards"]]
     with tarfile.open(tmp_path / "out/shard-000000.tar") as tar:
         members = tar.getmembers()
-    assert [t.name for t in members] == [f"00000000{i}.{ext}" for i in range(3) for ext in ("png", "json")]
+    assert [t.name for t in members] == [f"00000000{i}.{ext}" for i in range(3) for ext in (IMAGE_EXT, META_EXT)]
     for t in members:
         assert (t.mtime, t.uid, t.gid, t.uname, t.gname, t.mode) == (0, 0, 0, "", "", 0o644)
 
@@ -152,11 +153,13 @@ def test_rerun_is_byte_identical(tmp_path):
     assert read_bytes(tmp_path / "b") == first
 
 
-def test_pool_and_serial_give_identical_shards(tmp_path):
+@pytest.mark.parametrize("image_format", ["png", "blocks"])
+def test_pool_and_serial_give_identical_shards(tmp_path, image_format):
     files = {f"img/{i:04d}.png": encode(noise(100 + i, 40, 36), "PNG") for i in range(300)}
     src = write_folder(tmp_path / "src", files)
-    serial = pack(src, tmp_path / "serial", resolution=32, shard_size=128, workers=1, progress=False)
-    pooled = pack(src, tmp_path / "pooled", resolution=32, shard_size=128, workers=2, progress=False)
+    kw = dict(resolution=32, shard_size=128, progress=False, image_format=image_format, block_size=50)
+    serial = pack(src, tmp_path / "serial", workers=1, **kw)
+    pooled = pack(src, tmp_path / "pooled", workers=2, **kw)
     assert serial["counts"]["written"] == 300
     assert read_bytes(tmp_path / "serial") == read_bytes(tmp_path / "pooled")
 
@@ -291,31 +294,24 @@ def test_real_data_first_500(shared_dir, tmp_path, name, layout):
     assert sample["png"].mode == "RGB" and sample["png"].size == (64, 64)
 
 
-def test_npy_format_streams_the_same_pixels_as_png(tmp_path):
-    """--format npy stores pre-decoded uint8 arrays; the loader reads them as it reads PNGs."""
-    import itertools
-
-    import torch
-
-    from dist_gan.data.stream import StreamLoader, open_shards
+def test_npy_format_is_refused_with_a_pointer_to_blocks(tmp_path):
+    """--format npy was removed (blocks load faster at about the same size): pack names the valid formats."""
     from dist_gan.data.synthetic import draw_faces
 
-    faces = draw_faces(20, tmp_path / "faces.zip", size=32)
-    png = pack(faces, tmp_path / "png", resolution=32, shard_size=8, progress=False, workers=1)
-    npy = pack(faces, tmp_path / "npy", resolution=32, shard_size=8, progress=False, workers=1, image_format="npy")
-    assert npy["image_format"] == "npy" and npy["counts"] == png["counts"]
-    with tarfile.open(tmp_path / "npy" / "shard-000000.tar") as tf:
-        assert tf.getnames()[0].endswith(".npy")
-    take = lambda d: list(itertools.islice(StreamLoader(open_shards(d), 4, workers=0, shuffle=1).batches(), 3))
-    assert all(torch.equal(a, b) for a, b in zip(take(tmp_path / "png"), take(tmp_path / "npy")))
+    faces = draw_faces(4, tmp_path / "faces.zip", size=32)
+    with pytest.raises(UserError, match=r"--format npy was removed: use --format blocks.*valid formats: png, blocks"):
+        pack(faces, tmp_path / "npy", resolution=32, progress=False, image_format="npy")
+    assert not (tmp_path / "npy").exists()  # refused before anything is written
+    res = CliRunner().invoke(app, ["data", "pack", str(faces), str(tmp_path / "npy"), "--format", "npy", "--no-progress"])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "--format npy was removed" in text and "png, blocks" in text
     with pytest.raises(UserError, match="image format"):
         pack(faces, tmp_path / "bad", resolution=32, progress=False, image_format="jpg")
 
 
 def test_blocks_format_holds_every_image_once_in_arrays(tmp_path):
     """--format blocks: N images per (N, H, W, 3) uint8 member, never across shards, pixels equal to the PNG pack."""
-    from PIL import Image
-
     from dist_gan.data.synthetic import draw_faces
 
     faces = draw_faces(23, tmp_path / "faces.zip", size=32)
@@ -328,15 +324,16 @@ def test_blocks_format_holds_every_image_once_in_arrays(tmp_path):
     for s in png["shards"]:
         with tarfile.open(tmp_path / "png" / s["name"]) as tf:
             for m in tf:
-                if m.name.endswith(".png"):
-                    pixels_png[m.name[:-4]] = np.asarray(Image.open(io.BytesIO(tf.extractfile(m).read())).convert("RGB"))
+                key, ext = split_member(m.name)
+                if ext == IMAGE_EXT:
+                    pixels_png[key] = decode_image(tf.extractfile(m).read())
     for s in blk["shards"]:
         with tarfile.open(tmp_path / "blk" / s["name"]) as tf:
             members = {m.name: tf.extractfile(m).read() for m in tf}
         in_shard = 0
-        for name in sorted(n for n in members if n.endswith(".images.npy")):
-            arr = np.load(io.BytesIO(members[name]))
-            meta = json.loads(members[name.replace(".images.npy", ".json")])
+        for name in sorted(n for n in members if split_member(n)[1] == BLOCK_EXT):
+            arr = decode_block(members[name])
+            meta = json.loads(members[member_name(split_member(name)[0], META_EXT)])
             assert arr.dtype == np.uint8 and arr.shape[1:] == (32, 32, 3) and len(meta) == len(arr)
             block_lens.append(len(arr))
             in_shard += len(arr)

@@ -3,9 +3,6 @@ model files load with weights_only; apply / shards / chaining after sample work.
 
 from __future__ import annotations
 
-import io
-import json
-import tarfile
 import time
 
 import numpy as np
@@ -85,24 +82,24 @@ def test_apply_and_sample_chain_cli(trained, tmp_path):
     assert Image.open(tmp_path / "s" / "sample_00000.png").size == (64, 64)
 
 
-def _write_shards(folder, n: int = 24, res: int = 32) -> None:
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    with tarfile.open(folder / "shard-000000.tar", "w") as tar:
+def _pack_shards(root, image_format: str = "png", n: int = 24, res: int = 32):
+    """``n`` blocky random faces packed by the real packer (png, or blocks of 5)."""
+    from dist_gan.data.pack import pack
+
+    src = root / "src"
+    if not src.is_dir():
+        src.mkdir(parents=True)
+        rng = np.random.default_rng(0)
         for i in range(n):
-            buf = io.BytesIO()
             base = np.kron(rng.random((res // 4, res // 4, 3)), np.ones((4, 4, 1)))
-            Image.fromarray((base * 255).astype(np.uint8)).save(buf, format="PNG")
-            for name, data in ((f"{i:06d}.png", buf.getvalue()), (f"{i:06d}.json", b"{}")):
-                info = tarfile.TarInfo(name)
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-    (folder / "manifest.json").write_text(json.dumps({"resolution": res, "shards": [{"name": "shard-000000.tar", "count": n}]}))
+            Image.fromarray((base * 255).astype(np.uint8)).save(src / f"{i:03d}.png")
+    out = root / image_format
+    pack(src, out, resolution=res, shard_size=10, progress=False, workers=1, image_format=image_format, block_size=5)
+    return out
 
 
 def test_train_cli_on_shards_and_errors(tmp_path):
-    shards = tmp_path / "shards"
-    _write_shards(shards)
+    shards = _pack_shards(tmp_path)
     assert S.load_shard_images(shards).shape == (24, 3, 32, 32)
     out = tmp_path / "m.pt"
     res = CliRunner().invoke(app, ["superres", "train", str(shards), "--scale", "4", "--steps", "3", "--n-eval", "8",
@@ -113,3 +110,15 @@ def test_train_cli_on_shards_and_errors(tmp_path):
     assert res.exit_code == 2 and "not found" in _text(res)
     res = CliRunner().invoke(app, ["superres", "train", str(shards), "--scale", "3"])
     assert res.exit_code == 2 and "2 or 4" in _text(res)
+
+
+def test_train_on_blocks_shards(tmp_path):
+    """Block shards (``--format blocks``) train like png ones: the same images (it once found "no .png samples")."""
+    png, blocks = _pack_shards(tmp_path, "png"), _pack_shards(tmp_path, "blocks")
+    assert torch.equal(S.load_shard_images(blocks), S.load_shard_images(png))
+    assert torch.equal(S.load_shard_images(blocks, limit=7), S.load_shard_images(png)[:7])
+    out = tmp_path / "m.pt"
+    res = CliRunner().invoke(app, ["superres", "train", str(blocks), "--scale", "2", "--steps", "3", "--n-eval", "8",
+                                   "--hr-size", "32", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "bicubic" in _text(res) and S.load_superres(out).scale == 2

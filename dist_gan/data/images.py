@@ -39,6 +39,9 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 CELEBA_W, CELEBA_H, CELEBA_CROP = 178, 218, 108
 
 PNG_COMPRESS_LEVEL = 6
+# What ``process`` returns for a good image: a PNG (``--format png``), or its raw uint8
+# HxWx3 pixels, which the shard writer stacks into blocks (``--format blocks``).
+ENCODINGS = ("png", "rgb")
 
 Box = Tuple[float, float, float, float]
 
@@ -87,9 +90,9 @@ def mode_of(img: Image.Image) -> str:
 
 def process(
     data: bytes, resolution: int, crop: str, min_size: int, compress_level: int = PNG_COMPRESS_LEVEL,
-    image_format: str = "png",
+    encoding: str = "png",
 ) -> Tuple[Optional[str], bytes]:
-    """Turn raw file bytes into a ``resolution``-square RGB PNG (or pre-decoded ``.npy``).
+    """Turn raw file bytes into a ``resolution``-square RGB PNG (``encoding="rgb"``: its raw pixels).
 
     Returns ``(None, encoded_bytes)`` on success or ``(reason, b"")`` when skipped.
     """
@@ -116,14 +119,14 @@ def process(
         return "too_large", b""
     except Exception:  # noqa: BLE001 - PIL raises OSError, SyntaxError, zlib.error, ...
         return "corrupt", b""
-    return None, encode_npy(out) if image_format == "npy" else encode_png(out, compress_level)
+    if encoding not in ENCODINGS:
+        raise ValueError(f"unknown encoding {encoding!r}; expected one of {ENCODINGS}")
+    return None, encode_rgb(out) if encoding == "rgb" else encode_png(out, compress_level)
 
 
-def encode_npy(img: Image.Image) -> bytes:
-    """uint8 HxWx3 array as ``.npy`` bytes: ~4x the size of a PNG at 64 px, but no decode in the loader."""
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(np.asarray(img.convert("RGB"), dtype=np.uint8)), allow_pickle=False)
-    return buf.getvalue()
+def encode_rgb(img: Image.Image) -> bytes:
+    """The raw uint8 HxWx3 pixels (row-major): cheap to ship from a worker, stacked into blocks by the writer."""
+    return np.asarray(img.convert("RGB"), dtype=np.uint8).tobytes()
 
 
 def encode_png(img: Image.Image, compress_level: int = PNG_COMPRESS_LEVEL) -> bytes:
@@ -139,15 +142,15 @@ def sha256(data: bytes) -> str:
 
 
 def work(item: Tuple[Optional[bytes], int, str, int, str]) -> Tuple[str, Optional[str], bytes]:
-    """Pool entry point: (bytes, resolution, crop, min_size, format) -> (sha256 of input, reason, encoded image).
+    """Pool entry point: (bytes, resolution, crop, min_size, encoding) -> (sha256 of input, reason, encoded image).
 
     ``None`` bytes mean the file could not be read at all (``unreadable``).
     """
-    data, resolution, crop, min_size, image_format = item
+    data, resolution, crop, min_size, encoding = item
     if data is None:
         return "", "unreadable", b""
-    reason, png = process(data, resolution, crop, min_size, image_format=image_format)
-    return sha256(data), reason, png
+    reason, encoded = process(data, resolution, crop, min_size, encoding=encoding)
+    return sha256(data), reason, encoded
 
 
 # ------------------------------------------------------------------ layouts

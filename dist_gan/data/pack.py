@@ -7,14 +7,10 @@ byte-identical shards and manifest (sorted input order, tar headers with
 mtime 0 / uid 0 / empty owner names / mode 0644, PNGs at a fixed compression
 level with no metadata, no timestamps anywhere).
 
-Each sample is ``<key>.png`` (8-bit RGB, resolution x resolution) and
-``<key>.json`` (``{"src": "<path inside the source>"}``) where ``key`` is the
-9-digit running index of written samples (``000000000``, ``000000001``, ...).
-``--format npy`` stores ``<key>.npy`` (uint8 HxWx3) instead of the PNG;
-``--format blocks`` stores ``block_size`` consecutive images as one
-``<first key>.images.npy`` (N, H, W, 3) uint8 array with ``<first key>.json``
-holding the list of their metadata: the loader then pays its per-sample tar and
-header overhead once per block instead of once per image.
+The layout of a sample, a block and the manifest is ``dist_gan.data.format``'s
+(``--format png``: one ``<key>.png`` + ``<key>.json`` per image; ``--format blocks``:
+``block_size`` consecutive images per uint8 array member, so the loader pays
+its per-sample tar and header overhead once per block instead of once per image).
 Bad files are skipped and counted by reason (see ``dist_gan.data.images``);
 on top of the decode reasons, ``unsafe_path`` counts zip members named
 ``../x`` or ``/x`` (never read) and ``duplicate`` counts files whose raw bytes
@@ -30,7 +26,6 @@ whatever its extension, so ``seen == written + sum(skipped)`` always holds.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import multiprocessing
 import os
@@ -39,32 +34,24 @@ import tarfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO, Dict, Iterator, List, Optional, Tuple
+from typing import IO, Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from dist_gan import __version__
+from dist_gan.data.format import (BLOCKS, FORMAT, MANIFEST, PNG, SHARD_RE, check_image_format, sample_key, shard_index,
+                                  shard_name, write_block, write_sample)
 from dist_gan.data.images import AUTO_CROP, CROPS, detect_layout, work
 from dist_gan.errors import UserError
+from dist_gan.files import atomic_write_json, fsync_dir
+from dist_gan.progress import progress_bar
 
-FORMAT = "dist_gan.shards/1"
-MANIFEST = "manifest.json"
-SHARD_RE = re.compile(r"^shard-\d{6}\.tar$")
 IGNORED_NAMES = {"thumbs.db", "desktop.ini"}
 # Settings that must match for an existing OUT to be rewritten without --overwrite.
 SETTING_KEYS = ("format", "source", "layout", "resolution", "crop", "min_size", "shard_size", "limit", "image_format", "block_size")
-# png: small. npy: one pre-decoded uint8 array per image (no decode when loading, but
-# per-sample tar and header parsing still cost ~0.2 ms). blocks: ``block_size`` images per
-# (N, H, W, 3) uint8 array member, so the loader's per-image cost is a memcpy.
-IMAGE_FORMATS = ("png", "npy", "blocks")
 DEFAULT_BLOCK_SIZE = 256
 POOL_MIN_FILES = 256  # below this a process pool costs more than it saves
-
-
-def shard_name(index: int) -> str:
-    return f"shard-{index:06d}.tar"
 
 
 # ------------------------------------------------------------------ sources
@@ -160,53 +147,27 @@ class Source:
 
 
 # ------------------------------------------------------------------ output
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    """Add one regular file with fixed, anonymous metadata so the bytes never vary."""
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mtime = 0
-    info.mode = 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    info.type = tarfile.REGTYPE
-    tar.addfile(info, io.BytesIO(data))
-
-
 class ShardWriter:
-    """Writes samples into ``shard-NNNNNN.tar`` files of at most ``shard_size`` samples.
+    """Writes samples into ``shard-NNNNNN.tar`` files of at most ``shard_size`` images.
 
     Each shard is written to ``<name>.tmp``, fsynced, hashed and renamed into place,
-    so a crash never leaves a half-written file under a shard name.
+    so a crash never leaves a half-written file under a shard name. Member names and
+    layout are ``dist_gan.data.format``'s.
 
-    With ``block_size`` set, images (``.npy`` bytes) are gathered into blocks: one
-    tar sample ``<first key>.images.npy`` (N, H, W, 3) uint8 plus ``<first key>.json``
-    listing each image's metadata. A block never spans two shards, so shard counts
-    stay exact.
+    ``--format png``: ``add`` takes PNG bytes. ``--format blocks`` (``block_size`` set):
+    ``add`` takes uint8 HxWx3 arrays, gathered into blocks of ``block_size`` images;
+    a block never spans two shards, so shard counts stay exact.
     """
 
-    def __init__(self, out: Path, shard_size: int, ext: str = "png", block_size: Optional[int] = None) -> None:
+    def __init__(self, out: Path, shard_size: int, block_size: Optional[int] = None) -> None:
         self.out = out
         self.shard_size = shard_size
-        self.ext = ext
         self.block_size = block_size
         self.shards: List[Dict[str, object]] = []
         self._file: Optional[IO[bytes]] = None
         self._tar: Optional[tarfile.TarFile] = None
         self._count = 0
-        self._block: List[Tuple[str, bytes, bytes]] = []
+        self._block: List[Tuple[str, np.ndarray, dict]] = []
 
     def _tmp(self) -> Path:
         return self.out / (shard_name(len(self.shards)) + ".tmp")
@@ -217,15 +178,15 @@ class ShardWriter:
             self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
         return self._tar
 
-    def add(self, key: str, data: bytes, meta: bytes) -> None:
+    def add(self, key: str, image: Union[bytes, np.ndarray], meta: dict) -> None:
         if self.block_size:
-            self._block.append((key, data, meta))
+            assert isinstance(image, np.ndarray), "blocks are stacked from uint8 arrays"
+            self._block.append((key, image, meta))
             if len(self._block) >= self.block_size:
                 self._flush_block()
         else:
-            tar = self._open()
-            _add_member(tar, f"{key}.{self.ext}", data)
-            _add_member(tar, f"{key}.json", meta)
+            assert isinstance(image, bytes), "png samples are encoded bytes"
+            write_sample(self._open(), key, image, meta)
         self._count += 1
         if self._count >= self.shard_size:
             self._finish()
@@ -233,14 +194,8 @@ class ShardWriter:
     def _flush_block(self) -> None:
         if not self._block:
             return
-        arrays = [np.load(io.BytesIO(data), allow_pickle=False) for _, data, _ in self._block]
-        buf = io.BytesIO()
-        np.save(buf, np.ascontiguousarray(np.stack(arrays)), allow_pickle=False)
-        meta = [json.loads(m) | {"key": k} for k, _, m in self._block]
-        tar = self._open()
-        key = self._block[0][0]
-        _add_member(tar, f"{key}.images.npy", buf.getvalue())
-        _add_member(tar, f"{key}.json", json.dumps(meta, sort_keys=True).encode("utf-8"))
+        keys, images, metas = zip(*self._block)
+        write_block(self._open(), keys, images, metas)
         self._block = []
 
     def _finish(self) -> None:
@@ -253,6 +208,7 @@ class ShardWriter:
         tmp, name = self._tmp(), shard_name(len(self.shards))
         digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
         os.replace(tmp, self.out / name)
+        fsync_dir(self.out)
         self.shards.append({"name": name, "count": self._count, "sha256": digest})
         self._tar, self._file, self._count = None, None, 0
 
@@ -270,15 +226,11 @@ class ShardWriter:
         self._tar, self._file = None, None
 
 
-def _write_manifest(out: Path, manifest: dict) -> None:
-    """Write manifest.json last and atomically: temp file, fsync, rename, fsync the folder."""
-    tmp = out / (MANIFEST + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, out / MANIFEST)
-    _fsync_dir(out)
+def _is_our_temp(name: str) -> bool:
+    """A temp file an interrupted pack may leave: ``shard-NNNNNN.tar.tmp`` or the manifest's atomic-write temp."""
+    if name.endswith(".tmp") and (SHARD_RE.match(name[:-4]) or name == MANIFEST + ".tmp"):
+        return True
+    return name.startswith(f".{MANIFEST}.tmp-")  # dist_gan.files.temp_path
 
 
 def _describe_diff(old: dict, new: dict) -> str:
@@ -309,9 +261,7 @@ def _prepare_out(out: Path, settings: dict, overwrite: bool) -> None:
                 "pass --overwrite or choose another output folder"
             )
     if not overwrite:
-        foreign = sorted(
-            p.name for p in out.iterdir() if p.name != MANIFEST and not SHARD_RE.match(p.name) and not p.name.endswith(".tmp")
-        )
+        foreign = sorted(p.name for p in out.iterdir() if p.name != MANIFEST and not SHARD_RE.match(p.name) and not _is_our_temp(p.name))
         if foreign:
             raise UserError(
                 f"output {out} is not empty ({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); "
@@ -319,15 +269,16 @@ def _prepare_out(out: Path, settings: dict, overwrite: bool) -> None:
             )
     manifest_path.unlink(missing_ok=True)
     for p in out.iterdir():
-        if p.name.endswith(".tmp") and (SHARD_RE.match(p.name[:-4]) or p.name == MANIFEST + ".tmp"):
+        if _is_our_temp(p.name):
             p.unlink()
-    _fsync_dir(out)
+    fsync_dir(out)
 
 
 def _remove_stale_shards(out: Path, keep: int) -> None:
     """Delete shard files from an earlier, longer pack that the new manifest does not list."""
     for p in out.iterdir():
-        if SHARD_RE.match(p.name) and int(p.name[6:12]) >= keep:
+        index = shard_index(p.name)
+        if index is not None and index >= keep:
             p.unlink()
 
 
@@ -363,7 +314,7 @@ def pack(
     min_size: Optional[int] = None,
     overwrite: bool = False,
     workers: Optional[int] = None,
-    image_format: str = "png",
+    image_format: str = PNG,
     block_size: int = DEFAULT_BLOCK_SIZE,
 ) -> dict:
     """Pack ``src`` (folder or zip) into ``out/shard-*.tar`` + ``out/manifest.json``; return the manifest.
@@ -379,12 +330,12 @@ def pack(
     ``limit``: pack only the first N files in sorted path order.
     ``workers``: decode/encode processes (default ``min(2, cpu_count)``); the
     output does not depend on it.
-    ``image_format``: ``png``, ``npy`` or ``blocks`` (``block_size`` images per array).
+    ``image_format``: ``png`` or ``blocks`` (``block_size`` images per array); the
+    removed ``npy`` is refused with a pointer to ``blocks``, which replaces it.
     """
     src, out = Path(src), Path(out)
-    if image_format not in IMAGE_FORMATS:
-        raise UserError(f"unknown image format {image_format!r}; choose one of {', '.join(IMAGE_FORMATS)}")
-    if image_format == "blocks" and block_size < 1:
+    check_image_format(image_format)
+    if image_format == BLOCKS and block_size < 1:
         raise UserError(f"block size must be at least 1, got {block_size}")
     if crop not in CROPS:
         raise UserError(f"unknown crop {crop!r}; choose one of {', '.join(CROPS)}")
@@ -416,7 +367,7 @@ def pack(
             "shard_size": shard_size,
             "limit": limit,
             "image_format": image_format,
-            "block_size": block_size if image_format == "blocks" else None,
+            "block_size": block_size if image_format == BLOCKS else None,
         }
         _prepare_out(out, settings, overwrite)
         return _pack_entries(source, entries, out, settings, progress, workers)
@@ -427,31 +378,30 @@ def pack(
 def _pack_entries(source: Source, entries: List[Entry], out: Path, settings: dict, progress: bool, workers: int) -> dict:
     res, crop, min_size = settings["resolution"], settings["crop"], settings["min_size"]
     safe = [e for e in entries if e.safe]
-    fmt = settings["image_format"]
-    encoding = "npy" if fmt == "blocks" else fmt  # blocks are stacked from per-image arrays by the writer
+    blocks = settings["image_format"] == BLOCKS
+    encoding = "rgb" if blocks else "png"  # blocks are stacked by the writer from raw per-image pixels
     jobs = ((source.try_read(e.path), res, crop, min_size, encoding) for e in safe)
     skipped: Dict[str, int] = {}
     written = 0
     seen_hashes: set = set()
-    writer = ShardWriter(out, settings["shard_size"], ext=encoding, block_size=settings.get("block_size"))
+    writer = ShardWriter(out, settings["shard_size"], block_size=settings.get("block_size"))
     console = Console(stderr=True, highlight=False)
     results, pool = _results(jobs, workers, len(safe))  # pool before the progress thread starts
-    columns = (TextColumn("packing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
     try:
-        with Progress(*columns, console=console, disable=not (progress and console.is_terminal), transient=True) as bar:
-            task = bar.add_task("pack", total=len(entries))
+        with progress_bar(console=console, enabled=progress, transient=True) as bar:
+            task = bar.add_task("packing", total=len(entries))
             for entry in entries:
                 reason: Optional[str]
                 if not entry.safe:
                     reason = "unsafe_path"
                 else:
-                    digest, reason, png = next(results)
+                    digest, reason, encoded = next(results)
                     if reason is None and digest in seen_hashes:
                         reason = "duplicate"
                 if reason is None:
                     seen_hashes.add(digest)
-                    meta = json.dumps({"src": entry.path}, sort_keys=True).encode("utf-8")
-                    writer.add(f"{written:09d}", png, meta)
+                    image = np.frombuffer(encoded, np.uint8).reshape(res, res, 3) if blocks else encoded
+                    writer.add(sample_key(written), image, {"src": entry.path})
                     written += 1
                 else:
                     skipped[reason] = skipped.get(reason, 0) + 1
@@ -488,17 +438,7 @@ def _pack_entries(source: Source, entries: List[Entry], out: Path, settings: dic
             "dist_gan_version": __version__,
         }
     )
-    _write_manifest(out, manifest)
+    atomic_write_json(out / MANIFEST, manifest, indent=2, sort_keys=True)  # last: a manifest means a finished pack
     console.print(f"[green]packed[/] {settings['layout']}: {summary}", soft_wrap=True)
     return manifest
 
-
-def load_manifest(out: Path) -> dict:
-    """Read a pack's manifest, with a clear error if the folder is not a finished pack."""
-    path = Path(out) / MANIFEST
-    if not path.exists():
-        raise UserError(f"{out} holds no {MANIFEST}: pack it with `dist-gan data pack SRC {out}`")
-    manifest = json.loads(path.read_text(encoding="utf-8"))
-    if manifest.get("format") != FORMAT:
-        raise UserError(f"{path} has format {manifest.get('format')!r}, expected {FORMAT!r}")
-    return manifest

@@ -8,8 +8,10 @@ Why this shape:
   (``with_epoch``). Chunk ``c`` is seeded by (seed, c, rank, worker), so the batch
   at any step is a pure function of the step: resume re-creates chunk ``c`` and
   skips the batches already seen, reaching bit-identical data.
-- Workers decode PNG/JPEG to uint8 (4x less to move than float); the training
-  loop normalises to [-1, 1] on the device.
+- Member names, decoders and ``open_shards`` are ``dist_gan.data.format``'s; this
+  module only decides which images each rank draws, in what order. Workers decode
+  PNG/JPEG to uint8 (4x less to move than float); the training loop normalises to
+  [-1, 1] on the device.
 - Shards packed as ``blocks`` (N images per uint8 array) skip the per-image tar,
   decode and shuffle-buffer work: a block is read as one array into a pool of
   ``shuffle`` images, and each batch is ``batch`` distinct random pool slots,
@@ -20,70 +22,19 @@ Why this shape:
 
 from __future__ import annotations
 
-import io
-import json
 import random
 from collections import deque
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Deque, Iterator, List, Optional, Sequence
+from typing import Deque, Iterator, List, Sequence
 
 import numpy as np
 import torch
 import webdataset as wds
-from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from dist_gan.data.format import ShardSet, block_size_hint, decode_block_sample, decode_sample
 from dist_gan.errors import UserError
 
-IMAGE_EXTS = ("png", "jpg", "jpeg", "webp", "npy")
 MAX_BAD_RUN = 1000  # this many undecodable samples in a row means the shards are broken, not a few bad files
-BLOCK_EXT = "images.npy"  # a (N, H, W, 3) uint8 block of images (``dist-gan data pack --format blocks``)
-
-
-@dataclass(frozen=True)
-class ShardSet:
-    """A packed data set: its shard files and what the manifest says about them."""
-
-    root: Path
-    urls: List[str]
-    counts: List[int]
-    resolution: int
-    manifest: dict
-
-    @property
-    def num_samples(self) -> int:
-        return sum(self.counts)
-
-    @property
-    def blocks(self) -> bool:
-        """True when samples are blocks of images (``--format blocks``), not single images."""
-        return self.manifest.get("image_format") == "blocks"
-
-
-def open_shards(path: str | Path) -> ShardSet:
-    """Read ``manifest.json`` of a shard folder made by ``dist-gan data pack``."""
-    root = Path(path)
-    if not str(path):
-        raise UserError("no data given: pass data=<shard folder> (make one with `dist-gan data pack SRC OUT`)")
-    manifest_path = root / "manifest.json" if root.is_dir() else root
-    if not manifest_path.is_file():
-        raise UserError(f"{root} has no manifest.json; make shards with `dist-gan data pack SRC {root}`")
-    manifest = json.loads(manifest_path.read_text())
-    root = manifest_path.parent
-    shards = [s for s in manifest.get("shards", []) if s.get("count", 0) > 0]
-    if not shards:
-        raise UserError(f"{manifest_path} lists no non-empty shards")
-    missing = [s["name"] for s in shards if not (root / s["name"]).is_file()]
-    if missing:
-        raise UserError(f"shards listed in {manifest_path} are missing: {', '.join(missing[:5])}")
-    return ShardSet(
-        root=root,
-        urls=[str(root / s["name"]) for s in shards],
-        counts=[int(s["count"]) for s in shards],
-        resolution=int(manifest["resolution"]),
-        manifest=manifest,
-    )
 
 
 def split_shards(urls: Sequence[str], index: int, count: int) -> List[str]:
@@ -95,35 +46,6 @@ def split_shards(urls: Sequence[str], index: int, count: int) -> List[str]:
     if count <= 1 or len(urls) < count:
         return list(urls)
     return list(urls[index::count])
-
-
-def decode_image(data: bytes, ext: str) -> np.ndarray:
-    """Encoded image bytes (or a pre-decoded .npy) -> uint8 HWC RGB array."""
-    if ext == "npy":
-        arr = np.load(io.BytesIO(data), allow_pickle=False)
-    else:
-        with Image.open(io.BytesIO(data)) as img:
-            arr = np.asarray(img.convert("RGB"))
-    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
-        raise ValueError(f"expected uint8 HxWx3, got {arr.dtype} {arr.shape}")
-    return arr
-
-
-def decode_block(data: bytes) -> np.ndarray:
-    """A ``.images.npy`` member -> uint8 (N, H, W, 3) array."""
-    arr = np.load(io.BytesIO(data), allow_pickle=False)
-    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[3] != 3 or arr.shape[0] == 0:
-        raise ValueError(f"expected uint8 NxHxWx3, got {arr.dtype} {arr.shape}")
-    return arr
-
-
-def block_size_hint(sample: dict) -> int:
-    """How many images a (possibly corrupt) block sample claimed: its metadata list's length, else 1."""
-    try:
-        meta = json.loads(sample["json"])
-        return len(meta) if isinstance(meta, list) and meta else 1
-    except Exception:  # noqa: BLE001 - the metadata may be as broken as the block
-        return 1
 
 
 class ResampledShardStream(IterableDataset):
@@ -169,11 +91,8 @@ class ResampledShardStream(IterableDataset):
 
     def _decode(self, samples: Iterator[dict], rng: random.Random) -> Iterator[np.ndarray]:
         for sample in samples:
-            ext = next((e for e in IMAGE_EXTS if e in sample), None)
             try:
-                if ext is None:
-                    raise ValueError(f"no image in sample {sample.get('__key__')}")
-                arr = decode_image(sample[ext], ext)
+                arr = decode_sample(sample)
             except Exception:
                 self._count_bad(1)
                 continue
@@ -196,9 +115,7 @@ class ResampledShardStream(IterableDataset):
     def _decode_blocks(self, samples: Iterator[dict]) -> Iterator[np.ndarray]:
         for sample in samples:
             try:
-                if BLOCK_EXT not in sample:
-                    raise ValueError(f"no image block in sample {sample.get('__key__')}")
-                block = decode_block(sample[BLOCK_EXT])
+                block = decode_block_sample(sample)
             except Exception:
                 self._count_bad(block_size_hint(sample))
                 continue

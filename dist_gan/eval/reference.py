@@ -1,12 +1,13 @@
 """Reference images for evaluation, and their Inception statistics cached on disk.
 
-A reference is a shard folder (``manifest.json`` + WebDataset tars of ``<key>.png``)
-or a zip/folder of images. Images are taken in a fixed order (manifest order, or
-sorted names), the first ``n`` of them, so a reference is reproducible. Loose images
-get the packer's crop for their layout (``dist_gan.data.images``: CelebA's customary
-centred 108/178-width face box, so 89x109 -> the box (17.5, 27.5, 71.5, 81.5); a
-centred short-side square otherwise) and a PIL LANCZOS resize to the generator's
-resolution, exactly as ``dist-gan data pack`` makes training shards; shard images
+A reference is a shard folder (``manifest.json`` + WebDataset tars of any packed
+format, read through ``dist_gan.data.format.iter_images``) or a zip/folder of images.
+Images are taken in a fixed order (manifest order, or sorted names), the first ``n``
+of them, so a reference is reproducible. Loose images get the packer's crop for
+their layout (``dist_gan.data.images``: CelebA's customary centred 108/178-width
+face box, so 89x109 -> the box (17.5, 27.5, 71.5, 81.5); a centred short-side square
+otherwise) and a PIL LANCZOS resize to the generator's resolution, exactly as
+``dist-gan data pack`` makes training shards; shard images
 are used as packed and only resized if their size differs.
 
 Statistics (mu, sigma and the features themselves, which KID and the leak check
@@ -20,8 +21,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import tarfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,9 +29,12 @@ from typing import Callable, Dict, Iterator, List, Optional
 import numpy as np
 from PIL import Image
 
+from dist_gan.data.format import MANIFEST, ShardSet, open_shards
+from dist_gan.data.format import iter_images as iter_shard_images
 from dist_gan.data.images import AUTO_CROP, IMAGE_EXTS, crop_box, detect_layout
 from dist_gan.errors import UserError
 from dist_gan.eval.features import hash_file
+from dist_gan.files import atomic_write
 
 STATS_VERSION = 1
 
@@ -49,6 +51,7 @@ class ReferenceSet:
     count: int = 0
     crop: str = "shards"  # the packer's crop name for loose images
     native_resolution: Optional[int] = None  # shards only
+    shards: Optional[ShardSet] = None  # shards only
 
     def preprocessing(self) -> str:
         if self.kind == "shards":
@@ -65,16 +68,16 @@ def open_reference(path: str | Path) -> ReferenceSet:
     p = Path(path).expanduser()
     if not p.exists():
         raise UserError(f"--ref {p}: not found (give a shard folder with manifest.json, or a zip/folder of images)")
-    if p.is_dir() and (p / "manifest.json").is_file():
-        raw = (p / "manifest.json").read_bytes()
+    if p.is_dir() and (p / MANIFEST).is_file():
         try:
-            man = json.loads(raw)
-            shards = [(s["name"], int(s["count"])) for s in man["shards"]]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise UserError(f"--ref {p}/manifest.json is not a valid shard manifest ({exc})") from None
-        key = str(man.get("content_hash") or hashlib.sha256(raw).hexdigest())
-        return ReferenceSet(p, "shards", str(man.get("layout", "folder")), f"shards:{key}", [n for n, _ in shards],
-                            sum(c for _, c in shards), native_resolution=man.get("resolution"))
+            shards = open_shards(p)
+        except UserError as exc:
+            raise UserError(f"--ref {p}: {exc}") from None
+        man = shards.manifest
+        key = str(man.get("content_hash") or hashlib.sha256((p / MANIFEST).read_bytes()).hexdigest())
+        return ReferenceSet(p, "shards", str(man.get("layout", "folder")), f"shards:{key}",
+                            [s.rsplit("/", 1)[-1] for s in shards.urls], shards.num_samples,
+                            native_resolution=shards.resolution, shards=shards)
     if p.is_file() and zipfile.is_zipfile(p):
         with zipfile.ZipFile(p) as zf:
             names = sorted(n for n in zf.namelist() if n.lower().endswith(IMAGE_EXTS) and not n.startswith("__MACOSX"))
@@ -104,32 +107,12 @@ def square_resize(img: Image.Image, resolution: int, crop: str = "center") -> np
     return np.asarray(img, dtype=np.uint8)
 
 
-def _iter_shard_images(ref: ReferenceSet) -> Iterator[Image.Image]:
-    """Every image of the shards in order, whatever ``dist-gan data pack --format`` wrote:
-    ``.png`` or ``.npy`` per image, or ``.images.npy`` blocks (decoded as the training stream does)."""
-    from dist_gan.data.stream import BLOCK_EXT, decode_block, decode_image
-
-    for name in ref.items:
-        shard = ref.path / name
-        if not shard.is_file():
-            raise UserError(f"shard {shard} listed in manifest.json is missing")
-        with tarfile.open(shard) as tf:
-            for member in tf:
-                if not member.isfile():
-                    continue
-                if member.name.endswith(BLOCK_EXT):
-                    yield from (Image.fromarray(img) for img in decode_block(tf.extractfile(member).read()))
-                elif member.name.endswith(".png"):
-                    yield Image.open(io.BytesIO(tf.extractfile(member).read()))
-                elif member.name.endswith(".npy"):
-                    yield Image.fromarray(decode_image(tf.extractfile(member).read(), "npy"))
-
-
 def iter_images(ref: ReferenceSet, resolution: int) -> Iterator[np.ndarray]:
     """Reference images one by one as uint8 HWC RGB at ``resolution``, in the set's fixed order."""
     if ref.kind == "shards":
-        for img in _iter_shard_images(ref):
-            yield square_resize(img, resolution)
+        assert ref.shards is not None
+        for arr in iter_shard_images(ref.shards):
+            yield arr if arr.shape[:2] == (resolution, resolution) else square_resize(Image.fromarray(arr), resolution)
     elif ref.kind == "zip":
         with zipfile.ZipFile(ref.path) as zf:
             for name in ref.items:
@@ -179,11 +162,8 @@ def load_stats(path: Path) -> Optional[Dict[str, np.ndarray]]:
 
 
 def save_stats(path: Path, stats: Dict[str, np.ndarray]) -> None:
-    """Atomic npz write (temp + rename) so a concurrent reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
-    np.savez(tmp, mu=stats["mu"], sigma=stats["sigma"], feats=stats["feats"])
-    os.replace(tmp, path)
+    """Atomic npz write so a concurrent reader never sees half a file."""
+    atomic_write(path, lambda fh: np.savez(fh, mu=stats["mu"], sigma=stats["sigma"], feats=stats["feats"]))
 
 
 def default_detector(ref: ReferenceSet) -> str:

@@ -6,8 +6,8 @@ bicubic and any training can only start from there. The body runs at the low
 resolution and a PixelShuffle lifts the residual to the high one (cheap on CPU).
 
 Training pairs: high-resolution faces -> bicubic (antialiased) downscale by ``scale``
--> the model maps them back. Sources: a packed shard folder (``manifest.json`` +
-WebDataset tars of ``<key>.png``) or an image zip such as the CelebA one (each image
+-> the model maps them back. Sources: a packed shard folder of any format (read with
+``dist_gan.data.format.iter_images``) or an image zip such as the CelebA one (each image
 centre-cropped to a square and resized to ``hr_size``). The last ``n_eval`` images are
 held out and scored: PSNR and SSIM (11-tap Gaussian, sigma 1.5, RGB, [0, 1] scale)
 of the model against plain bicubic.
@@ -19,9 +19,7 @@ state_dict and the held-out metrics.
 from __future__ import annotations
 
 import io
-import json
 import random
-import tarfile
 import time
 import zipfile
 from pathlib import Path
@@ -31,9 +29,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from rich.progress import TextColumn
 from torch import nn
 
+from dist_gan.data.format import MANIFEST, iter_images, open_shards
 from dist_gan.errors import UserError
+from dist_gan.imaging import save_image
+from dist_gan.progress import progress_bar
+from dist_gan.tools.imageio_utils import pil_to_tensor
 
 FORMAT = "dist_gan.superres/1"
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -138,23 +141,14 @@ def load_zip_images(path: Path, start: int, count: int, hr_size: int) -> torch.T
 
 
 def load_shard_images(folder: Path, limit: Optional[int] = None, hr_size: Optional[int] = None) -> torch.Tensor:
-    """All (or the first ``limit``) ``.png`` samples of a packed shard folder."""
-    manifest = folder / "manifest.json"
-    if not manifest.is_file():
-        raise UserError(f"{folder} is not a shard folder (no manifest.json); pack images with `dist-gan data pack`")
-    meta = json.loads(manifest.read_text())
-    size = hr_size or int(meta.get("resolution", 0)) or None
-    ims: List[np.ndarray] = []
-    for entry in meta.get("shards", []):
-        with tarfile.open(folder / entry["name"]) as tar:
-            for member in tar:
-                if member.isfile() and member.name.endswith(".png"):
-                    im = Image.open(io.BytesIO(tar.extractfile(member).read()))
-                    ims.append(_square(im, size or min(im.size)))
-                    if limit and len(ims) >= limit:
-                        return _to_tensor(ims)
+    """All (or the first ``limit``) images of a packed shard folder, whatever its format (png or blocks)."""
+    if not (Path(folder) / MANIFEST).is_file():
+        raise UserError(f"{folder} is not a shard folder (no {MANIFEST}); pack images with `dist-gan data pack`")
+    shards = open_shards(folder)
+    size = hr_size or shards.resolution or None
+    ims = [_square(Image.fromarray(arr), size or min(arr.shape[:2])) for arr in iter_images(shards, limit)]
     if not ims:
-        raise UserError(f"no .png samples found in the shards of {folder}")
+        raise UserError(f"no images found in the shards of {folder}")
     return _to_tensor(ims)
 
 
@@ -207,8 +201,6 @@ def train_superres(
     show_progress: bool = True,
 ) -> SuperRes:
     """Fit a SuperRes model on random HR patches (flipped at random); stops at ``steps`` or ``seconds``."""
-    from dist_gan.tools.imageio_utils import progress_bar
-
     torch.manual_seed(seed)
     rng = random.Random(seed)
     model = SuperRes(scale, nf, n_blocks)
@@ -219,7 +211,7 @@ def train_superres(
     start = time.monotonic()
     model.train()
     model.steps_done = 0
-    with progress_bar(disable=not show_progress) as bar:
+    with progress_bar(TextColumn("{task.fields[info]}"), enabled=show_progress) as bar:
         task = bar.add_task(f"superres x{scale}", total=steps, info="")
         for step in range(steps):
             idx = torch.randint(0, n, (batch,))
@@ -286,13 +278,11 @@ def _collect_images(inputs: Sequence[str | Path]) -> List[Path]:
 @torch.no_grad()
 def run_apply(model_path: str | Path, inputs: Sequence[str | Path], out: str | Path, device: str = "cpu") -> List[Path]:
     """The ``dist-gan superres apply`` command: upscale each image (any size) into ``out``."""
-    from dist_gan.tools.imageio_utils import pil_to_tensor, progress_bar, save_image
-
     model = load_superres(model_path, device)
     files = _collect_images(inputs)
     out = Path(out)
     written: List[Path] = []
-    with progress_bar() as bar:
+    with progress_bar(TextColumn("{task.fields[info]}")) as bar:
         task = bar.add_task(f"upscaling x{model.scale}", total=len(files), info="")
         for f in files:
             try:
