@@ -7,11 +7,11 @@ What it measures (dcgan64 widths, 64 px, global batch fixed at ``--batch``, defa
   hands to gloo; checked against the parameter bytes of each network. DDP also broadcasts
   BatchNorm buffers from rank 0 before every forward of a wrapped network: counted from a
   forward pre-hook times the buffer bytes.
-* **step time** of the trainer's own ``TrainStep`` (``benchmarks/step.py`` builds it as the
+* **step time** of the trainer's own ``TrainStep`` (built by ``engine.training.build_training``, as the
   loop does) on 1, 2 and 4 gloo ranks under ``accelerate launch`` (the global batch is split,
   so this is strong scaling); intra-op threads per rank = max(1, cores // ranks). On a 2-core
   box 4 ranks are oversubscribed: the figure says so rather than hides it.
-* **a bare all-reduce** of the same bytes over gloo on this box (its achieved bandwidth).
+* **a bare all-reduce** of the same bytes over gloo on the machine it runs on (its achieved bandwidth).
 * **FLOPs per image** of one G+D training iteration (forward + backward), from
   ``torch.utils.flop_counter.FlopCounterMode``.
 
@@ -113,7 +113,7 @@ def worker(args: argparse.Namespace) -> None:
         accelerator.wait_for_everyone()
         times.append(time.perf_counter() - t0)
 
-    # A bare all-reduce of the same bytes: this box's gloo bandwidth, apart from compute.
+    # A bare all-reduce of the same bytes: the machine's gloo bandwidth, apart from compute.
     allreduce_s = None
     if world > 1:
         flat = torch.zeros((params["G"] + params["D"]) // 4)

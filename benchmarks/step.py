@@ -4,7 +4,7 @@ One process, both steps built at the same batch on the same device, timed in
 alternation (A B A B ...), median of ``--repeats``; prints images/s for both and
 the ratio, and writes JSON (default ``benchmarks/results/step_<cpu|cuda>.json``).
 
-- dist_gan: ``TrainStep`` built exactly as ``dist_gan.engine.loop.train`` builds it
+- dist_gan: ``TrainStep`` built by the trainer's own ``engine.training.build_training``
   (recipe ``dcgan64`` by default, its speed switches: precision, channels_last,
   fused Adam, swapped weight-grad convolutions, compile), on uint8 batches
   normalised on the device, with EMA;
@@ -67,21 +67,13 @@ def load_cfg(recipe: str, overrides: Sequence[str]):
 
 
 def build_dist_gan_step(cfg, accelerator, batch: Optional[int] = None):
-    """(TrainStep, next_real, ctx) wired exactly as ``dist_gan.engine.loop.train`` wires them (DDP backend)."""
+    """(TrainStep, next_real, ctx): the trainer's own wiring (``engine.training.build_training``), at ``nimg`` 0."""
     from dist_gan.data.stream import to_model_range
-    from dist_gan.engine.backends import DDPBackend
-    from dist_gan.engine.step import TrainStep, build_networks
-    from dist_gan.losses import LossContext, build_augment, build_loss, instance_noise_sigma
+    from dist_gan.engine.training import build_training
 
     device = accelerator.device
     batch = batch or cfg.train.batch
-    G, D, G_ema, opt_G, opt_D, precision = build_networks(cfg, device)
-    backend = DDPBackend.prepare(accelerator, G, D, opt_G, opt_D, precision)
-    step = TrainStep(
-        backend=backend, G_ema=G_ema, loss_fn=build_loss(cfg.loss), precision=precision, accelerator=accelerator,
-        nz=cfg.model.nz, local_batch=batch, accum=1, global_batch=batch, ema_kimg=cfg.train.ema_kimg,
-        ema_rampup=cfg.train.ema_rampup, compile=cfg.train.compile,
-    )
+    training = build_training(cfg, accelerator, local_batch=batch)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     reals_u8 = torch.randint(0, 256, (batch, 3, cfg.model.resolution, cfg.model.resolution), dtype=torch.uint8, generator=gen)
     if device.type == "cuda":
@@ -90,9 +82,7 @@ def build_dist_gan_step(cfg, accelerator, batch: Optional[int] = None):
     def next_real() -> torch.Tensor:
         return to_model_range(reals_u8, device, cfg.train.channels_last)
 
-    ctx = LossContext(noise_sigma=instance_noise_sigma(cfg.loss.instance_noise, cfg.loss.noise_anneal_kimg, 0),
-                      augment=build_augment(cfg.train.diffaug))
-    return step, next_real, ctx
+    return training.step, next_real, training.context(0)
 
 
 def dist_gan_candidate(cfg, accelerator, batch: int) -> Callable[[], Any]:
@@ -397,7 +387,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
 def _switches(cfg, device: torch.device) -> Dict[str, Any]:
     from dist_gan.engine.precision import resolve_precision
-    from dist_gan.engine.step import swap_wgrad_wanted
+    from dist_gan.engine.training import swap_wgrad_wanted
 
     return {"precision": cfg.train.precision, "resolved_precision": resolve_precision(cfg.train.precision, device),
             "channels_last": bool(cfg.train.channels_last), "optim_impl": cfg.optim.impl, "compile": cfg.train.compile,

@@ -96,11 +96,20 @@ def parse_policy(policy: str) -> List[str]:
     return names
 
 
-def _check_p(p: float) -> float:
+def check_p(p: float, name: str = "DiffAugment probability p") -> float:
+    """The per-sample probability of each op group: in [0, 1]."""
     p = float(p)
     if not 0.0 <= p <= 1.0:
-        raise ValueError(f"DiffAugment probability p must be in [0, 1], got {p}")
+        raise ValueError(f"{name} must be in [0, 1], got {p}")
     return p
+
+
+def check_translation(translation: float, name: str = "DiffAugment translation") -> float:
+    """The largest shift as a fraction of the size: in (0, 0.5]."""
+    translation = float(translation)
+    if not 0.0 < translation <= 0.5:
+        raise ValueError(f"{name} must be in (0, 0.5], got {translation}")
+    return translation
 
 
 def diff_augment(x: torch.Tensor, policy: str, p: float = 1.0, translation: float = 0.125) -> torch.Tensor:
@@ -111,9 +120,7 @@ def diff_augment(x: torch.Tensor, policy: str, p: float = 1.0, translation: floa
     ``p = 1`` draws no extra random numbers, so with the default shift it is
     bit-identical to the reference policy.
     """
-    p = _check_p(p)
-    if not 0.0 < translation <= 0.5:
-        raise ValueError(f"DiffAugment translation must be in (0, 0.5], got {translation}")
+    p, translation = check_p(p), check_translation(translation)
     for name in parse_policy(policy):
         if p == 0.0:
             break

@@ -3,6 +3,13 @@
 The schema below is the single list of valid keys. OmegaConf's struct mode rejects
 any other key, and this module turns that into an error that names the valid keys,
 before any work starts (no half-built run directory, no worker processes).
+
+The allowed values of a key are owned by the registry that acts on it (``LOSSES``,
+``ARCHS``, precision modes ...): ``CHOICES`` only points at them, and a range check
+a registry defines is called from here rather than restated.
+
+A recipe may start from others: ``defaults: [bigbatch]`` merges those recipes
+first (in order), then the recipe's own keys.
 """
 
 from __future__ import annotations
@@ -10,12 +17,21 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Collection, Dict, List, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from dist_gan.augment import check_p, check_translation, parse_policy
+from dist_gan.engine.backends import BACKENDS, ZERO_STAGES
+from dist_gan.engine.ema import probe_key
+from dist_gan.engine.precision import ADAM_IMPLS, COMPILE_MODES, MODES as PRECISION_MODES
+from dist_gan.engine.schedule import LR_DECAY_NETS
+from dist_gan.engine.state import NAN_POLICIES
 from dist_gan.errors import UserError
+from dist_gan.losses import LOSSES, BEGANLoss
+from dist_gan.models import ARCHS, D_NORMS, RESOLUTIONS
+from dist_gan.models.fastconv import SWAP_WGRAD_MODES
 
 
 @dataclass
@@ -97,6 +113,7 @@ class LogCfg:
 @dataclass
 class Config:
     recipe: str = "dcgan64"
+    description: str = ""  # one line: what the recipe is for
     data: str = ""  # shard folder made by `dist-gan data pack`
     run_dir: str = "runs/default"
     seed: int = 0
@@ -111,17 +128,19 @@ class Config:
     log: LogCfg = field(default_factory=LogCfg)
 
 
-CHOICES: Dict[str, Sequence[Any]] = {
-    "train.precision": ("fp32", "bf16", "fp16", "auto"),
-    "train.compile": ("", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
-    "train.nan_policy": ("stop", "rollback"),
-    "train.swap_wgrad": ("auto", "always", "never"),
-    "optim.impl": ("auto", "fused", "foreach", "plain"),
-    "optim.lr_decay_nets": ("both", "g", "d"),
-    "backend": ("ddp", "deepspeed"),
-    "zero_stage": (0, 1, 2),
-    "model.resolution": (32, 64, 128),
-    "model.d_norm": ("batch", "layer", "none"),
+CHOICES: Dict[str, Collection[Any]] = {
+    "model.arch": ARCHS.keys(),  # live views: an arch or loss registered later is valid too
+    "model.resolution": RESOLUTIONS,
+    "model.d_norm": D_NORMS,
+    "loss.name": LOSSES.keys(),
+    "train.precision": PRECISION_MODES,
+    "train.compile": COMPILE_MODES,
+    "train.nan_policy": NAN_POLICIES,
+    "train.swap_wgrad": SWAP_WGRAD_MODES,
+    "optim.impl": ADAM_IMPLS,
+    "optim.lr_decay_nets": LR_DECAY_NETS,
+    "backend": BACKENDS,
+    "zero_stage": ZERO_STAGES,
 }
 
 
@@ -186,15 +205,47 @@ def parse_overrides(args: Sequence[str]) -> Dict[str, str]:
     return out
 
 
+def recipe_path(name: str, near: Optional[Path] = None) -> Path:
+    """``NAME`` -> ``recipes/NAME.yaml`` (for a base: beside the recipe naming it first); a ``.yaml`` path as given
+    (relative to that recipe's folder for a base)."""
+    if name.endswith((".yaml", ".yml")):
+        path = Path(name)
+        return path if path.is_absolute() or near is None else near.parent / path
+    for folder in ([near.parent] if near is not None else []) + [recipes_dir()]:
+        if (folder / f"{name}.yaml").is_file():
+            return folder / f"{name}.yaml"
+    raise UserError(f"unknown recipe {name!r}; available: {', '.join(available_recipes())}")
+
+
+def read_recipe(path: Path, _chain: Sequence[Path] = ()) -> Dict[str, Any]:
+    """A recipe file as a plain dict, with the recipes in its ``defaults:`` list merged under it."""
+    if not path.is_file():
+        raise UserError(f"recipe file not found: {path}")
+    if path.resolve() in _chain:
+        raise UserError(f"recipe {path.name}: its defaults lead back to it ({' -> '.join(p.stem for p in _chain)})")
+    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True) or {}
+    if not isinstance(raw, dict):
+        raise UserError(f"recipe {path.name} is not a mapping of keys to values")
+    bases = raw.pop("defaults", [])
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise UserError(f"recipe {path.name}: defaults must be a list of recipe names, got {bases!r}")
+    _check_keys(raw, f"in recipe {path.name}")
+    merged = OmegaConf.create()
+    for base in bases:
+        base_raw = read_recipe(recipe_path(base, near=path), (*_chain, path.resolve()))
+        base_raw.pop("description", None)  # a description speaks for its own recipe only
+        merged = OmegaConf.merge(merged, base_raw)
+    return OmegaConf.to_container(OmegaConf.merge(merged, raw), resolve=True)  # type: ignore[return-value]
+
+
 def load_config(args: Sequence[str] = (), recipe: Optional[str] = None) -> DictConfig:
     """Resolve ``recipe=NAME`` (default dcgan64) plus overrides into a validated config."""
     overrides = parse_overrides(args)
     name = overrides.pop("recipe", recipe or "dcgan64")
-    path = Path(name) if name.endswith((".yaml", ".yml")) else recipes_dir() / f"{name}.yaml"
-    if not path.is_file():
-        raise UserError(f"unknown recipe {name!r}; available: {', '.join(available_recipes())}")
-    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True) or {}
-    _check_keys(raw, f"in recipe {path.name}")
+    path = recipe_path(name)
+    raw = read_recipe(path)
     _check_keys({k: None for k in overrides}, "on the command line")
     schema = OmegaConf.structured(Config)
     for key, value in overrides.items():  # `train.diffaug=` means "off" (''), not null, for a string field
@@ -212,7 +263,7 @@ def load_config(args: Sequence[str] = (), recipe: Optional[str] = None) -> DictC
 
 
 def validate(cfg: DictConfig) -> None:
-    """Checks OmegaConf's types cannot express: enumerations, ranges, divisibility."""
+    """Checks OmegaConf's types cannot express: enumerations, ranges, divisibility, pairings."""
     for key, allowed in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
@@ -232,49 +283,27 @@ def validate(cfg: DictConfig) -> None:
         raise UserError(f"optim.lr_decay_kimg must be [] (constant rates) or [start, end] with 0 <= start < end, got {decay}")
     if not 0.0 <= cfg.optim.lr_decay_to <= 1.0:
         raise UserError(f"optim.lr_decay_to must be in [0, 1] (a fraction of the recipe's rates), got {cfg.optim.lr_decay_to}")
-    from dist_gan.engine.ema import probe_key
-
     probes = list(cfg.train.ema_probes)
     keys = [probe_key(h) for h in probes]  # as checkpoints name them: distinct there, not just as floats
     if any(h <= 0 for h in probes) or len(set(keys)) != len(keys) or probe_key(cfg.train.ema_kimg) in keys:
         raise UserError(f"train.ema_probes must be distinct positive half-lives in kimg other than "
                         f"train.ema_kimg={cfg.train.ema_kimg}, got {probes}")
-    _validate_variants(cfg)
-
-
-def _validate_variants(cfg: DictConfig) -> None:
-    """Names resolved by registries (loss, arch, DiffAugment policy), checked before any work starts."""
-    from dist_gan.augment import parse_policy
-    from dist_gan.losses import LOSSES
-    from dist_gan.models import ARCHS
-
-    if cfg.loss.name not in LOSSES:
-        raise UserError(f"loss.name={cfg.loss.name!r} is not valid; choose one of {sorted(LOSSES)}")
-    if cfg.model.arch not in ARCHS:
-        raise UserError(f"model.arch={cfg.model.arch!r} is not valid; choose one of {sorted(ARCHS)}")
     if (cfg.loss.name == "began") != (cfg.model.arch == "began"):
         raise UserError("loss.name=began and model.arch=began go together (BEGAN's D is an autoencoder)")
-    if not 0.0 < cfg.loss.gamma <= 1.0:
-        raise UserError(f"loss.gamma must be in (0, 1], got {cfg.loss.gamma}")
+    if float(cfg.train.diffaug_until_kimg) < 0:
+        raise UserError(f"train.diffaug_until_kimg must be >= 0 (0 = DiffAugment for the whole run), got {cfg.train.diffaug_until_kimg}")
+    try:  # range checks the owning modules define, run with the key's name
+        BEGANLoss.check_gamma(cfg.loss.gamma, "loss.gamma")
+        check_p(cfg.train.diffaug_p, "train.diffaug_p")
+        check_translation(cfg.train.diffaug_translation, "train.diffaug_translation")
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     try:
         parse_policy(cfg.train.diffaug)
     except ValueError as exc:
         raise UserError(f"train.diffaug: {exc}") from None
-    if not 0.0 <= float(cfg.train.diffaug_p) <= 1.0:
-        raise UserError(f"train.diffaug_p must be in [0, 1], got {cfg.train.diffaug_p}")
-    if not 0.0 < float(cfg.train.diffaug_translation) <= 0.5:
-        raise UserError(f"train.diffaug_translation must be in (0, 0.5], got {cfg.train.diffaug_translation}")
-    if float(cfg.train.diffaug_until_kimg) < 0:
-        raise UserError(f"train.diffaug_until_kimg must be >= 0 (0 = DiffAugment for the whole run), got {cfg.train.diffaug_until_kimg}")
 
 
 def to_dict(cfg: DictConfig) -> Dict[str, Any]:
     """Plain containers: what checkpoints store (the safe unpickler accepts them)."""
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-
-
-def from_dict(data: Dict[str, Any]) -> DictConfig:
-    """Rebuild a validated config from a checkpoint's plain dict."""
-    cfg = OmegaConf.merge(OmegaConf.structured(Config), data)
-    validate(cfg)
-    return cfg

@@ -13,11 +13,15 @@ losses register in ``LOSSES`` and are chosen by name (``loss.name``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Dict, Mapping, Tuple
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+
+from dist_gan.augment import diff_augment, parse_policy
 
 Stats = Dict[str, torch.Tensor]
 
@@ -181,8 +185,6 @@ class WGANGPLoss:
 
 def _all_mean(t: torch.Tensor) -> torch.Tensor:
     """Mean of ``t`` over ranks when running distributed (an async collective, no host sync)."""
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         t = t.clone()
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
@@ -205,9 +207,15 @@ class BEGANLoss:
     checkpoints (the loop saves it as ``loss_state``).
     """
 
+    @staticmethod
+    def check_gamma(gamma: float, name: str = "loss.gamma") -> float:
+        """The diversity ratio k_t aims at: in (0, 1]."""
+        if not 0.0 < float(gamma) <= 1.0:
+            raise ValueError(f"{name} must be in (0, 1], got {gamma}")
+        return float(gamma)
+
     def __init__(self, gamma: float = 0.5, lambda_k: float = 0.001, k_init: float = 0.0, **_: object) -> None:
-        if not 0.0 < gamma <= 1.0:
-            raise ValueError(f"loss.gamma must be in (0, 1], got {gamma}")
+        self.check_gamma(gamma)
         self.gamma, self.lambda_k = float(gamma), float(lambda_k)
         self.k_t = torch.tensor(float(min(max(k_init, 0.0), 1.0)))
 
@@ -268,9 +276,5 @@ def build_augment(policy: str, p: float = 1.0, translation: float = 0.125) -> Ca
     identity when the policy is empty or ``p`` is 0."""
     if not policy or float(p) == 0.0:
         return _identity
-    from functools import partial
-
-    from dist_gan.augment import diff_augment, parse_policy
-
     policy = ",".join(parse_policy(policy))  # fail now, with the valid names, not mid-training
     return partial(diff_augment, policy=policy, p=float(p), translation=float(translation))

@@ -79,3 +79,57 @@ def test_valid_keys_cover_every_section():
     keys = valid_keys()
     for section in ("model.", "loss.", "optim.", "train.", "loader.", "log."):
         assert any(k.startswith(section) for k in keys)
+
+
+def test_allowed_values_come_from_the_registries(monkeypatch):
+    """A loss registered in dist_gan.losses is valid at once; config restates no list of names."""
+    from dist_gan import config, losses
+    from dist_gan.engine import precision
+
+    assert config.CHOICES["train.precision"] is precision.MODES
+    monkeypatch.setitem(losses.LOSSES, "toy", losses.BCELoss)
+    assert load_config(["recipe=smoke", "loss.name=toy"]).loss.name == "toy"
+    monkeypatch.delitem(losses.LOSSES, "toy")
+    with pytest.raises(UserError, match="loss.name='toy' is not valid"):
+        load_config(["recipe=smoke", "loss.name=toy"])
+
+
+def test_a_recipe_inherits_its_defaults_and_keeps_its_own_description(tmp_path):
+    base = load_config(["recipe=bigbatch"])
+    child = tmp_path / "child.yaml"
+    child.write_text('description: "bigbatch, narrower"\ndefaults: [bigbatch]\nmodel: {ngf: 32}\n')
+    cfg = load_config([f"recipe={child}", "train.kimg=5"])
+    assert cfg.model.ngf == 32 and cfg.model.ndf == base.model.ndf  # own key over the base's, the rest kept
+    assert cfg.train.batch == base.train.batch == 512 and cfg.train.kimg == 5  # command line over both
+    assert cfg.description == "bigbatch, narrower" and cfg.recipe == "child"
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("defaults: [bigbatch]\n")
+    assert load_config([f"recipe={bare}"]).description == ""  # a description is not inherited
+
+
+def test_recipe_defaults_errors_are_one_line(tmp_path):
+    (tmp_path / "a.yaml").write_text("defaults: [b.yaml]\n")
+    (tmp_path / "b.yaml").write_text("defaults: [a.yaml]\n")
+    with pytest.raises(UserError, match="defaults lead back"):
+        load_config([f"recipe={tmp_path / 'a.yaml'}"])
+    (tmp_path / "c.yaml").write_text("defaults: [no_such_recipe]\n")
+    with pytest.raises(UserError, match="unknown recipe 'no_such_recipe'"):
+        load_config([f"recipe={tmp_path / 'c.yaml'}"])
+    (tmp_path / "d.yaml").write_text("defaults: 3\n")
+    with pytest.raises(UserError, match="defaults must be a list"):
+        load_config([f"recipe={tmp_path / 'd.yaml'}"])
+
+
+def test_every_shipped_recipe_says_what_it_is_for():
+    from dist_gan.config import available_recipes
+
+    for name in available_recipes():
+        desc = load_config([f"recipe={name}"]).description
+        assert desc and "\n" not in desc and len(desc) <= 140, (name, desc)
+
+
+def test_bigbatch_zero2_is_bigbatch_on_deepspeed():
+    a, b = load_config(["recipe=bigbatch"]), load_config(["recipe=bigbatch_zero2"])
+    assert (b.backend, b.zero_stage) == ("deepspeed", 2)
+    for section in ("model", "loss", "optim", "train", "loader", "log"):
+        assert a[section] == b[section], section

@@ -156,3 +156,15 @@ def test_backoff_halves_the_scale_and_resets_growth():
         scaler.update()
     scaler.backoff()
     assert scaler.get_scale() == 128.0 and scaler.state_dict()["_growth_tracker"] == 0
+
+
+def test_deepspeed_missing_prints_the_install_line(shards32, tmp_path, monkeypatch):
+    """backend=deepspeed without the extra: one line naming it, exit 2, no traceback."""
+    from typer.testing import CliRunner
+
+    from dist_gan.cli import app
+
+    monkeypatch.setitem(sys.modules, "deepspeed", None)  # `import deepspeed` raises ImportError
+    res = CliRunner().invoke(app, ["train", *SMOKE, f"data={shards32}", f"run_dir={tmp_path / 'run'}", "backend=deepspeed"])
+    assert res.exit_code == 2, res.output
+    assert "pip install 'dist-gan[deepspeed]'" in res.output and "Traceback" not in res.output

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dist_gan.engine.schedule import d_steps_for, lr_factor, phases
+from dist_gan.engine.schedule import lr_factor, phases
 
 
 @pytest.mark.parametrize("d, g", [(1, 1), (2, 1), (4, 3), (5, 1), (1, 2)])
@@ -21,11 +21,6 @@ def test_four_three_spreads_g_steps():
 
 def test_two_one_alternates_g():
     assert [phases(i, 2, 1)[1] for i in range(4)] == [False, True, False, True]
-
-
-def test_kimg_accounting_rounds_up():
-    assert d_steps_for(60, 128) == 469  # 60,032 images: at least 60 kimg shown
-    assert d_steps_for(0.5, 512) == 1
 
 
 def test_lr_factor_is_flat_then_linear_then_flat():

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from dist_gan.config import load_config
-from dist_gan.engine.step import build_networks, swap_wgrad_wanted
+from dist_gan.engine.training import build_networks, swap_wgrad_wanted
 from dist_gan.models import build_discriminator, build_generator
 from dist_gan.models.fastconv import _conv_forward, _conv_transpose_forward, use_swap_wgrad
 

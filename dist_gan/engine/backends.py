@@ -2,9 +2,12 @@
 
 The step only ever asks a backend to ``backward`` a network's loss, ``step`` a
 network and, for accumulation, whether to hold back the gradient all-reduce.
-Checkpoints go through ``export_state`` / ``import_state`` in one plain format
-(torch ``state_dict``s, Adam state per parameter index), so a run saved under one
-backend resumes under the other.
+Checkpoints go through ``export_net`` / ``import_net`` in one plain format
+(torch ``state_dict``s, Adam state per parameter index; ``engine.checkpoint`` lays
+them out), so a run saved under one backend resumes under the other.
+
+``deepspeed`` is an optional extra (``pip install 'dist-gan[deepspeed]'``), imported only by
+``DeepSpeedBackend``.
 
 DeepSpeed notes, learnt the hard way:
 - one ``Accelerator`` refuses two DeepSpeed models, and accelerate's DeepSpeed
@@ -26,6 +29,8 @@ DeepSpeed notes, learnt the hard way:
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
 from typing import Any, ContextManager, Dict, Optional
 
 import torch
@@ -35,6 +40,8 @@ from dist_gan.engine.precision import Precision
 from dist_gan.errors import UserError
 
 NETS = ("G", "D")
+BACKENDS = ("ddp", "deepspeed")
+ZERO_STAGES = (0, 1, 2)  # DeepSpeed ZeRO: 0 plain data parallel, 1 partitions Adam's state, 2 also the gradients
 
 
 class SyncedGradScaler(torch.amp.GradScaler):
@@ -98,19 +105,19 @@ class DDPBackend:
         scaler.update()
         opt.zero_grad(set_to_none=True)
 
-    def export_state(self) -> Dict[str, Any]:
-        return {
-            "G": self.G_raw.state_dict(), "D": self.D_raw.state_dict(),
-            "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
-            "scaler_G": self.scalers["G"].state_dict(), "scaler_D": self.scalers["D"].state_dict(),
-        }
+    def export_net(self, net: str) -> Dict[str, Any]:
+        """``weights``, ``adam`` and ``scaler`` states of one network (``checkpoint.make_payload`` names them)."""
+        return {"weights": self.raw(net).state_dict(), "adam": self.opts[net].state_dict(),
+                "scaler": self.scalers[net].state_dict()}
 
-    def import_state(self, state: Dict[str, Any]) -> None:
-        self.G_raw.load_state_dict(state["G"]), self.D_raw.load_state_dict(state["D"])
-        for net in NETS:
-            _load_adam(self.opts[net], state[f"opt_{net}"])
-            if state.get(f"scaler_{net}"):
-                self.scalers[net].load_state_dict(state[f"scaler_{net}"])
+    def import_net(self, net: str, saved: Dict[str, Any]) -> None:
+        self.raw(net).load_state_dict(saved["weights"])
+        _load_adam(self.opts[net], saved["adam"])
+        if saved["scaler"]:
+            self.scalers[net].load_state_dict(saved["scaler"])
+
+    def raw(self, net: str) -> nn.Module:
+        return self.G_raw if net == "G" else self.D_raw
 
     def loss_scales(self) -> Dict[str, Optional[float]]:
         """Each network's fp16 loss scale (None when nothing is scaled)."""
@@ -159,18 +166,17 @@ class DeepSpeedBackend:
 
     def __init__(
         self, accelerator, G: nn.Module, D: nn.Module, opt_G, opt_D, precision: Precision,
-        micro_batch: int, accum: int, zero_stage: int, initial_state: Optional[Dict[str, Any]] = None,
+        micro_batch: int, accum: int, zero_stage: int, initial_state: Optional[Dict[str, Dict[str, Any]]] = None,
     ) -> None:
+        """``initial_state``: per network, the ``export_net`` states to start from (a resume)."""
         try:
             import deepspeed
         except ImportError:
-            raise UserError("backend=deepspeed needs DeepSpeed: pip install deepspeed") from None
+            raise UserError("backend=deepspeed needs DeepSpeed: pip install 'dist-gan[deepspeed]' "
+                            "(or pip install deepspeed)") from None
         self.accelerator, self.zero_stage = accelerator, zero_stage
         self._own_group = False
         if not torch.distributed.is_initialized():  # one process, no launcher: a 1-rank group
-            import os
-            import socket
-
             with socket.socket() as sock:
                 sock.bind(("127.0.0.1", 0))
                 port = sock.getsockname()[1]
@@ -180,7 +186,7 @@ class DeepSpeedBackend:
             deepspeed.init_distributed(auto_mpi_discovery=False)
             self._own_group = True
         if initial_state is not None:  # ZeRO copies the module's weights into its partitions at init
-            G.load_state_dict(initial_state["G"]), D.load_state_dict(initial_state["D"])
+            G.load_state_dict(initial_state["G"]["weights"]), D.load_state_dict(initial_state["D"]["weights"])
         conf = deepspeed_config(micro_batch, accum, zero_stage, precision.mode)
         self.engines = {}
         for net, model, opt in (("G", G, opt_G), ("D", D, opt_D)):
@@ -191,8 +197,8 @@ class DeepSpeedBackend:
         self.scalers = {net: self._install_synced_scaler(net) for net in NETS}
         if initial_state is not None:
             for net in NETS:
-                self._import_adam(net, initial_state[f"opt_{net}"])
-                self._import_scaler(net, initial_state.get(f"scaler_{net}"))
+                self._import_adam(net, initial_state[net]["adam"])
+                self._import_scaler(net, initial_state[net]["scaler"])
 
     def _install_synced_scaler(self, net: str) -> Optional[torch.amp.GradScaler]:
         """Swap the engine's fp16 GradScaler (if any) for one that agrees across ranks."""
@@ -284,25 +290,23 @@ class DeepSpeedBackend:
             for key in ("exp_avg", "exp_avg_sq"):
                 safe_set_full_optimizer_state(p, saved["state"][idx][key].to(p.device), key)
 
-    def export_state(self) -> Dict[str, Any]:
-        return {
-            "G": self.G_raw.state_dict(), "D": self.D_raw.state_dict(),
-            "opt_G": self._export_adam("G"), "opt_D": self._export_adam("D"),
-            **{f"scaler_{net}": (self.scalers[net].state_dict() if self.scalers[net] is not None else {}) for net in NETS},
-        }
+    def export_net(self, net: str) -> Dict[str, Any]:
+        """As ``DDPBackend.export_net``; collective under ZeRO (every rank gathers its Adam partitions)."""
+        scaler = self.scalers[net]
+        return {"weights": self.engines[net].module.state_dict(), "adam": self._export_adam(net),
+                "scaler": scaler.state_dict() if scaler is not None else {}}
 
-    def import_state(self, state: Dict[str, Any]) -> None:
-        """Mid-run restore (NaN rollback): weights into the modules and the fp32 partitions, then Adam."""
+    def import_net(self, net: str, saved: Dict[str, Any]) -> None:
+        """Mid-run restore (NaN rollback): weights into the module and the fp32 partitions, then Adam."""
         from deepspeed.utils import safe_set_full_fp32_param
 
-        for net in NETS:
-            module = self.engines[net].module
-            module.load_state_dict(state[net])
-            if self.zero_stage > 0:
-                for p in module.parameters():
-                    safe_set_full_fp32_param(p, p.detach().clone())
-            self._import_adam(net, state[f"opt_{net}"])
-            self._import_scaler(net, state.get(f"scaler_{net}"))
+        module = self.engines[net].module
+        module.load_state_dict(saved["weights"])
+        if self.zero_stage > 0:
+            for p in module.parameters():
+                safe_set_full_fp32_param(p, p.detach().clone())
+        self._import_adam(net, saved["adam"])
+        self._import_scaler(net, saved["scaler"])
 
     def loss_scales(self) -> Dict[str, Optional[float]]:
         """Each network's fp16 loss scale (None when nothing is scaled)."""

@@ -1,16 +1,23 @@
-"""Checkpoints that survive a SIGKILL and load with ``torch.load(weights_only=True)``.
+"""The checkpoint layout, written and read here only.
 
-A checkpoint is one ``.pt`` file holding everything needed to resume bit-for-bit:
-G, D, G_ema, both optimizers, both loss scalers, the image counter, every RNG
-state, the data position and the resolved recipe (as plain containers, so the
-safe unpickler accepts it). Files are written to a temp name in the same folder,
-fsynced, then renamed, so a reader never sees a half-written checkpoint; the
-last ``keep`` are kept.
+A checkpoint is one ``ckpt-<nimg>.pt`` file that loads with
+``torch.load(weights_only=True)`` and holds everything needed to resume bit-for-bit
+(plain containers and tensors only, so the safe unpickler accepts it):
+
+- ``format``: ``dist_gan.ckpt/1``; ``cfg``: the resolved recipe;
+- per network ``G``/``D``: ``G``, ``opt_G``, ``scaler_G`` (weights, Adam state per
+  parameter index, fp16 loss scale), the same for ``D``; ``G_ema`` and
+  ``G_ema_probes`` (``{"<half-life>": state_dict}``, only when the run keeps probes);
+- the ``RunState`` counters at top level (``nimg``, ``iteration``, ``data_step``,
+  ``rollbacks``, ``best_fid``, ``best_kimg``); ``world_size``; ``rng_per_rank``;
+  ``loss_state`` for losses that carry state (BEGAN's k_t).
+
+Files are written atomically (``dist_gan.files``), so a reader never sees a
+half-written checkpoint; the last ``keep`` are kept.
 """
 
 from __future__ import annotations
 
-import os
 import random
 import re
 from pathlib import Path
@@ -20,8 +27,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from dist_gan.engine.ema import probe_key, recalibrate_bn
+from dist_gan.engine.state import RunState
 from dist_gan.errors import UserError
+from dist_gan.files import atomic_write
+from dist_gan.models import build_generator
 
+NETS = ("G", "D")
 FORMAT = "dist_gan.ckpt/1"
 _NAME = re.compile(r"^ckpt-(\d{9,})\.pt$")
 
@@ -29,6 +41,49 @@ _NAME = re.compile(r"^ckpt-(\d{9,})\.pt$")
 def checkpoint_name(nimg: int) -> str:
     """File name ordered by images seen, so the newest sorts last."""
     return f"ckpt-{nimg:09d}.pt"
+
+
+def nimg_of(path: Path) -> int:
+    """Images seen, from a ``ckpt-<nimg>.pt`` name or else from the file itself."""
+    m = _NAME.match(Path(path).name)
+    return int(m.group(1)) if m else int(load_checkpoint(path).get("nimg", 0))
+
+
+# ------------------------------------------------------------------ layout
+def make_payload(
+    cfg: Dict[str, Any], run: RunState, nets: Dict[str, Dict[str, Any]], G_ema: nn.Module,
+    ema_probes: Dict[float, nn.Module], loss_state: Optional[Dict[str, Any]], world_size: int,
+    rng_per_rank: List[Dict[str, Any]],
+) -> Dict[str, Any]:
+    """The checkpoint dict. ``nets[net]`` holds a backend's ``weights``, ``adam`` and ``scaler`` states."""
+    payload: Dict[str, Any] = {"cfg": cfg}
+    for net in NETS:
+        payload.update({net: nets[net]["weights"], f"opt_{net}": nets[net]["adam"], f"scaler_{net}": nets[net]["scaler"]})
+    payload["G_ema"] = G_ema.state_dict()
+    if ema_probes:
+        payload["G_ema_probes"] = {probe_key(h): p.state_dict() for h, p in ema_probes.items()}
+    payload.update(run.as_dict())
+    payload.update(world_size=world_size, rng_per_rank=rng_per_rank)
+    if loss_state is not None:
+        payload["loss_state"] = loss_state
+    return payload
+
+
+def network_state(payload: Dict[str, Any], net: str) -> Dict[str, Any]:
+    """One network's ``weights``, ``adam`` and ``scaler`` states (the scaler may be empty)."""
+    return {"weights": payload[net], "adam": payload[f"opt_{net}"], "scaler": payload.get(f"scaler_{net}") or {}}
+
+
+def restore_averages(payload: Dict[str, Any], G_ema: nn.Module, ema_probes: Dict[float, nn.Module]) -> None:
+    """G_ema and the probes as saved; a probe new to this run starts from G_ema."""
+    G_ema.load_state_dict(payload["G_ema"])
+    saved = payload.get("G_ema_probes", {})
+    for half_life, probe in ema_probes.items():
+        probe.load_state_dict(saved.get(probe_key(half_life), payload["G_ema"]))
+
+
+def run_state(payload: Dict[str, Any]) -> RunState:
+    return RunState.from_dict(payload)
 
 
 def list_checkpoints(ckpt_dir: Path) -> List[Path]:
@@ -40,23 +95,8 @@ def list_checkpoints(ckpt_dir: Path) -> List[Path]:
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to ``path`` via temp file + fsync + rename (+ directory fsync)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    """torch.save to ``path`` atomically (temp file, fsync, rename, folder fsync)."""
+    atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 def save_checkpoint(state: Dict[str, Any], ckpt_dir: Path, nimg: int, keep: int = 3) -> Path:
@@ -106,9 +146,6 @@ def load_generator(
     of its ``train.ema_probes``. ``bn_recal`` re-estimates the BN statistics for the loaded
     weights (``ema.recalibrate_bn``) instead of using the stored ones.
     """
-    from dist_gan.engine.ema import recalibrate_bn
-    from dist_gan.models import build_generator
-
     state = load_checkpoint(path_or_run)
     cfg = state["cfg"]
     G = build_generator(cfg["model"])
@@ -121,8 +158,6 @@ def load_generator(
 
 def _generator_state(state: Dict[str, Any], ema: bool, ema_kimg: Optional[float]) -> Dict[str, Any]:
     """The raw G, the main EMA or the probe asked for; a missing half-life names those the run kept."""
-    from dist_gan.engine.ema import probe_key
-
     if ema_kimg is None:
         return state["G_ema" if ema else "G"]
     if not ema:

@@ -28,6 +28,7 @@ from torch import nn
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 MODES = ("auto", *DTYPES)
 COMPILE_MODES = ("", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+ADAM_IMPLS = ("auto", "fused", "foreach", "plain")  # optim.impl: auto tries fused, then foreach
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ def compile_available() -> Optional[str]:
     """None if ``torch.compile`` can work here, else why not."""
     if not hasattr(torch, "compile"):
         return "this torch has no torch.compile"
-    try:
+    try:  # torch._dynamo loads the compiler stack: imported only when a run compiles
         from torch._dynamo.eval_frame import is_dynamo_supported
 
         is_dynamo_supported()
@@ -141,7 +142,7 @@ def maybe_compile(module: nn.Module, mode: str) -> nn.Module:
     if why:
         warnings.warn(f"{why}; training eagerly", RuntimeWarning, stacklevel=2)
         return module
-    from torch._dynamo import config as dynamo_config
+    from torch._dynamo import config as dynamo_config  # as above: only when a run compiles
 
     dynamo_config.suppress_errors = True
     return torch.compile(module, mode=None if mode == "default" else mode)

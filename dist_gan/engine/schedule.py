@@ -10,8 +10,9 @@ resumed run follows the same rates, whatever the batch size or world size.
 
 from __future__ import annotations
 
-import math
 from typing import Sequence, Tuple
+
+LR_DECAY_NETS = ("both", "g", "d")  # optim.lr_decay_nets: whose learning rate the decay lowers
 
 
 def _spread(position: int, steps: int, cycle: int) -> bool:
@@ -27,11 +28,6 @@ def phases(iteration: int, d_steps: int, g_steps: int) -> Tuple[bool, bool]:
 
 def total_images(kimg: float) -> int:
     return int(round(kimg * 1000))
-
-
-def d_steps_for(kimg: float, batch: int) -> int:
-    """D steps needed to show at least ``kimg`` thousand real images at this global batch."""
-    return math.ceil(total_images(kimg) / batch)
 
 
 def lr_factor(nimg: int, decay_kimg: Sequence[float], final: float) -> float:

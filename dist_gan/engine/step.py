@@ -1,7 +1,7 @@
 """One training iteration's phases over prepared networks: D step, G step, EMA.
 
-Kept apart from the loop so benchmarks time exactly the step the trainer runs
-(``benchmarks/step.py`` builds it the way the loop does). Statistics stay on the
+Built for the trainer and the benchmarks alike by ``engine.training.build_training``,
+so benchmarks time exactly the step the trainer runs. Statistics stay on the
 device (summed tensors); the loop reads them at its sync points only, so a step
 never forces a host sync.
 
@@ -16,9 +16,8 @@ gradients) during G's step; ``compile`` (``train.compile``) wraps G and D in
 from __future__ import annotations
 
 import contextlib
-import copy
 import warnings
-from typing import Callable, Dict, NamedTuple, Optional
+from typing import Callable, Dict, Optional
 
 import torch
 from torch import nn
@@ -27,44 +26,6 @@ from dist_gan.engine.backends import DDPBackend
 from dist_gan.engine.ema import ema_beta, update_ema
 from dist_gan.engine.precision import Precision, maybe_compile
 from dist_gan.losses import LossContext
-
-
-class Networks(NamedTuple):
-    """What a run trains, built identically by the trainer and the benchmarks."""
-
-    G: nn.Module
-    D: nn.Module
-    G_ema: nn.Module
-    opt_G: torch.optim.Optimizer
-    opt_D: torch.optim.Optimizer
-    precision: Precision
-
-
-def swap_wgrad_wanted(train_cfg, device: torch.device) -> bool:
-    """``train.swap_wgrad``: ``auto`` is on where it was measured to win (CPU/oneDNN, eager), off on GPUs."""
-    if train_cfg.swap_wgrad == "auto":
-        return device.type == "cpu" and not train_cfg.compile
-    return train_cfg.swap_wgrad == "always"
-
-
-def build_networks(cfg, device: torch.device) -> Networks:
-    """G, D (seeded identically on every rank), G_ema, both Adams and the precision, per recipe."""
-    from dist_gan.engine.precision import make_adam
-    from dist_gan.models import build_discriminator, build_generator
-
-    torch.manual_seed(cfg.seed)
-    G, D = build_generator(cfg.model).to(device), build_discriminator(cfg.model).to(device)
-    if swap_wgrad_wanted(cfg.train, device):
-        from dist_gan.models.fastconv import use_swap_wgrad
-
-        use_swap_wgrad(G, cfg.model.resolution)
-        use_swap_wgrad(D, cfg.model.resolution)
-    if cfg.train.channels_last:
-        G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
-    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
-    opt_G = make_adam(G.parameters(), cfg.optim.g_lr, cfg.optim.g_betas, cfg.optim.impl, device)
-    opt_D = make_adam(D.parameters(), cfg.optim.d_lr, cfg.optim.d_betas, cfg.optim.impl, device)
-    return Networks(G, D, G_ema, opt_G, opt_D, Precision(cfg.train.precision, device, tf32=cfg.train.tf32))
 
 
 class TrainStep:

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
+SWAP_WGRAD_MODES = ("auto", "always", "never")  # train.swap_wgrad: auto = on for CPU, eager
 MAX_AREA = 16  # switch layers whose smaller feature map has at most this many pixels (4x4)
 
 
