@@ -14,14 +14,13 @@ from typing import Sequence
 from rich.console import Console
 
 from dist_gan.config import load_config
+from dist_gan.data.pack import pack
+from dist_gan.data.synthetic import draw_faces
+from dist_gan.engine.loop import train
 
 
 def run_quickstart(out: Path, n_images: int = 2000, kimg: float = 40.0, overrides: Sequence[str] = ()) -> Path:
     """Run draw -> pack -> train under ``out``; returns the run directory."""
-    from dist_gan.data.pack import pack
-    from dist_gan.data.synthetic import draw_faces
-    from dist_gan.engine.loop import train
-
     console = Console(stderr=True)
     out = Path(out)
     faces, shards, run_dir = out / "faces.zip", out / "shards", out / "run"

@@ -42,6 +42,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from omegaconf import DictConfig
 
+from dist_gan.config import load_config, parse_overrides
 from dist_gan.errors import UserError
 
 PREEMPT_NOTICE_S = 120  # SIGUSR1 this long before the time limit
@@ -153,9 +154,9 @@ PYTHON="${DIST_GAN_PYTHON:-python}"
 echo "dist_gan eval: job ${SLURM_JOB_ID:-?}, $PROCS process(es): $*"
 if [ "$PROCS" -gt 1 ]; then
     # torchrun's own parser would take --n: spell the sample count -n.
-    exec srun --ntasks=1 torchrun --standalone --nproc_per_node "$PROCS" -m dist_gan.eval.run eval "$@"
+    exec srun --ntasks=1 torchrun --standalone --nproc_per_node "$PROCS" -m dist_gan eval "$@"
 fi
-exec srun --ntasks=1 "$PYTHON" -m dist_gan.eval.run eval "$@"
+exec srun --ntasks=1 "$PYTHON" -m dist_gan eval "$@"
 """
 
 
@@ -236,8 +237,6 @@ def _check_time(time: str) -> None:
 def prepare(args: Sequence[str], nodes: int, gpus_per_node: int, partition: Optional[str] = None,
             time: str = "24:00:00", setup: str = "", cwd: Optional[Path] = None) -> Tuple[TrainJob, DictConfig, Path]:
     """Validate the recipe (unknown keys, values, divisibility) and build the job; nothing is written."""
-    from dist_gan.config import load_config, parse_overrides
-
     cfg = load_config(list(args))  # unknown keys and bad values fail here, before any rendering
     overrides = parse_overrides(args)
     if overrides.get("resume", "auto") not in ("", "auto"):

@@ -18,18 +18,19 @@ if __name__ == "__main__":
     sys.path.insert(0, str(here.parent))
 
 
+# Below the sys.path fix above: as a script, ``dist_gan`` is importable only after it.
+from dist_gan.config import load_config  # noqa: E402
+from dist_gan.engine.loop import train  # noqa: E402
+from dist_gan.errors import UserError  # noqa: E402
+
+
 def main(argv: Optional[Sequence[str]] = None) -> Path:
     """Parse ``recipe=... key=value`` arguments, then train; returns the run directory."""
-    from dist_gan.config import load_config
-    from dist_gan.engine.loop import train
-
     cfg = load_config(list(sys.argv[1:] if argv is None else argv))
     return train(cfg)
 
 
 if __name__ == "__main__":
-    from dist_gan.errors import UserError
-
     try:
         main()
     except UserError as exc:

@@ -213,7 +213,7 @@ def test_eval_script_runs_the_evaluator(stubs, tmp_path, repo_root):
     env = {**os.environ, "DIST_GAN_GPUS_PER_NODE": "4"}
     subprocess.run(["sbatch", str(repo_root / "slurm" / "eval.sbatch"), "runs/x", "--fid", "-n", "100"], env=env,
                    check=True, timeout=60, cwd=tmp_path)
-    assert "[--nproc_per_node] [4] [-m] [dist_gan.eval.run] [eval] [runs/x] [--fid] [-n] [100]" in stubs.read_text()
+    assert "[--nproc_per_node] [4] [-m] [dist_gan] [eval] [runs/x] [--fid] [-n] [100]" in stubs.read_text()
 
 
 # ------------------------------------------------------------ end to end: 2 "nodes", preempted, requeued

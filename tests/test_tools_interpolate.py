@@ -54,3 +54,13 @@ def test_interpolate_errors(tmp_path):
     assert res.exit_code == 2 and ".gif or .mp4" in " ".join(res.output.split())
     res = run(app, ["interpolate", str(ckpt), "--n-keys", "1", "--out", str(tmp_path / "v.gif")])
     assert res.exit_code == 2
+
+
+def test_mp4_without_ffmpeg_names_the_extra_before_rendering(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "imageio_ffmpeg" else real(name, *a))
+    res = CliRunner().invoke(app, ["interpolate", str(_ckpt(tmp_path)), "--out", str(tmp_path / "w.mp4"), "--frames", "2"])
+    assert res.exit_code == 2 and "dist-gan[tools]" in res.output
+    assert not (tmp_path / "w.mp4").exists()

@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 
 from dist_gan.cli import app
 from dist_gan.engine.checkpoint import save_checkpoint
-from dist_gan.tools.imageio_utils import psnr, save_image
+from dist_gan.imaging import save_image
+from dist_gan.tools.imageio_utils import psnr
 from dist_gan.tools.invert import invert, shift_image
 from dist_gan.tools.perceptual import build_loss, mse_loss
 from dist_gan.tools.sample import demo_generator

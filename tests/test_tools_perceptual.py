@@ -92,7 +92,7 @@ def test_lpips_without_backbone_weights_is_a_clear_error(tmp_path, monkeypatch):
 def test_lpips_cli_error_is_one_line(tmp_path, monkeypatch):
     from dist_gan.cli import app
     from dist_gan.engine.checkpoint import save_checkpoint
-    from dist_gan.tools.imageio_utils import save_image
+    from dist_gan.imaging import save_image
     from dist_gan.tools.sample import demo_generator
 
     monkeypatch.delenv(P.LPIPS_ENV, raising=False)

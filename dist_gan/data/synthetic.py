@@ -11,7 +11,6 @@ many faces are drawn, and every run is byte-identical.
 from __future__ import annotations
 
 import math
-import os
 import re
 import zipfile
 from pathlib import Path
@@ -22,6 +21,8 @@ from PIL import Image, ImageDraw
 
 from dist_gan.data.images import encode_png
 from dist_gan.errors import UserError
+from dist_gan.files import atomic_open
+from dist_gan.progress import progress_bar
 
 RGB = Tuple[int, int, int]
 SUPERSAMPLE = 4
@@ -184,22 +185,15 @@ def draw_faces(n: int, out: Path, size: int = 64, seed: int = 0, progress: bool 
     if size < 16 or size > 1024:
         raise UserError(f"size must be between 16 and 1024, got {size}")
 
-    from rich.console import Console
-    from rich.progress import Progress
-
-    console = Console(stderr=True)
-    with Progress(console=console, disable=not (progress and console.is_terminal), transient=True) as bar:
+    with progress_bar(enabled=progress, transient=True) as bar:
         task = bar.add_task("drawing faces", total=n)
         if out.suffix.lower() == ".zip":
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_name(out.name + ".tmp")
-            with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
+            with atomic_open(out, "wb") as fh, zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED) as zf:
                 for i in range(n):
                     info = zipfile.ZipInfo(f"{FOLDER}/{i:06d}.png", date_time=(1980, 1, 1, 0, 0, 0))
                     info.external_attr = 0o644 << 16
                     zf.writestr(info, _face_png(seed, i, size))
                     bar.advance(task)
-            os.replace(tmp, out)
         else:
             folder = out / FOLDER
             folder.mkdir(parents=True, exist_ok=True)
@@ -210,14 +204,3 @@ def draw_faces(n: int, out: Path, size: int = 64, seed: int = 0, progress: bool 
                 if re.fullmatch(r"\d{6}\.png", p.name) and int(p.name[:6]) >= n:
                     p.unlink()
     return out
-
-
-def face_grid(images: Sequence[Image.Image], cols: int = 8) -> Image.Image:
-    """Tile images into one picture (for eyeballing a draw)."""
-    w, h = images[0].size
-    rows = (len(images) + cols - 1) // cols
-    grid = Image.new("RGB", (cols * w, rows * h))
-    for i, im in enumerate(images):
-        grid.paste(im, ((i % cols) * w, (i // cols) * h))
-    return grid
-

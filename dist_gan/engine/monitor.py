@@ -12,7 +12,10 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress, TextColumn
+
+from dist_gan.imaging import pyplot
+from dist_gan.progress import progress_bar
 
 
 class Monitor:
@@ -32,15 +35,11 @@ class Monitor:
         self.console = Console(stderr=True, soft_wrap=True)  # log lines stay greppable
         self.progress: Optional[Progress] = None
         if progress:
-            self.progress = Progress(
-                TextColumn("[bold]train"),
-                BarColumn(),
+            self.progress = progress_bar(
                 TextColumn("{task.fields[kimg]:>8.2f}/{task.fields[total_kimg]:.0f} kimg"),
                 TextColumn("{task.fields[ips]:>7.0f} img/s"),
                 TextColumn("{task.fields[losses]}"),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                console=self.console,
+                console=self.console, count=False,
             )
             self.task = self.progress.add_task(
                 "train", total=total_images, completed=start_images, kimg=start_images / 1000,
@@ -91,11 +90,7 @@ def plot_losses(metrics_path: Path, out_png: Path) -> Optional[Path]:
     records = read_metrics(metrics_path) if metrics_path.exists() else []
     if not records:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     kimg = [r["kimg"] for r in records]
     keys = set(records[-1])
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))

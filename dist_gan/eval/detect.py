@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 
 import cv2
 import numpy as np
+import torch
 
 from dist_gan.errors import UserError
 
@@ -208,12 +209,10 @@ class HogDetector(Detector):
     def __init__(self, cascade_path: str | None = None) -> None:
         super().__init__()
         _no_cascade(self.name, cascade_path)
-        try:
+        try:  # an optional extra
             import dlib
         except ImportError as exc:
-            raise UserError(
-                f"the hog detector needs dlib: pip install dlib-bin ({exc})"
-            ) from exc
+            raise UserError(f"the hog detector needs dlib: pip install 'dist-gan[detectors]' ({exc})") from exc
         self._detector = dlib.get_frontal_face_detector()
 
     def _detect_one(self, work: np.ndarray) -> bool:
@@ -237,7 +236,7 @@ class MtcnnDetector(Detector):
     def __init__(self, cascade_path: str | None = None) -> None:
         super().__init__()
         _no_cascade(self.name, cascade_path)
-        try:
+        try:  # optional: its wheel pins an old torch, so it cannot be an extra (install it --no-deps)
             from facenet_pytorch import MTCNN
         except ImportError as exc:
             raise UserError(
@@ -247,8 +246,6 @@ class MtcnnDetector(Detector):
         self._mtcnn = MTCNN(keep_all=False, device="cpu")
 
     def detect(self, images: np.ndarray) -> np.ndarray:
-        import torch
-
         images = check_images(images)
         self._last_size = int(images.shape[1])
         best: list[float] = []

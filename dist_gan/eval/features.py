@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from dist_gan.errors import UserError
+from dist_gan.files import atomic_write
 
 SOURCE_NAME = "default_1.pt"
 SOURCE_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
@@ -169,13 +170,6 @@ def _is_torchscript(path: Path) -> bool:
         return any(n.endswith("/code/__torch__.py") or "/code/" in n for n in zf.namelist())
 
 
-def _atomic_torch_save(obj: object, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def resolve_weights(path: Optional[str | Path] = None) -> InceptionWeights:
     """Find, verify and (once) convert the Inception weights; a UserError saying how to get them if absent."""
     if path is not None:
@@ -198,7 +192,7 @@ def resolve_weights(path: Optional[str | Path] = None) -> InceptionWeights:
             )
         converted = cache_dir() / "inception" / f"fidelity-inception-from-{sha1}.pth"
         if not converted.is_file():
-            _atomic_torch_save(convert_torchscript(source), converted)
+            atomic_write(converted, lambda fh: torch.save(convert_torchscript(source), fh))
         return InceptionWeights(converted, source, sha1, "torchscript", has_fc=False)
     try:
         sd = torch.load(source, map_location="cpu", weights_only=True)
@@ -222,6 +216,8 @@ class InceptionFeatures(nn.Module):
 
     def __init__(self, weights: InceptionWeights, logits: bool = False) -> None:
         super().__init__()
+        # Imported on first use: torch-fidelity pulls in torchvision (~1.5-3 s of start-up,
+        # python -X importtime), which commands that extract no features never need.
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
         if logits and not weights.has_fc:

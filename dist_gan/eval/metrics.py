@@ -16,7 +16,10 @@ from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional
 import numpy as np
 
 from dist_gan.errors import UserError
+from dist_gan.eval.detect import build_detector
 from dist_gan.eval.fid import feature_stats, fid_to_stats, inception_score, kernel_inception_distance
+from dist_gan.eval.leak import leak_report
+from dist_gan.eval.report import save_sample_grid
 
 
 @dataclass
@@ -119,8 +122,6 @@ NO_FACE_GRID = 64  # generated images drawn in no_face.png (the first ones misse
 @register_metric("detect", needs=("ref_images",))
 def detect(ctx: EvalContext) -> Dict[str, Any]:
     """Face detectability: generated images with no face found, beside real ones (the detector's ceiling)."""
-    from dist_gan.eval.detect import build_detector
-
     det = ctx.options.get("detector_obj") or build_detector(ctx.options.get("detector", "haar"), ctx.options.get("cascade"))
     progress = ctx.options.get("progress")
     gen_found = _detect_batched(det, ctx.gen_images, progress, "detect faces (generated)")
@@ -144,8 +145,6 @@ def detect(ctx: EvalContext) -> Dict[str, Any]:
     if ctx.out_dir is not None and not len(missed):
         (Path(ctx.out_dir) / "no_face.png").unlink(missing_ok=True)  # not a stale one from an earlier run
     elif ctx.out_dir is not None:
-        from dist_gan.eval.report import save_sample_grid
-
         shown = ctx.gen_images[missed[:NO_FACE_GRID]]
         out["png"] = str(save_sample_grid(shown, Path(ctx.out_dir) / "no_face.png", nrow=min(8, len(shown))))
     return out
@@ -164,8 +163,6 @@ def _detect_batched(det: Any, images: np.ndarray, progress: Any, desc: str, batc
 @register_metric("leak", needs=("features", "ref_images"))
 def leak(ctx: EvalContext) -> Dict[str, Any]:
     """Memorisation check: nearest reference image of each generated one in Inception space."""
-    from dist_gan.eval.leak import leak_report
-
     out_png = ctx.out_dir / "pairs.png" if ctx.out_dir is not None else None
     return leak_report(ctx.gen_feats, ctx.ref_feats, ctx.gen_images, ctx.ref_images, out_png,
                        k_pairs=ctx.options.get("k_pairs", 8))

@@ -8,22 +8,20 @@ missed) is drawn by the ``detect`` metric.
 from __future__ import annotations
 
 import json
-import os
 import platform
-import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
 import numpy as np
 
-from dist_gan.imaging import make_grid, save_image
+import dist_gan
+from dist_gan.files import atomic_write_text
+from dist_gan.imaging import make_grid, pyplot, save_image
 
 
 def versions() -> Dict[str, str]:
     """Versions that change the numbers: torch, torch-fidelity, numpy, scipy, dist_gan, python."""
-    import dist_gan
-
     out = {"python": platform.python_version(), "dist_gan": dist_gan.__version__}
     for pkg in ("torch", "torchvision", "torch-fidelity", "torchmetrics", "numpy", "scipy", "opencv-python-headless"):
         try:
@@ -40,11 +38,7 @@ def save_sample_grid(images: np.ndarray, path: Path, nrow: int = 8, scale: int =
 
 def plot_fid_curve(points: Sequence[Dict[str, Any]], path: Path) -> Path:
     """FID against kimg, best checkpoint marked; ``points`` have keys kimg, fid."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     kimg = [p["kimg"] for p in points]
     fid = [p["fid"] for p in points]
     best = int(np.argmin(fid))
@@ -80,11 +74,7 @@ def _jsonable(x: Any) -> Any:
 
 def write_json(report: Dict[str, Any], path: Path) -> Path:
     """Atomic write of the report as indented JSON."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(_jsonable(report), indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(_jsonable(report), indent=2, sort_keys=False) + "\n")
 
 
 def _fmt(v: Any) -> str:
@@ -145,10 +135,6 @@ def render_markdown(report: Dict[str, Any]) -> str:
 def write_markdown(report: Dict[str, Any], path: Path) -> Path:
     path.write_text(render_markdown(report))
     return path
-
-
-def command_line() -> str:
-    return " ".join(sys.argv)
 
 
 def _which_generator(ck: dict) -> str:

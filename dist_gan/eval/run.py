@@ -11,24 +11,26 @@ and writes. Launch several with ``torchrun --nproc_per_node K -m dist_gan.cli ev
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import os
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import torch
 
+from dist_gan.engine.checkpoint import list_checkpoints, load_generator, nimg_of, resolve_checkpoint
 from dist_gan.errors import UserError
 from dist_gan.eval import metrics as M
 from dist_gan.eval import reference as R
 from dist_gan.eval.features import RESIZE_PROTOCOL, InceptionFeatures, cache_dir, extract, resolve_weights
+from dist_gan.eval.detect import build_detector
 from dist_gan.eval.fid import feature_stats, fid_to_stats
 from dist_gan.eval.report import plot_fid_curve, save_sample_grid, versions, write_json, write_markdown
+from dist_gan.imaging import to_uint8
+from dist_gan.progress import progress_bar
 
 SEED_RULE = "z_i ~ N(0, I) drawn from torch.Generator().manual_seed(seed * 2**32 + i) for global sample index i"
 TO_UINT8 = "G output in [-1, 1] -> round((x + 1) * 127.5) clamped to uint8 (dist_gan.imaging.to_uint8)"
@@ -116,20 +118,6 @@ def sharded(n: int, batch: int, fn: Callable[[int, int], Dict[str, np.ndarray]],
     return {k: np.concatenate([merged[s][k] for s in starts]) for k in keys}
 
 
-@contextlib.contextmanager
-def progress_bar(enabled: bool) -> Iterator[Any]:
-    """A rich progress display (stderr) on the main process, None elsewhere."""
-    if not enabled:
-        yield None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TimeRemainingColumn(), console=Console(stderr=True)) as p:
-        yield p
-
-
 # ------------------------------------------------------------------ pieces
 def latents(start: int, stop: int, nz: int, seed: int) -> torch.Tensor:
     """Latents of global samples [start, stop): each from its own seeded generator."""
@@ -141,22 +129,9 @@ def latents(start: int, stop: int, nz: int, seed: int) -> torch.Tensor:
     return out
 
 
-def checkpoint_nimg(path: Path) -> int:
-    """Images seen, from the ``ckpt-<nimg>.pt`` name or else the file's ``nimg``."""
-    m = re.match(r"^ckpt-(\d+)\.pt$", path.name)
-    if m:
-        return int(m.group(1))
-    from dist_gan.engine.checkpoint import load_checkpoint
-
-    return int(load_checkpoint(path).get("nimg", 0))
-
-
 def generate_and_extract(ckpt: Path, opts: EvalOptions, dist: Dist, model: Optional[InceptionFeatures],
                          progress: Any, label: str = "") -> Dict[str, Any]:
     """N generated images (uint8 NHWC) and, when a model is given, their features/logits."""
-    from dist_gan.engine.checkpoint import load_generator
-    from dist_gan.imaging import to_uint8
-
     G, cfg = load_generator(ckpt, ema=opts.ema, ema_kimg=opts.ema_kimg, bn_recal=opts.bn_recal)
     nz = int(cfg["model"]["nz"])
 
@@ -214,8 +189,6 @@ def _validate(opts: EvalOptions) -> None:
 
 def evaluate(opts: EvalOptions) -> Optional[Dict[str, Any]]:
     """Run the evaluation; rank 0 writes ``opts.out`` and returns the report, other ranks return None."""
-    from dist_gan.engine.checkpoint import list_checkpoints, resolve_checkpoint
-
     t_start = time.perf_counter()
     _validate(opts)
     dist = init_distributed()
@@ -230,8 +203,6 @@ def evaluate(opts: EvalOptions) -> Optional[Dict[str, Any]]:
     detector_name = opts.detector or R.default_detector(ref)
     detector = None
     if "detect" in opts.metrics:
-        from dist_gan.eval.detect import build_detector
-
         detector = build_detector(detector_name, opts.cascade)
     model: Optional[InceptionFeatures] = None
     weights = None
@@ -246,7 +217,7 @@ def evaluate(opts: EvalOptions) -> Optional[Dict[str, Any]]:
 
     timing: Dict[str, float] = {}
     report: Optional[Dict[str, Any]] = None
-    with progress_bar(opts.progress and dist.main) as progress:
+    with progress_bar(enabled=opts.progress and dist.main) as progress:
         t0 = time.perf_counter()
         gen = generate_and_extract(ckpt, opts, dist, model, progress)
         timing["generate_and_features"] = time.perf_counter() - t0
@@ -265,7 +236,7 @@ def evaluate(opts: EvalOptions) -> Optional[Dict[str, Any]]:
                 else:
                     feats = generate_and_extract(c, opts, dist, model, progress, f" ({c.name})")["feats"]
                 if dist.main:
-                    nimg = checkpoint_nimg(c)
+                    nimg = nimg_of(c)
                     curve.append({"path": str(c), "nimg": nimg, "kimg": nimg / 1000,
                                   "fid": fid_to_stats(feats, ref_stats["mu"], ref_stats["sigma"])})
             timing["all_checkpoints"] = time.perf_counter() - t0
@@ -294,7 +265,7 @@ def _build_report(opts: EvalOptions, dist: Dist, ckpt: Path, ref: R.ReferenceSet
     """Assemble report.json, write it with report.md, grid.png and fid_vs_kimg.png."""
     out = opts.out
     files: Dict[str, Any] = {"report_json": "report.json", "report_md": "report.md", "grid": "grid.png"}
-    nimg = checkpoint_nimg(ckpt)
+    nimg = nimg_of(ckpt)
     protocol: Dict[str, Any] = {
         "n_gen": opts.n, "n_ref": n_ref, "seed": opts.seed, "seed_rule": SEED_RULE, "batch": opts.batch,
         "ema": opts.ema, "ema_kimg": opts.ema_kimg, "bn_recal": opts.bn_recal, "generated_to_uint8": TO_UINT8, "reference": ref.describe(), "world_size": dist.world,
@@ -348,10 +319,3 @@ def _flat_figures(results: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
             if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "seconds":
                 flat[k if k.startswith(name) else f"{name}_{k}"] = v
     return flat
-
-
-
-if __name__ == "__main__":  # torchrun --nproc_per_node K -m dist_gan.eval.run eval RUN --fid ...
-    from dist_gan.cli import app
-
-    app(prog_name="dist-gan")

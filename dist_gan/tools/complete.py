@@ -13,14 +13,14 @@ from pathlib import Path
 from typing import Dict, Optional
 
 import torch
+from PIL import Image
 from torch import nn
 
 from dist_gan.errors import UserError
+from dist_gan.imaging import save_image
+from dist_gan.tools.imageio_utils import load_mask, save_curve, save_strip
 from dist_gan.tools.invert import InversionResult, invert, load_inversion_inputs
 from dist_gan.tools.perceptual import LossFn
-
-MASK_CONVENTION = "mask: WHITE = known pixel (kept, fitted), BLACK = hole (filled in)"
-
 
 @dataclass
 class Completion:
@@ -59,8 +59,6 @@ def save_completion(c: Completion, target: torch.Tensor, mask: torch.Tensor, out
 
     The "before" panel shows the hole as mid-gray.
     """
-    from dist_gan.tools.imageio_utils import save_curve, save_image, save_strip
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     before = target * mask
@@ -100,10 +98,6 @@ def run_complete(
 
 def _load_mask_matching(mask_path: str | Path, target_path: str | Path, res: int, resize: bool) -> torch.Tensor:
     """The mask must have exactly the target file's size (checked before any resize)."""
-    from PIL import Image
-
-    from dist_gan.tools.imageio_utils import load_mask
-
     try:
         with Image.open(target_path) as t:
             tsize = t.size

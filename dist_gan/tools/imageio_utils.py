@@ -1,5 +1,6 @@
-"""Small shared helpers for the image tools: read a picture or mask as a tensor,
-write images, strips and grids, and a rich progress bar on stderr.
+"""Helpers of the image tools: read a picture or mask as a tensor at the generator's
+size, write strips and loss curves, PSNR (grids, PNGs and tensors <-> uint8 are
+``dist_gan.imaging``'s).
 
 Tensors follow the generator's convention: (N, 3, H, W) float in [-1, 1].
 
@@ -16,33 +17,9 @@ from typing import Iterable, List, Optional, Sequence
 import numpy as np
 import torch
 from PIL import Image
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from dist_gan.errors import UserError
-
-SIZE_POLICY = (
-    "images must already be RxR at the generator's resolution R; they are refused otherwise "
-    "(pass --resize to centre-crop to a square and resize instead)"
-)
-
-_console = Console(stderr=True)
-
-
-def progress_bar(disable: bool = False) -> Progress:
-    """A rich progress bar on stderr, shared by every tool so they look alike."""
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=_console,
-        disable=disable,
-        transient=False,
-    )
-
+from dist_gan.imaging import pyplot, save_grid
 
 def _open(path: Path, mode: str) -> Image.Image:
     path = Path(path)
@@ -96,54 +73,17 @@ def load_mask(path: str | Path, resolution: int, resize: bool = False) -> torch.
     return mask
 
 
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """(3, H, W) or (N, 3, H, W) in [-1, 1] -> HWC / NHWC uint8."""
-    x = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(*range(x.dim() - 3), -2, -1, -3).numpy()
-
-
-def save_image(x: torch.Tensor, path: str | Path) -> Path:
-    """One image (3, H, W) or (1, 3, H, W) in [-1, 1] as PNG."""
-    if x.dim() == 4:
-        x = x[0]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(to_uint8(x)).save(path)
-    return path
-
-
-def make_grid(x: torch.Tensor, nrow: int | None = None, pad: int = 2) -> torch.Tensor:
-    """(N, 3, H, W) -> one (3, H', W') picture, ``nrow`` images per row (default: square-ish)."""
-    n, c, h, w = x.shape
-    nrow = nrow or max(1, int(np.ceil(np.sqrt(n))))
-    rows = int(np.ceil(n / nrow))
-    out = torch.ones(c, rows * (h + pad) + pad, nrow * (w + pad) + pad, dtype=x.dtype)
-    for i in range(n):
-        r, col = divmod(i, nrow)
-        out[:, pad + r * (h + pad) : pad + r * (h + pad) + h, pad + col * (w + pad) : pad + col * (w + pad) + w] = x[i]
-    return out
-
-
-def save_grid(x: torch.Tensor, path: str | Path, nrow: int | None = None) -> Path:
-    """A batch in [-1, 1] as one grid PNG."""
-    return save_image(make_grid(x.detach().cpu(), nrow), path)
-
-
 def save_strip(images: Sequence[torch.Tensor], path: str | Path) -> Path:
     """Side-by-side picture of several (1|., 3, H, W) images, e.g. target | reconstruction | difference."""
     parts = [im[0] if im.dim() == 4 else im for im in images]
-    return save_grid(torch.stack([p.detach().cpu() for p in parts]), path, nrow=len(parts))
+    return save_grid(torch.stack([p.detach().cpu() for p in parts]), path, nrow=len(parts), fill=255)
 
 
 def save_curve(
     values: Iterable[float], path: str | Path, title: str = "loss", ylabel: str = "loss", mark: Optional[int] = None, mark_label: str = ""
 ) -> Path:
     """A loss curve PNG (log y axis when every value is positive), optionally a labelled vertical marker."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     vals: List[float] = [float(v) for v in values]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

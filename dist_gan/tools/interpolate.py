@@ -13,13 +13,18 @@ bundled ffmpeg, yuv420p so ordinary players accept it).
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Optional
 
+import imageio.v2 as imageio
 import numpy as np
 import torch
 
 from dist_gan.errors import UserError
+from dist_gan.imaging import to_uint8
+from dist_gan.progress import progress_bar
+from dist_gan.tools.sample import load_sampler, truncated_normal
 
 VIDEO_EXTS = (".gif", ".mp4")
 
@@ -48,10 +53,14 @@ def path_latents(keys: torch.Tensor, frames: int, use_slerp: bool = True) -> tor
     return torch.cat(out)
 
 
+def check_writer(out: Path) -> None:
+    """MP4 goes through ffmpeg, which the ``tools`` extra brings (imageio-ffmpeg); GIF needs nothing more."""
+    if out.suffix.lower() == ".mp4" and importlib.util.find_spec("imageio_ffmpeg") is None:
+        raise UserError(f"--out {out.name}: MP4 needs imageio-ffmpeg: pip install 'dist-gan[tools]' (or write a .gif)")
+
+
 def write_video(frames_u8: np.ndarray, out: Path, fps: int) -> Path:
     """(T, H, W, 3) uint8 -> .gif or .mp4."""
-    import imageio.v2 as imageio
-
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() == ".gif":
         imageio.mimsave(out, list(frames_u8), format="GIF", duration=1000.0 / fps, loop=0)
@@ -81,19 +90,17 @@ def run_interpolate(
     bn_recal: bool = False,
 ) -> Path:
     """The ``dist-gan interpolate`` command."""
-    from dist_gan.tools.imageio_utils import progress_bar, to_uint8
-    from dist_gan.tools.sample import load_sampler, truncated_normal
-
     out = Path(out)
     if out.suffix.lower() not in VIDEO_EXTS:
         raise UserError(f"--out must end in .gif or .mp4 (got {out.name})")
     if n_keys < 2:
         raise UserError(f"--n-keys must be at least 2 (got {n_keys})")
+    check_writer(out)
     G, cfg, sr = load_sampler(ckpt, superres, device, bn_recal)
     z = path_latents(truncated_normal(n_keys, cfg["model"]["nz"], seed), frames, use_slerp)
     chunks = []
     with progress_bar() as bar, torch.no_grad():
-        task = bar.add_task("rendering frames", total=len(z), info="")
+        task = bar.add_task("rendering frames", total=len(z))
         for i in range(0, len(z), 32):
             x = G(z[i : i + 32].to(device))
             if sr is not None:

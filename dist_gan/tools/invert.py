@@ -24,9 +24,14 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
+from rich.progress import TextColumn
 from torch import nn
 
-from dist_gan.tools.imageio_utils import progress_bar, psnr
+from dist_gan.engine.checkpoint import load_generator
+from dist_gan.imaging import save_image
+from dist_gan.progress import progress_bar
+from dist_gan.tools.imageio_utils import load_image, psnr, save_curve, save_strip
+from dist_gan.tools.perceptual import build_loss
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
 
@@ -152,7 +157,7 @@ def invert(
 
     history: List[torch.Tensor] = []
     steps = max(1, int(steps))
-    with progress_bar(disable=not show_progress) as bar:
+    with progress_bar(TextColumn("{task.fields[info]}"), enabled=show_progress) as bar:
         task = bar.add_task(description, total=steps, info="")
         for step in range(steps):
             frac = step / steps
@@ -192,8 +197,6 @@ def difference_image(a: torch.Tensor, b: torch.Tensor, gain: float = 2.0) -> tor
 
 def save_inversion(result: InversionResult, out: Path, stem: str = "invert") -> Dict[str, Path]:
     """Write reconstruction, target | reconstruction | difference strip, loss curve and latent."""
-    from dist_gan.tools.imageio_utils import save_curve, save_image, save_strip
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {
@@ -212,10 +215,6 @@ def save_inversion(result: InversionResult, out: Path, stem: str = "invert") -> 
 def load_inversion_inputs(ckpt, target_path, loss: str, weights: Optional[str], lpips_weights: Optional[str],
                           resize: bool, device: str):
     """(EMA G, its recipe, the target at G's resolution, the loss) for the invert and complete commands."""
-    from dist_gan.engine.checkpoint import load_generator
-    from dist_gan.tools.imageio_utils import load_image
-    from dist_gan.tools.perceptual import build_loss
-
     G, cfg = load_generator(ckpt, ema=True, device=device)
     target = load_image(target_path, cfg["model"]["resolution"], resize=resize).to(device)
     loss_fn = build_loss(loss, weights=weights, lpips_weights=lpips_weights)

