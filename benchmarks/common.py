@@ -1,5 +1,6 @@
-"""Helpers shared by the benchmarks: alternating runs, medians, machine info, JSON, and the
-reuse key of a finished training run.
+"""Helpers shared by the speed benchmarks: alternating runs, medians, machine info, the JSON
+envelope, the scratch cache. (The quality benchmarks' train -> eval -> table path is
+``benchmarks/harness.py``.)
 
 Rules every benchmark here follows:
 - candidates run side by side in ONE process, interleaved (A, B, A, B, ...), and the
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import torch
+
+from dist_gan.files import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -54,7 +57,7 @@ def alternate(candidates: Mapping[str, Callable[[], Any]], *, iters: int, repeat
     """Time every candidate ``repeats`` times, interleaved; images/s per repeat and the median.
 
     Each repeat runs the candidates in a rotated order (A B C, B C A, ...) so no
-    candidate always follows the same neighbour (caches, thermal, the box's load).
+    candidate always follows the same neighbour (caches, thermal, the machine's load).
     """
     names = list(candidates)
     for name in names:
@@ -133,9 +136,8 @@ def git_commit() -> str:
 
 
 def write_json(path: str | Path, kind: str, settings: Dict[str, Any], results: Dict[str, Any], device: torch.device) -> Path:
-    """``{"schema", "benchmark", "time", "commit", "machine", "settings", "results"}``, written atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """``{"schema", "benchmark", "time", "commit", "machine", "settings", "results"}``, written atomically
+    (``dist_gan.files``: a reader, or the next benchmark's ``--step-json``, never sees half a file)."""
     payload = {
         "schema": SCHEMA,
         "benchmark": kind,
@@ -145,10 +147,7 @@ def write_json(path: str | Path, kind: str, settings: Dict[str, Any], results: D
         "settings": settings,
         "results": results,
     }
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=_jsonable) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=False, default=_jsonable) + "\n")
 
 
 def _jsonable(obj: Any) -> Any:
@@ -177,17 +176,3 @@ def cache_dir() -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
 
-
-def resolved_train_config(args: List[str]) -> Dict[str, Any]:
-    """The full config ``dist_gan/train.py *args`` trains with, less where it reads and writes.
-
-    Why: the benchmarks reuse a finished run when nothing about it changed, and the argument
-    list alone cannot tell: ``recipe=celeba64`` reads the same after the recipe file's
-    defaults change. Comparing this instead catches that.
-    """
-    from dist_gan.config import load_config, to_dict
-
-    cfg = to_dict(load_config(args))
-    for key in ("data", "run_dir", "resume"):  # where, not what: the paths are in the arguments already
-        cfg.pop(key, None)
-    return cfg

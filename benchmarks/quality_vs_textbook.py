@@ -15,7 +15,7 @@ the example's DataLoader does); dist_gan streams them. Then three runs, same see
   SIGTERM (the loop's preemption path: it checkpoints and exits) once it has used the
   textbook's time. ``--clock cpu`` (default) measures that time as the CPU seconds of the
   whole training process (user + system, start to exit, the textbook's own taken the same
-  way): on a shared box, wall time mostly measures the neighbours. ``--clock wall`` uses
+  way): on a shared machine, wall time mostly measures the neighbours. ``--clock wall`` uses
   elapsed seconds (meaningful on a quiet machine only). Every process runs with
   ``--threads`` intra-op threads (``OMP_NUM_THREADS``).
 
@@ -36,6 +36,9 @@ face detector misses on N samples and on N reals (Haar for CelebA; the anime LBP
 for anime), and the nearest-neighbour leak check. ``--bn-recal`` scores every run, the
 textbook's included, with its G's BatchNorm statistics re-estimated for the weights scored
 (``dist-gan eval --bn-recal``; the sample figure uses the same generators).
+
+Packing, evaluation (and its reuse), checkpoints, the sample figure and the table files go
+through ``benchmarks/harness.py``, as in ``quality_study.py``.
 
 Writes under ``--out`` (default ``benchmarks/results/quality_vs_textbook``):
 ``results.json`` (schema ``dist_gan.quality_vs_textbook/1``), ``results.md`` (the tables),
@@ -58,11 +61,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import re
 import shlex
+import shutil
 import signal
-import subprocess
 import sys
 import time
 from fractions import Fraction
@@ -73,25 +75,15 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-SHARED = (REPO / ".." / "shared").resolve()
-TRAIN_PY = REPO / "dist_gan" / "train.py"
-ZIPS = {"celeba": "celeba-10k.zip", "anime": "anime-faces-20k.zip"}
-ANIME_CASCADE = SHARED / "detectors" / "lbpcascade_animeface.xml"
+from benchmarks import harness as H  # noqa: E402
+from benchmarks.common import cache_dir, machine_info  # noqa: E402
+from benchmarks.harness import BLOCK_SIZE, GRID_N, Done, Job, fmt, wait_all  # noqa: E402
+from dist_gan.files import atomic_write_json, atomic_write_text  # noqa: E402
+
 SCHEMA = "dist_gan.quality_vs_textbook/1"
 RUNS = ("textbook", "dist_gan@img", "dist_gan@time")
-GRID_SEED = 1234
-GRID_N = 16
-BLOCK_SIZE = 256  # images per uint8 array in ``--time-format blocks`` shards
-CLK = os.sysconf("SC_CLK_TCK")
 
-
-def log(msg: str) -> None:
-    print(f"[quality_vs_textbook {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def default_cache() -> Path:
-    root = os.environ.get("DIST_GAN_BENCH_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "dist_gan_bench")
-    return Path(root)
+log = H.make_log("quality_vs_textbook")
 
 
 # ------------------------------------------------------------------ data
@@ -103,40 +95,9 @@ def packed_shards(data: str, cache: Path, crop: str, limit: Optional[int], zip_p
     pixels are identical) as uint8 arrays of ``BLOCK_SIZE`` images: the stream then skips the
     per-image tar and PNG decode. That decode is one-off preprocessing, like the textbook's
     decode into memory, which its budget leaves out too."""
-    from dist_gan.data.pack import pack
-
-    src = zip_path or SHARED / "data" / ZIPS[data]
-    if not src.is_file():
-        raise SystemExit(f"missing {src}: the benchmark packs the real zips from ../shared/data")
     suffix = (f"-limit{limit}" if limit else "") + ("" if image_format == "png" else f"-{image_format}")
     out = cache / "shards" / f"qvt-{data}-64-{crop}{suffix}"
-    if not (out / "manifest.json").is_file():
-        # Into a private folder, renamed into place: candidates started together pack at once, and
-        # writing one folder from several processes broke the losers' renames (session 16).
-        import shutil
-        import tempfile
-
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-        log(f"packing {src.name} at 64 px ({crop} crop, {image_format}) -> {out}")
-        pack(src, tmp, resolution=64, crop=crop, shard_size=2000, progress=False, limit=limit, workers=1,
-             image_format=image_format, block_size=BLOCK_SIZE)
-        if not (out / "manifest.json").is_file():
-            shutil.rmtree(out, ignore_errors=True)  # a crashed pack's leftovers
-            try:
-                os.rename(tmp, out)
-            except OSError:  # another invocation's identical pack (the packer is deterministic) got there first
-                pass
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
-
-
-def shard_array(shards: Path):
-    """Every packed image as one (N, 64, 64, 3) uint8 array, in shard order."""
-    from dist_gan.eval import reference as R
-
-    ref = R.open_reference(shards)
-    return R.load_images(ref, ref.count, 64)
+    return H.pack_once(zip_path or H.shared_zip(data), out, crop=crop, limit=limit, image_format=image_format, log=log)
 
 
 # ------------------------------------------------------------------ textbook
@@ -191,86 +152,11 @@ def textbook_child(a: argparse.Namespace) -> None:
     torch.set_num_threads(a.threads)
     run = Path(a.run)
     t0, c0 = time.perf_counter(), time.process_time()
-    images = shard_array(Path(a.shards))
+    images = H.first_images(Path(a.shards))
     decode = {"decode_wall_s": time.perf_counter() - t0, "decode_cpu_s": time.process_time() - c0}
     res = train_textbook(images, a.kimg, a.seed, batch=a.batch, ngf=a.width, ndf=a.width)
     path = save_textbook_checkpoint(res.pop("model"), run, res["nimg"], a.width, a.width)
-    (run / "textbook_facts.json").write_text(json.dumps({**res, **decode, "checkpoint": str(path), "images": int(images.shape[0])}, indent=1))
-
-
-# ------------------------------------------------------------------ processes
-def proc_cpu_s(pid: int) -> float:
-    """user + system seconds of a live process and its reaped children, from /proc."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return sum(int(x) for x in fields[11:15]) / CLK
-    except (OSError, IndexError, ValueError):
-        return float("nan")
-
-
-class Job:
-    """A child process with its wall clock, CPU clock (from wait4's rusage at exit) and log file."""
-
-    def __init__(self, name: str, cmd: List[str], logfile: Path, threads: int) -> None:
-        self.name, self.cmd = name, cmd
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-        logfile.parent.mkdir(parents=True, exist_ok=True)
-        self.log = open(logfile, "w")
-        self.logfile = logfile
-        self.t0 = time.perf_counter()
-        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        self.rc: Optional[int] = None
-        self.wall_s = self.cpu_s = None
-        self.stopped = False  # SIGSTOPped by the budget keeper
-        self.terminated = False  # SIGTERMed at the budget
-
-    def cpu_now(self) -> float:
-        return self.cpu_s if self.rc is not None else proc_cpu_s(self.proc.pid)
-
-    def wall_now(self) -> float:
-        return self.wall_s if self.rc is not None else time.perf_counter() - self.t0
-
-    def poll(self) -> bool:
-        """True once finished (reaps it and records its clocks)."""
-        if self.rc is not None:
-            return True
-        pid, status, ru = os.wait4(self.proc.pid, os.WNOHANG)
-        if pid == 0:
-            return False
-        self.rc = os.waitstatus_to_exitcode(status)
-        self.proc.returncode = self.rc
-        self.wall_s = time.perf_counter() - self.t0
-        self.cpu_s = ru.ru_utime + ru.ru_stime
-        self.log.close()
-        return True
-
-    def signal(self, sig: int) -> None:
-        if self.rc is None:
-            try:
-                self.proc.send_signal(sig)
-            except ProcessLookupError:
-                pass
-
-    def check(self) -> None:
-        if self.rc != 0:
-            tail = self.logfile.read_text()[-4000:]
-            raise SystemExit(f"{self.name} failed (exit {self.rc}): {shlex.join(self.cmd)}\n{tail}")
-
-
-def wait_all(jobs: List[Job], keeper=None, interval: float = 0.5, on_done=None) -> None:
-    seen = set()
-    while True:
-        done = [j.poll() for j in jobs]
-        for j, d in zip(jobs, done):
-            if d and j.name not in seen:
-                seen.add(j.name)
-                if on_done is not None and j.rc == 0:
-                    on_done(j)
-        if keeper is not None:
-            keeper()
-        if all(done):
-            return
-        time.sleep(interval)
+    atomic_write_json(run / "textbook_facts.json", {**res, **decode, "checkpoint": str(path), "images": int(images.shape[0])}, indent=1)
 
 
 # ------------------------------------------------------------------ dist_gan runs
@@ -278,13 +164,8 @@ def dist_gan_args(a: argparse.Namespace, shards: Path, run: Path, extra: List[st
     """train.py arguments; ``kimg=None``: open-ended (stopped by the time budget)."""
     big = 1e6
     k = kimg if kimg is not None else big
-    return [f"recipe={a.recipe}", f"data={shards}", f"run_dir={run}", f"seed={a.seed}", f"train.kimg={k}",
-            "loader.workers=0", "log.tensorboard=false", "log.progress=false", f"log.sample_kimg={k}",
-            f"log.snapshot_kimg={k}", "log.keep=1", *([] if kimg is not None else ["log.every=1"]), *a.override, *extra]
-
-
-def train_cmd(args: List[str]) -> List[str]:
-    return [sys.executable, str(TRAIN_PY), *args]
+    return [*H.train_args(a.recipe, shards, run, a.seed, k, 0), *([] if kimg is not None else ["log.every=1"]),
+            *a.override, *extra]
 
 
 def textbook_cmd(a: argparse.Namespace, shards: Path, run: Path) -> List[str]:
@@ -293,24 +174,20 @@ def textbook_cmd(a: argparse.Namespace, shards: Path, run: Path) -> List[str]:
             "--width", str(a.tb_width)]
 
 
-def run_facts(job: Job, run: Path, budget: Optional[float] = None) -> Dict[str, Any]:
-    from dist_gan.engine.checkpoint import list_checkpoints, load_checkpoint
-
-    ck = list_checkpoints(run / "checkpoints")
-    state = load_checkpoint(ck[-1]) if ck else {}
-    nimg = int(state.get("nimg", 0))
+def run_facts(job: Any, run: Path, budget: Optional[float] = None) -> Dict[str, Any]:
+    """What a training took and reached: clocks, images seen (from its newest checkpoint), last losses."""
+    ck = H.newest_checkpoint(run)
+    nimg = H.checkpoint_nimg(ck) if ck else 0
     facts: Dict[str, Any] = {"command": shlex.join(job.cmd), "wall_s": round(job.wall_s, 1), "cpu_s": round(job.cpu_s, 1),
                              "nimg": nimg, "kimg": nimg / 1000, "img_per_cpu_s": round(nimg / job.cpu_s, 2) if job.cpu_s else None,
-                             "checkpoint": str(ck[-1]) if ck else None}
+                             "checkpoint": str(ck) if ck else None}
     if budget is not None:
         facts["budget_s"] = round(budget, 1)
         facts["stopped_by_budget"] = job.terminated
-    metrics = run / "metrics.jsonl"
-    if metrics.is_file():
-        recs = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
-        if recs:
-            facts["steps"] = recs[-1].get("step")
-            facts["last_stats"] = {k: round(v, 4) for k, v in recs[-1].items() if k.startswith(("loss", "d_real", "d_fake"))}
+    last = H.last_metrics(run)
+    if last:
+        facts["steps"] = last.get("step")
+        facts["last_stats"] = {k: round(v, 4) for k, v in last.items() if k.startswith(("loss", "d_real", "d_fake"))}
     tb = run / "textbook_facts.json"
     if tb.is_file():
         t = json.loads(tb.read_text())
@@ -320,26 +197,10 @@ def run_facts(job: Job, run: Path, budget: Optional[float] = None) -> Dict[str, 
     return facts
 
 
-class Done:
-    """A finished run reused from its ``job.json`` stamp (same command line): the clocks it took then."""
-
-    def __init__(self, name: str, stamp: Dict[str, Any]) -> None:
-        self.name, self.cmd, self.rc = name, stamp["cmd"], 0
-        self.wall_s, self.cpu_s, self.terminated = stamp["wall_s"], stamp["cpu_s"], stamp.get("terminated", False)
-
-    def poll(self) -> bool:
-        return True
-
-    def check(self) -> None:
-        pass
-
-
 def resolved_recipe(cmd: List[str]) -> Optional[Dict[str, Any]]:
     """Part of the reuse key: the config a dist_gan command trains with; None for the textbook,
     whose command line is its whole config."""
-    from benchmarks.common import resolved_train_config
-
-    return resolved_train_config(cmd[2:]) if cmd[1:2] == [str(TRAIN_PY)] else None
+    return H.resolved_train_config(cmd[2:]) if cmd[1:2] == [str(H.TRAIN_PY)] else None
 
 
 def run_folder(name: str, time_tag: str = "") -> str:
@@ -352,7 +213,8 @@ def run_folder(name: str, time_tag: str = "") -> str:
     return f"{base}-{time_tag}" if time_tag and name == "dist_gan@time" else base
 
 
-def reusable(run: Path, cmd: List[str], name: str):
+def reusable(run: Path, cmd: List[str], name: str) -> Optional[Done]:
+    """The finished run in ``run`` when its ``job.json`` stamp has this command and resolved recipe."""
     stamp = run / "job.json"
     if stamp.is_file():
         st = json.loads(stamp.read_text())
@@ -362,10 +224,11 @@ def reusable(run: Path, cmd: List[str], name: str):
     return None
 
 
-def stamp(job, run: Path, budget: Optional[float] = None) -> None:
-    (run / "job.json").write_text(json.dumps({"cmd": job.cmd, "config": resolved_recipe(job.cmd), "rc": job.rc,
-                                              "wall_s": job.wall_s, "cpu_s": job.cpu_s,
-                                              "terminated": job.terminated, "budget": budget}, indent=1))
+def stamp(job: Any, run: Path, budget: Optional[float] = None) -> None:
+    """``job.json``: the reuse key (command, resolved recipe) and the clocks of a finished run."""
+    atomic_write_json(run / "job.json", {"cmd": job.cmd, "config": resolved_recipe(job.cmd), "rc": job.rc,
+                                         "wall_s": job.wall_s, "cpu_s": job.cpu_s,
+                                         "terminated": job.terminated, "budget": budget}, indent=1)
 
 
 def textbook_budget(tb, run: Path, clock: str) -> float:
@@ -381,13 +244,11 @@ def train_all(a: argparse.Namespace, data: str, shards: Path, root: Path, reuse_
               time_shards: Optional[Path] = None):
     """The trainings of one data set (``a.runs``; finished identical runs are reused); returns facts per run.
     ``time_shards``: what dist_gan@time reads (``--time-format``), default ``shards``."""
-    import shutil
-
     runs = {name: root / run_folder(name, a.time_tag) for name in RUNS}
     clock = (lambda j: j.cpu_now()) if a.clock == "cpu" else (lambda j: j.wall_now())
     cmds = {"textbook": textbook_cmd(a, shards, runs["textbook"]),
-            "dist_gan@img": train_cmd(dist_gan_args(a, shards, runs["dist_gan@img"], [], a.kimg)),
-            "dist_gan@time": train_cmd(dist_gan_args(a, time_shards or shards, runs["dist_gan@time"], a.time_override, None))}
+            "dist_gan@img": H.train_cmd(dist_gan_args(a, shards, runs["dist_gan@img"], [], a.kimg)),
+            "dist_gan@time": H.train_cmd(dist_gan_args(a, time_shards or shards, runs["dist_gan@time"], a.time_override, None))}
     log(f"{data}: " + " | ".join(f"{n}: {shlex.join(c[2:])}" for n, c in cmds.items()))
     jobs: Dict[str, Any] = {}
     needed = set(a.runs) | (set() if a.train_only else set(RUNS)) | ({"textbook"} if "dist_gan@time" in a.runs else set())
@@ -453,185 +314,25 @@ def train_all(a: argparse.Namespace, data: str, shards: Path, root: Path, reuse_
 
 
 # ------------------------------------------------------------------ evaluation
-def eval_cmd(run: Path, shards: Path, out: Path, a: argparse.Namespace, data: str) -> List[str]:
-    cmd = [sys.executable, "-m", "dist_gan.eval.run", "eval", str(run), "--fid", "--kid", "--detect", "--leak",
-           "--ref", str(shards), "--n", str(a.n), "--seed", str(a.seed), "--out", str(out), "--batch", str(min(a.n, 250))]
-    if data == "anime":
-        cmd += ["--detector", "anime", "--cascade", str(ANIME_CASCADE)]
-    else:
-        cmd += ["--detector", "haar"]
-    return cmd + (["--bn-recal"] if a.bn_recal else [])
-
-
-def ref_cached(shards: Path, n: int) -> bool:
-    """True when ``dist-gan eval --n n`` will find the reference statistics in its cache."""
-    try:
-        from dist_gan.eval import reference as R
-        from dist_gan.eval.features import cache_dir, resolve_weights
-
-        ref = R.open_reference(shards)
-        key = R.stats_key(ref, 64, min(n, ref.count), resolve_weights(None).source_sha1)
-        return R.load_stats(R.stats_path(cache_dir(), key)) is not None
-    except Exception:  # no weights yet, unreadable cache: let the first eval build it
-        return False
-
-
-EVAL_LOCK = "eval_lock.json"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
-
-
-def wait_for_other_eval(out: Path, cmd: List[str], poll_s: float = 5.0) -> bool:
-    """Wait while another live invocation runs this same evaluation into ``out`` (its lock file);
-    True if there was one. A lock left by a dead process, or for another command, is ignored."""
-    lock = out / EVAL_LOCK
-    waited = False
-    while lock.is_file():
-        try:
-            held = json.loads(lock.read_text())
-        except FileNotFoundError:  # released between the check and the read: the loop ends
-            continue
-        except (OSError, ValueError):  # unreadable, or not a lock this code wrote (it writes them whole): ignore it
-            return waited
-        if held.get("pid") == os.getpid() or held.get("cmd") != cmd or not _alive(int(held.get("pid", 0))):
-            return waited
-        if not waited:
-            log(f"waiting for pid {held['pid']}, which is already running this evaluation into {out}")
-        waited = True
-        time.sleep(poll_s)
-    return waited
-
-
-def _claim_eval(out: Path, cmd: List[str]) -> None:
-    from dist_gan.eval.report import write_json  # atomic, with a per-process temp name
-
-    write_json({"pid": os.getpid(), "cmd": cmd}, out / EVAL_LOCK)
-
-
-def _release_eval(out: Path) -> None:
-    lock = out / EVAL_LOCK
-    try:
-        if json.loads(lock.read_text()).get("pid") == os.getpid():
-            lock.unlink()
-    except (OSError, ValueError):
-        pass
-
-
 def evaluate_all(a: argparse.Namespace, data: str, shards: Path, runs: Dict[str, Path], out: Path) -> Dict[str, Dict[str, Any]]:
-    """``dist-gan eval`` per run: the first alone (it caches the reference statistics), then the rest.
-
-    An identical finished evaluation (same command, same checkpoint file) is reused; one that another
-    invocation is running right now (``--eval-finished`` staged beside the full run) is waited for,
-    then reused, instead of being run twice."""
-    from dist_gan.engine.checkpoint import resolve_checkpoint
-
-    names = list(runs)
-    outs = {n: out / data / run_folder(n, a.time_tag) for n in names}
-    cmds = {n: eval_cmd(runs[n], shards, outs[n], a, data) for n in names}
-    jobs: Dict[str, Any] = {}
-
-    def reuse(n: str) -> bool:  # an identical evaluation of the same checkpoint, already done: keep it
-        st = outs[n] / "eval_stamp.json"
-        ck = resolve_checkpoint(runs[n])
-        if st.is_file() and (outs[n] / "report.json").is_file():
-            stamp_ = json.loads(st.read_text())
-            if stamp_["cmd"] == cmds[n] and stamp_["checkpoint"] == [str(ck), ck.stat().st_size, ck.stat().st_mtime]:
-                log(f"eval {n}: reusing {outs[n] / 'report.json'}")
-                jobs[n] = Done(f"eval {n}", stamp_)
-                return True
-        return False
-
-    for n in names:
-        if not reuse(n) and wait_for_other_eval(outs[n], cmds[n]):
-            reuse(n)
-    todo = [n for n in names if n not in jobs]
-
-    def launch(n: str) -> Job:
-        _claim_eval(outs[n], cmds[n])
-        return Job(f"eval {n}", cmds[n], runs[n] / "eval.log", a.threads)
-
-    def finish(n: str, j: Job) -> None:
-        j.check()
-        jobs[n] = j
-        ck = resolve_checkpoint(runs[n])
-        (outs[n] / "eval_stamp.json").write_text(json.dumps({"cmd": j.cmd, "rc": 0, "wall_s": j.wall_s, "cpu_s": j.cpu_s,
-                                                              "checkpoint": [str(ck), ck.stat().st_size, ck.stat().st_mtime]}))
-        _release_eval(outs[n])
-
-    try:
-        if todo and not jobs and not ref_cached(shards, a.n):  # the first one alone computes and caches the reference statistics
-            first = launch(todo[0])
-            wait_all([first])
-            finish(todo[0], first)
-            rest = todo[1:]
-        else:
-            rest = todo
-        width = max(1, len(rest)) if a.parallel else 1
-        for i in range(0, len(rest), width):
-            batch = [launch(n) for n in rest[i:i + width]]
-            wait_all(batch)
-            for n, j in zip(rest[i:i + width], batch):
-                finish(n, j)
-    finally:  # a failed evaluation leaves no lock that would make the next invocation wait
-        for n in todo:
-            _release_eval(outs[n])
-    reports = {}
-    for n in names:
-        rep = json.loads((outs[n] / "report.json").read_text())
-        rep["_eval_command"] = shlex.join(jobs[n].cmd)
-        rep["_eval_wall_s"] = round(jobs[n].wall_s, 1)
-        rep["_eval_cpu_s"] = round(jobs[n].cpu_s, 1)
-        rep["_out"] = str(outs[n])
-        reports[n] = rep
-    return reports
+    """``dist-gan eval`` per run into ``out/<data>/<run folder>`` (``harness.evaluate``: the first alone
+    while the reference statistics are uncached, finished identical evaluations reused, one that another
+    invocation is running waited for); ``--parallel`` runs the rest side by side."""
+    tasks = {n: H.eval_task(runs[n], shards, out / data / run_folder(n, a.time_tag), n=a.n, seed=a.seed, data=data,
+                            bn_recal=a.bn_recal) for n in runs}
+    return H.evaluate(tasks, shards, a.n, threads=a.threads, parallel=a.parallel, log=log)
 
 
 def row(name: str, facts: Dict[str, Any], rep: Dict[str, Any], out: Path) -> Dict[str, Any]:
-    m = rep["metrics"]
-    det, kid, fid, leak = m.get("detect", {}), m.get("kid", {}), m.get("fid", {}), m.get("leak", {})
     return {
-        "run": name, "train": facts,
-        "fid": fid.get("fid"), "kid_mean": kid.get("kid_mean"), "kid_std": kid.get("kid_std"),
-        "gen_no_face": det.get("gen_no_face"), "gen_n": det.get("gen_n"),
-        "ref_no_face": det.get("ref_no_face"), "ref_n": det.get("ref_n"), "detector": det.get("detector"),
-        "leak": {k: v for k, v in leak.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)},
+        "run": name, "train": facts, **H.scores(rep),
         "eval": {"command": rep.get("_eval_command"), "bn_recal": bool(rep["checkpoint"].get("bn_recal")),
                  "wall_s": rep.get("_eval_wall_s"), "cpu_s": rep.get("_eval_cpu_s"),
                  "report": str(Path(rep["_out"]) / "report.json")},
     }
 
 
-# ------------------------------------------------------------------ figure
-def grid_of(run: Path, bn_recal: bool, n: int = GRID_N):
-    import numpy as np
-    import torch
-
-    from dist_gan.engine.checkpoint import load_generator
-    from dist_gan.imaging import to_uint8
-
-    G, cfg = load_generator(run, bn_recal=bn_recal)
-    z = torch.randn(n, int(cfg["model"]["nz"]), generator=torch.Generator().manual_seed(GRID_SEED))
-    with torch.no_grad():
-        return tile(np.asarray(to_uint8(G(z))))
-
-
-# The zoo study's sample-figure helpers: one implementation for both quality scripts.
-from benchmarks.quality_study import compose_figure as compose, tile  # noqa: E402
-
-
 # ------------------------------------------------------------------ tables
-def fmt(v: Any, spec: str = ".1f") -> str:
-    return "-" if v is None else format(v, spec)
-
-
 def ratios(rows: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
     tb = rows["textbook"]
     out: Dict[str, Any] = {}
@@ -686,22 +387,21 @@ def markdown(results: Dict[str, Any]) -> str:
             + (f" and reads the same images packed as uint8 blocks of {BLOCK_SIZE} (`--time-format blocks`: no per-image "
                "decode in the stream; the packing, like the textbook's decode into memory, is outside the budget)"
                if s.get("time_format", "png") == "blocks" else "") + ".", "",
-            "| run | kimg | steps | train wall s | train CPU s | FID | FID / textbook | KID x1e3 | no face | leak (under real p1 / expected, copies, verdict) |",
-            "|---|---|---|---|---|---|---|---|---|---|",
         ]
+        table = []
         for name in RUNS:
             r = rows.get(name)
             if not r:
                 continue
-            t = r["train"]
-            kid = f"{r['kid_mean'] * 1e3:.1f} ± {r['kid_std'] * 1e3:.1f}" if r["kid_mean"] is not None else "-"
+            t, leak = r["train"], r["leak"]
             ratio = f"{r['fid'] / ref['fid']:.3f}" if r.get("fid") and ref.get("fid") else "-"
-            leak = r["leak"]
             leak_s = (f"{leak.get('under_real_p1', '-')} / {fmt(leak.get('under_real_p1_expected'), '.1f')}, "
                       f"{leak.get('copies', '-')}, {leak.get('verdict', '-')}")
-            lines.append(f"| {name} | {t['kimg']:.2f} | {t.get('steps', '-')} | {fmt(t['wall_s'], '.0f')} | {fmt(t['cpu_s'], '.0f')} | "
-                         f"{fmt(r['fid'])} | {ratio} | {kid} | {r['gen_no_face']}/{r['gen_n']} | {leak_s} |")
-        lines.append(f"| reals (detector floor) | - | - | - | - | - | - | - | {ref['ref_no_face']}/{ref['ref_n']} | - |")
+            table.append([name, f"{t['kimg']:.2f}", t.get("steps", "-"), fmt(t["wall_s"], ".0f"), fmt(t["cpu_s"], ".0f"),
+                          fmt(r["fid"]), ratio, H.kid_cell(r["kid_mean"], r["kid_std"]), f"{r['gen_no_face']}/{r['gen_n']}", leak_s])
+        table.append(["reals (detector floor)", *["-"] * 7, f"{ref['ref_no_face']}/{ref['ref_n']}", "-"])
+        lines += H.md_table(["run", "kimg", "steps", "train wall s", "train CPU s", "FID", "FID / textbook", "KID x1e3",
+                             "no face", "leak (under real p1 / expected, copies, verdict)"], table)
         tm = rows.get("dist_gan@time", {}).get("train", {})
         tbt = ref["train"]
         lines += ["", f"Time budget: the textbook's {s['clock']} seconds less its one-off decode of the shards into memory "
@@ -719,7 +419,7 @@ def markdown(results: Dict[str, Any]) -> str:
 # ------------------------------------------------------------------ main
 def parse(argv: Optional[List[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", nargs="+", choices=sorted(ZIPS), default=["celeba"])
+    p.add_argument("--data", nargs="+", choices=sorted(H.ZIPS), default=["celeba"])
     p.add_argument("--kimg", type=float, default=60.0, help="image budget (thousands of real images shown to D)")
     p.add_argument("--n", type=int, default=1000, help="generated (and reference) images per evaluation")
     p.add_argument("--seed", type=int, default=0)
@@ -769,17 +469,15 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         results = json.loads((a.out / "results.json").read_text())
         for data in results["datasets"].values():
             data["ratios"] = ratios(data["rows"])
-        (a.out / "results.md").write_text(markdown(results))
+        atomic_write_text(a.out / "results.md", markdown(results))
         return results
-    cache = a.cache or default_cache()
+    cache = a.cache or cache_dir()
     command = "python benchmarks/quality_vs_textbook.py " + shlex.join(argv)
     a.out.mkdir(parents=True, exist_ok=True)
     res_path = a.out / "results.json"
     results = json.loads(res_path.read_text()) if res_path.is_file() else {}
     if results.get("schema") != SCHEMA:
         results = {"schema": SCHEMA, "datasets": {}}
-    from benchmarks.common import machine_info
-
     import torch
 
     for data in a.data:
@@ -802,11 +500,11 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         reports = evaluate_all(a, data, shards, runs, a.out)
         rows = {n: row(n, facts[n], reports[n], a.out) for n in RUNS}
         fig = f"samples_{data}.png"
-        panels = [("reals", "training shards", tile(shard_array(shards)[:GRID_N]))]
+        panels = [("reals", "training shards", H.real_grid(shards, GRID_N))]
         for n in RUNS:
             r = rows[n]
-            panels.append((f"{n} ({r['train']['kimg']:.1f} kimg)", f"FID {fmt(r['fid'], '.0f')}  no face {r['gen_no_face']}/{r['gen_n']}", grid_of(runs[n], a.bn_recal)))
-        compose(panels, a.out / fig, f"{data}: textbook DCGAN vs dist_gan (seed {a.seed}, same latents, dist_gan EMA G)")
+            panels.append((f"{n} ({r['train']['kimg']:.1f} kimg)", f"FID {fmt(r['fid'], '.0f')}  no face {r['gen_no_face']}/{r['gen_n']}", H.sample_grid(runs[n], GRID_N, a.bn_recal)))
+        H.compose_figure(panels, a.out / fig, f"{data}: textbook DCGAN vs dist_gan (seed {a.seed}, same latents, dist_gan EMA G)")
         with open(shards / "manifest.json") as fh:
             manifest = json.load(fh)
         if res_path.is_file():  # another invocation (another data set) may have written since we started
@@ -820,11 +518,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             "machine": {**machine_info(torch.device("cpu")), "torch_threads": a.threads},
             "seconds": round(time.perf_counter() - t0, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        tmp = res_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(results, indent=1) + "\n")
-        os.replace(tmp, res_path)
-        (a.out / "results.md").write_text(markdown(results))
-        (a.out / "command.txt").write_text("\n".join(b["command"] for b in results["datasets"].values()) + "\n")
+        H.write_tables(a.out, "results", results, markdown(results), [b["command"] for b in results["datasets"].values()])
         log(f"{data}: " + ", ".join(f"{n} FID {fmt(rows[n]['fid'])}" for n in RUNS) + f" -> {a.out / 'results.md'}")
     return results
 

@@ -102,12 +102,10 @@ def test_a_tagged_time_candidate_trains_beside_the_kept_one_against_the_same_tex
 def test_time_format_blocks_streams_the_same_pixels_without_per_image_decode(smoke):
     """--time-format blocks: the time candidate reads uint8-block shards holding exactly the PNG shards' pixels;
     the textbook is still the reused one (its command names the PNG shards)."""
-    import tarfile
-
     import numpy as np
 
     from benchmarks import quality_vs_textbook as qvt
-    from dist_gan.data.stream import BLOCK_EXT, decode_block
+    from dist_gan.data.format import iter_images, open_shards
     from dist_gan.eval import reference as R
 
     out, _ = smoke
@@ -124,12 +122,9 @@ def test_time_format_blocks_streams_the_same_pixels_without_per_image_decode(smo
     assert job["rc"] == 0 and f"data={blocks}" in job["cmd"] and job["budget"] > 0
     manifest = json.loads((blocks / "manifest.json").read_text())
     assert manifest["image_format"] == "blocks" and manifest["num_samples"] == 64
-    arrays = []
-    for shard in manifest["shards"]:
-        with tarfile.open(blocks / shard["name"]) as tar:
-            arrays += [decode_block(tar.extractfile(m).read()) for m in tar.getmembers() if m.name.endswith(BLOCK_EXT)]
+    arrays = list(iter_images(open_shards(blocks)))
     png = R.open_reference(cache / "shards" / "qvt-celeba-64-center-limit64")
-    assert np.array_equal(np.concatenate(arrays), R.load_images(png, 64, 64))
+    assert np.array_equal(np.stack(arrays), R.load_images(png, 64, 64))
 
 
 def test_invocations_started_together_pack_the_shards_once_without_clobbering(tmp_path, shared_dir):
@@ -137,7 +132,7 @@ def test_invocations_started_together_pack_the_shards_once_without_clobbering(tm
     import threading
 
     from benchmarks import quality_vs_textbook as qvt
-    from dist_gan.data.stream import open_shards
+    from dist_gan.data.format import open_shards
 
     results, errors = [], []
 
@@ -165,9 +160,9 @@ def test_an_evaluation_running_in_another_invocation_is_waited_for_not_repeated(
     import threading
     import time
 
-    from benchmarks import quality_vs_textbook as qvt
+    from benchmarks import harness as qvt
 
-    cmd = ["python", "-m", "dist_gan.eval.run", "eval", "RUN", "--fid"]
+    cmd = ["python", "-m", "dist_gan", "eval", "RUN", "--fid"]
     lock = tmp_path / qvt.EVAL_LOCK
     dead = subprocess.Popen(["true"])
     dead.wait()
@@ -187,9 +182,9 @@ def test_an_evaluation_running_in_another_invocation_is_waited_for_not_repeated(
     finally:
         holder.kill()
         holder.wait()
-    qvt._claim_eval(tmp_path, cmd)  # our own lock never makes us wait
+    qvt.claim_eval(tmp_path, cmd)  # our own lock never makes us wait
     assert qvt.wait_for_other_eval(tmp_path, cmd, poll_s=0.05) is False
-    qvt._release_eval(tmp_path)
+    qvt.release_eval(tmp_path)
     assert not lock.exists()
 
 
@@ -215,7 +210,7 @@ def test_a_finished_run_is_reused_only_while_its_resolved_recipe_is_unchanged(tm
 
     run = tmp_path / "run"
     run.mkdir()
-    cmd = qvt.train_cmd(["recipe=celeba64", f"data={tmp_path}", f"run_dir={run}", "train.kimg=1"])
+    cmd = qvt.H.train_cmd(["recipe=celeba64", f"data={tmp_path}", f"run_dir={run}", "train.kimg=1"])
     qvt.stamp(SimpleNamespace(cmd=cmd, rc=0, wall_s=2.0, cpu_s=1.5, terminated=False), run)
     done = qvt.reusable(run, cmd, "dist_gan@img")
     assert done is not None and done.cpu_s == 1.5
@@ -238,7 +233,7 @@ def test_the_zoo_study_reuses_a_run_only_while_its_resolved_recipe_is_unchanged(
     from types import SimpleNamespace
 
     from benchmarks import quality_study as qs
-    from benchmarks.common import resolved_train_config
+    from benchmarks.harness import resolved_train_config
     from dist_gan.engine.checkpoint import save_checkpoint
 
     a = SimpleNamespace(seed=0, kimg=0.032, workers=0, ema_kimg=0.5, batch=0, width=8, override=[], procs=1)
@@ -257,3 +252,126 @@ def test_the_zoo_study_reuses_a_run_only_while_its_resolved_recipe_is_unchanged(
     (run / "study_args.json").write_text(json.dumps(stamp))
     with pytest.raises(SystemExit, match="trained: True"):
         qs.train_variant("dcgan64", tmp_path, run, a)
+
+
+# ------------------------------------------------------------------ the shared harness (benchmarks/harness.py)
+def test_the_table_formatter_writes_markdown_rows_and_the_kid_and_missing_cells():
+    """Both quality scripts' tables come out of md_table/fmt/kid_cell: pin the layout they share."""
+    from benchmarks import harness as H
+
+    lines = H.md_table(["run", "FID", "KID x1e3"], [["a", H.fmt(12.345), H.kid_cell(0.01234, 0.00056)],
+                                                    ["b", H.fmt(None), H.kid_cell(None, None)], ["c", 7, 0]])
+    assert lines == ["| run | FID | KID x1e3 |", "|---|---|---|", "| a | 12.3 | 12.3 ± 0.6 |", "| b | - | - |", "| c | 7 | 0 |"]
+    assert H.fmt(1234.5, ".0f") == "1234"
+
+
+def test_write_tables_puts_json_markdown_and_command_atomically(tmp_path):
+    from benchmarks import harness as H
+
+    out = tmp_path / "out"
+    H.write_tables(out, "table", {"rows": [1, 2]}, "# t\n", ["python a.py --x 1", "python a.py --x 2"])
+    assert json.loads((out / "table.json").read_text()) == {"rows": [1, 2]}
+    assert (out / "table.json").read_text().endswith("\n")
+    assert (out / "table.md").read_text() == "# t\n"
+    assert (out / "command.txt").read_text() == "python a.py --x 1\npython a.py --x 2\n"
+    assert sorted(p.name for p in out.iterdir()) == ["command.txt", "table.json", "table.md"]  # no temp files left
+
+
+def test_both_scripts_render_their_tables_through_the_shared_formatter():
+    """quality_study's and quality_vs_textbook's Markdown: the table lines they have always written."""
+    from benchmarks import quality_study as qs
+    from benchmarks import quality_vs_textbook as qvt
+
+    study_row = {"variant": "dcgan64", "recipe": "dcgan64", "extra_overrides": ["model.spectral_norm=true"], "no_face": 3, "n": 10,
+                 "ref_no_face": 1, "ref_n": 10, "fid": 101.26, "kid_mean": 0.05, "kid_std": 0.002, "leak": {"copies": 0},
+                 "train_seconds": 61.4, "img_per_s": 33.33}
+    study = {"command": "python benchmarks/quality_study.py", "datasets": {"celeba": {
+        "shards": "S", "detector": "haar", "rows": [study_row], "figure": "samples_celeba.png"}},
+        "args": {"kimg": 1.0, "seed": 0, "batch": 0, "width": 0, "ema_kimg": 0.5, "procs": 1, "n": 10, "variants": ["dcgan64"]}}
+    md = qs.markdown(study)
+    assert ("| variant | recipe + overrides | can't detect face | FID | KID x1e3 | NN copies | train s | img/s |\n"
+            "|---|---|---|---|---|---|---|---|\n"
+            "| dcgan64 | `dcgan64 model.spectral_norm=true` | 3/10 | 101.3 | 50.0 ± 2.0 | 0 | 61 | 33.3 |\n"
+            "| reals (detector floor) | - | 1/10 | - | - | - | - | - |\n") in md
+    assert "Can't detect face: dcgan64 3/10 (reals: 1/10)" in md
+
+    leak = {"under_real_p1": 2, "under_real_p1_expected": 1.5, "copies": 0, "verdict": "no memorisation signal"}
+    train = {"kimg": 1.0, "steps": 8, "wall_s": 10.0, "cpu_s": 9.0, "budget_s": 9.0, "stopped_by_budget": True, "decode_cpu_s": 1.0}
+    rows = {n: {"train": train, "fid": fid, "kid_mean": None, "kid_std": None, "gen_no_face": 2, "gen_n": 10, "ref_no_face": 1,
+                "ref_n": 10, "leak": leak, "detector": {"name": "haar", "working_size": 64}}
+            for n, fid in (("textbook", 200.0), ("dist_gan@img", 100.0), ("dist_gan@time", None))}
+    settings = {"seed": 0, "kimg": 1.0, "clock": "cpu", "threads": 1, "parallel": False, "n": 10, "recipe": "celeba64",
+                "override": [], "time_override": []}
+    md = qvt.markdown({"datasets": {"celeba": {"settings": settings, "rows": rows, "command": "c", "shards": "S", "images": 64,
+                                               "crop": "center", "figure": "f.png"}}})
+    assert ("| run | kimg | steps | train wall s | train CPU s | FID | FID / textbook | KID x1e3 | no face | "
+            "leak (under real p1 / expected, copies, verdict) |\n|---|---|---|---|---|---|---|---|---|---|\n"
+            "| textbook | 1.00 | 8 | 10 | 9 | 200.0 | 1.000 | - | 2/10 | 2 / 1.5, 0, no memorisation signal |\n"
+            "| dist_gan@img | 1.00 | 8 | 10 | 9 | 100.0 | 0.500 | - | 2/10 | 2 / 1.5, 0, no memorisation signal |\n"
+            "| dist_gan@time | 1.00 | 8 | 10 | 9 | - | - | - | 2/10 | 2 / 1.5, 0, no memorisation signal |\n"
+            "| reals (detector floor) | - | - | - | - | - | - | - | 1/10 | - |\n") in md
+
+
+def test_eval_task_names_the_detector_and_the_newest_checkpoint_keys_reuse(tmp_path):
+    """One eval command for both scripts (the data set picks the detector); the reuse key is the newest checkpoint file."""
+    import sys
+
+    from benchmarks import harness as H
+    from dist_gan.engine.checkpoint import save_checkpoint
+
+    celeba = H.eval_task(tmp_path / "run", tmp_path / "ref", tmp_path / "out", n=500, seed=3, data="celeba")
+    assert celeba.cmd[:5] == [sys.executable, "-m", "dist_gan", "eval", str(tmp_path / "run")]
+    assert celeba.cmd[-2:] == ["--detector", "haar"] and "--batch" in celeba.cmd and celeba.cmd[celeba.cmd.index("--batch") + 1] == "250"
+    anime = H.eval_task(tmp_path / "run", tmp_path / "ref", tmp_path / "out", n=64, seed=0, data="anime", bn_recal=True)
+    assert anime.cmd[-5:] == ["--detector", "anime", "--cascade", str(H.ANIME_CASCADE), "--bn-recal"]
+
+    run = tmp_path / "run"
+    assert H.newest_checkpoint(run) is None
+    with pytest.raises(SystemExit):
+        H.checkpoint_key(run)
+    save_checkpoint({"nimg": 32}, run / "checkpoints", 32, keep=0)
+    newest = save_checkpoint({"nimg": 64}, run / "checkpoints", 64, keep=0)
+    assert H.newest_checkpoint(run) == newest and H.checkpoint_nimg(newest) == 64
+    assert H.checkpoint_key(run) == [str(newest), newest.stat().st_size, newest.stat().st_mtime]
+
+
+def test_scores_reads_one_eval_report_for_both_scripts():
+    from benchmarks import harness as H
+
+    rep = {"metrics": {"fid": {"fid": 50.0}, "kid": {"kid_mean": 0.01, "kid_std": 0.001},
+                       "detect": {"gen_no_face": 4, "gen_n": 100, "ref_no_face": 2, "ref_n": 100, "detector": {"name": "haar"}},
+                       "leak": {"copies": 0, "verdict": "no memorisation signal", "flag": True, "detail": {"x": 1}}}}
+    s = H.scores(rep)
+    assert (s["fid"], s["kid_mean"], s["gen_no_face"], s["ref_n"], s["detector"]) == (50.0, 0.01, 4, 100, {"name": "haar"})
+    assert s["leak"] == {"copies": 0, "verdict": "no memorisation signal"}  # no bools, no nested dicts
+    assert H.scores(rep, leak_types=(int, float))["leak"] == {"copies": 0}  # the study's table keeps the numbers only
+    assert H.scores({"metrics": {}})["fid"] is None
+
+
+def test_the_zoo_study_writes_its_table_and_reuses_its_run_and_eval(tmp_path, shared_dir, monkeypatch):
+    """quality_study.py end to end on 64 faces (width 8, 32 images): table files, figure, report; a rerun
+    retrains nothing and re-evaluates nothing (the shared harness's reuse), and writes the same table."""
+    import subprocess
+
+    from benchmarks import harness as H
+    from benchmarks import quality_study as qs
+
+    args = ["--data", "celeba", "--limit", "64", "--kimg", "0.032", "--n", "64", "--variants", "dcgan64", "--width", "8",
+            "--batch", "16", "--workers", "0", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out")]
+    res = qs.main(args)
+    out = tmp_path / "out"
+    for name in ("table.json", "table.md", "command.txt", "samples_celeba.png", "celeba/dcgan64/report.json"):
+        assert (out / name).is_file(), name
+    assert not (out / "celeba" / "dcgan64" / "grid.png").exists()  # dropped without --keep-eval-images
+    row = json.loads((out / "table.json").read_text())["datasets"]["celeba"]["rows"][0]
+    assert row["n"] == row["ref_n"] == 64 and row["kimg"] == 0.032 and row["fid"] > 0 and row["eval_seconds"] > 0
+    assert "verdict" not in row["leak"] and "copies" in row["leak"]
+    assert "| dcgan64 | `dcgan64` | " in (out / "table.md").read_text()
+
+    def nothing_runs(*a, **kw):
+        raise AssertionError("a finished run or evaluation was repeated")
+
+    monkeypatch.setattr(subprocess, "run", nothing_runs)
+    monkeypatch.setattr(H, "Job", nothing_runs)
+    again = qs.main(args)
+    assert again["datasets"]["celeba"]["rows"] == res["datasets"]["celeba"]["rows"]

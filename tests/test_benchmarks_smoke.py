@@ -82,7 +82,8 @@ def test_loader_benchmark_writes_its_json(tmp_path):
     data = check_envelope(out, "loader")
     res = data["results"]
     check_timing(res["dist_gan_stream"]), check_timing(res["imagefolder"])
-    check_timing(res["dist_gan_stream_npy"]), check_timing(res["dist_gan_stream_blocks"])
+    check_timing(res["dist_gan_stream_blocks"])
+    assert "dist_gan_stream_npy" not in res  # the per-image npy format is gone: blocks replace it
     assert res["ratio_stream_vs_imagefolder"] > 0 and res["ratio_blocks_vs_imagefolder"] > 0
     assert "stream (blocks) / imagefolder" in stdout
     blocks = json.loads((cache / "shards-faces-64-blocks" / "manifest.json").read_text())
