@@ -9,6 +9,7 @@ message with exit code 2 instead of a traceback.
 from __future__ import annotations
 
 import functools
+import warnings
 from pathlib import Path
 from typing import Callable, List, Optional
 
@@ -16,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from dist_gan import recipes
 from dist_gan.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="dist_gan: distributed face-GAN training.")
@@ -30,6 +32,11 @@ def _ckpt_argument() -> Path:
     return typer.Argument(..., help="Checkpoint file or run directory.")
 
 
+def _ema_option() -> bool:
+    """Every command that takes a generator can use the raw G instead of its EMA."""
+    return typer.Option(True, "--ema/--no-ema", help="Use the EMA generator (default) or the raw one.")
+
+
 def _device_option() -> str:
     return typer.Option("cpu", help="cpu or cuda.")
 
@@ -40,13 +47,20 @@ def _bn_recal_option() -> bool:
                         help="Re-estimate the BatchNorm statistics of the G in use (EMA or raw) from 4096 latents first: an EMA G carries copies of the raw G's, which belong to other weights.")
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning reaches the user as one line (no source path, no code excerpt)."""
+    console.print(f"[yellow]warning:[/] {escape(str(message))}")
+
+
 def friendly(fn: Callable) -> Callable:
-    """Report a UserError as a clear message and exit code 2, never a traceback."""
+    """Report a UserError as a clear message and exit code 2, never a traceback; warnings as one line each."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with warnings.catch_warnings():
+                warnings.showwarning = _one_line_warning
+                return fn(*args, **kwargs)
         except UserError as exc:
             console.print(f"[bold red]error:[/] {escape(str(exc))}")  # a message's [brackets] are text, not markup
             raise typer.Exit(code=2) from None
@@ -64,9 +78,9 @@ def data_pack(
     crop: str = typer.Option("auto", help="auto | celeba | center | none."),
     shard_size: int = typer.Option(2000, help="Samples per shard."),
     limit: Optional[int] = typer.Option(None, help="Pack only the first N files in sorted path order."),
-    min_size: Optional[int] = typer.Option(None, help="Smallest crop side accepted [default: resolution // 2]."),
+    min_size: Optional[int] = typer.Option(None, help="Smallest crop side accepted (default: resolution // 2, at most 2x upscaling)."),
     overwrite: bool = typer.Option(False, help="Replace an existing pack made with different settings."),
-    workers: Optional[int] = typer.Option(None, help="Decode processes [default: min(2, cores)]."),
+    workers: Optional[int] = typer.Option(None, help="Decode processes (default: min(2, cores))."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
     image_format: str = typer.Option(
         "png", "--format",
@@ -116,7 +130,7 @@ def slurm_submit(
     setup: str = typer.Option("", "--setup", help='Shell lines run before launch, e.g. "source ~/venv/bin/activate".'),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the script; write and submit nothing."),
 ) -> None:
-    """Render a training script: ``dist-gan slurm submit recipe=bigbatch data=SHARDS run_dir=runs/x --nodes 2``.
+    """Render a training script: dist-gan slurm submit recipe=bigbatch data=SHARDS run_dir=runs/x --nodes 2.
 
     The recipe and its key=value overrides are validated first. Without --dry-run the script is
     written next to the run directory (runs/x.sbatch) and submitted with sbatch.
@@ -157,7 +171,7 @@ def eval_cmd(
     leak: bool = typer.Option(False, "--leak", help="Nearest reference image of each sample (memorisation check)."),
     n: int = typer.Option(10000, "--n", "-n", help="Generated samples (spell it -n under torchrun)."),
     n_ref: Optional[int] = typer.Option(None, "--n-ref", help="Reference images (default: min(n, reference size))."),
-    ema: bool = typer.Option(True, "--ema/--no-ema", help="Use the EMA generator (default) or the raw one."),
+    ema: bool = _ema_option(),
     ema_kimg: Optional[float] = typer.Option(None, "--ema-kimg", help="Score the EMA with this half-life (kimg): the run's train.ema_kimg or one of its train.ema_probes."),
     bn_recal: bool = _bn_recal_option(),
     detector: Optional[str] = typer.Option(None, "--detector", help="haar | anime | hog | mtcnn (default from the reference layout)."),
@@ -169,8 +183,7 @@ def eval_cmd(
 ) -> None:
     """Score a checkpoint: FID/KID/IS offline, face detectability, nearest-neighbour leak check.
 
-    Several processes: ``torchrun --nproc_per_node K -m dist_gan eval ... -n N`` (same flags;
-    torchrun's parser rejects ``--n`` as ambiguous, so use ``-n``).
+    Several processes: torchrun --nproc_per_node K -m dist_gan eval ... -n N (same flags; torchrun's parser rejects --n as ambiguous, so use -n).
     """
     from dist_gan.eval.run import EvalOptions, evaluate
 
@@ -188,29 +201,59 @@ def eval_cmd(
 
 
 # ---------------------------------------------------------------- training
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def _recipes_epilog() -> str:
+    """The recipes and what each is for, read from the YAML files (no torch import: --help stays fast)."""
+    try:
+        lines = [f"{name}: {desc}" for name, desc in recipes.descriptions().items()]
+    except UserError:
+        return ""
+    return "Recipes (recipe=NAME):\n\n" + "\n\n".join(lines) + "\n\nEvery key, its value and its meaning: dist-gan recipes NAME"
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, epilog=_recipes_epilog())
 @friendly
 def train(ctx: typer.Context) -> None:
-    """Train on one process: ``dist-gan train recipe=smoke data=SHARDS run_dir=DIR key=value ...``.
+    """Train on one process: dist-gan train recipe=NAME data=SHARDS run_dir=DIR [section.key=VALUE ...]
 
-    For several processes use ``accelerate launch dist_gan/train.py ...`` with the same arguments.
+    data= is a shard folder made by 'dist-gan data pack'; run_dir= gets checkpoints, samples and logs (resume=auto continues it). For several processes: accelerate launch dist_gan/train.py with the same arguments.
     """
     from dist_gan.train import main
 
     main(list(ctx.args))
 
 
+@app.command("recipes")
+@friendly
+def recipes_cmd(name: Optional[str] = typer.Argument(None, help="A recipe: show every key with its value and meaning.")) -> None:
+    """List the recipes, or show one recipe's every key (resolved value and what it does)."""
+    if name is None:
+        for recipe, desc in recipes.descriptions().items():
+            console.print(f"[bold]{recipe:16s}[/] {escape(desc)}", highlight=False)
+        console.print("\ndist-gan recipes NAME shows every key; override any as section.key=VALUE", highlight=False)
+        return
+    from dist_gan.config import describe_recipe
+
+    rows = describe_recipe(name)
+    width = max(len(k) for k, _, _ in rows)
+    out = Console()  # stdout: the listing is the command's output
+    for key, value, doc in rows:
+        out.print(f"{key:{width}s}  {escape(repr(value) if isinstance(value, str) else str(value)):24s}  [dim]{escape(doc)}[/]",
+                  highlight=False, soft_wrap=True)
+
+
 @app.command()
 @friendly
 def quickstart(
+    overrides: Optional[List[str]] = typer.Argument(None, metavar="[KEY=VALUE]...",
+                                                    help="Recipe overrides on top of recipe=quickstart, e.g. train.kimg=20."),
     out: Path = typer.Option(Path("quickstart"), help="Folder for the drawn faces, the shards and the run."),
     n_images: int = typer.Option(2000, help="How many procedural faces to draw."),
-    kimg: float = typer.Option(40.0, help="Training length in thousands of images shown to D (3-6 min on 2 CPU cores: 3 with native bf16, 6 in fp32)."),
+    kimg: Optional[float] = typer.Option(None, help="Training length in thousands of images shown to D (default: the recipe's)."),
 ) -> None:
     """Draw a procedural face set (no download), pack it, train briefly on CPU, write the sample grid."""
     from dist_gan.quickstart import run_quickstart
 
-    run_quickstart(out, n_images=n_images, kimg=kimg)
+    run_quickstart(out, n_images=n_images, kimg=kimg, overrides=list(overrides or []))
 
 
 # ---------------------------------------------------------------- image tools (inversion, completion, sampling, video, super-resolution)
@@ -240,6 +283,7 @@ def invert_cmd(
     resize: bool = typer.Option(False, "--resize", help=_RESIZE_HELP),
     lpips_weights: Optional[str] = typer.Option(None, help="Local AlexNet ImageNet weights for the lpips losses."),
     out: Path = typer.Option(Path("invert_out"), help="Output folder."),
+    ema: bool = _ema_option(),
     device: str = _device_option(),
 ) -> None:
     """Find the latent whose image best matches TARGET; writes reconstruction, strip, loss curve, latent .pt.
@@ -249,7 +293,7 @@ def invert_cmd(
     from dist_gan.tools.invert import run_invert
 
     r = run_invert(ckpt, target, out, loss=loss, weights=weights, affine=affine, steps=steps, restarts=restarts,
-                   lr=lr, seed=seed, resize=resize, lpips_weights=lpips_weights, device=device)
+                   lr=lr, seed=seed, resize=resize, lpips_weights=lpips_weights, device=device, ema=ema)
     msg = f"best restart {r.best_restart}: loss {r.losses[-1]:.4g}, PSNR {r.psnr:.2f} dB"
     if r.affine is not None:
         msg += f", affine (tx, ty, log_s, angle) = {[round(v, 4) for v in r.affine.tolist()]}"
@@ -271,6 +315,7 @@ def complete_cmd(
     resize: bool = typer.Option(False, "--resize", help=_RESIZE_HELP + " The mask must still match TARGET's size."),
     lpips_weights: Optional[str] = typer.Option(None, help="Local AlexNet ImageNet weights for the lpips losses."),
     out: Path = typer.Option(Path("complete_out"), help="Output folder."),
+    ema: bool = _ema_option(),
     device: str = _device_option(),
 ) -> None:
     """Fill the hole of TARGET from the generator. Mask convention: WHITE = known, BLACK = hole.
@@ -281,7 +326,7 @@ def complete_cmd(
     from dist_gan.tools.complete import run_complete
 
     c = run_complete(ckpt, target, mask, out, loss=loss, weights=weights, steps=steps, restarts=restarts, lr=lr,
-                     seed=seed, resize=resize, lpips_weights=lpips_weights, device=device)
+                     seed=seed, resize=resize, lpips_weights=lpips_weights, device=device, ema=ema)
     console.print(f"known-pixel PSNR {c.inversion.psnr:.2f} dB -> {out}")
 
 
@@ -297,14 +342,16 @@ def sample_cmd(
     singles: bool = typer.Option(False, "--singles/--no-singles", help="Write one PNG per image."),
     superres: Optional[Path] = typer.Option(None, help="Upscale with this super-resolution model."),
     bn_recal: bool = _bn_recal_option(),
+    ema: bool = _ema_option(),
     device: str = _device_option(),
 ) -> None:
     """Deterministic samples: a grid and/or single PNGs (optionally super-resolved)."""
     from dist_gan.tools.sample import run_sample
 
     written = run_sample(ckpt, out, n=n, seed=seed, truncation=truncation, grid=grid, singles=singles,
-                         superres=superres, device=device, bn_recal=bn_recal)
-    console.print(f"wrote {len(written)} file(s) to {out}")
+                         superres=superres, device=device, bn_recal=bn_recal, ema=ema)
+    console.print(f"wrote {len(written)} file(s) to {out}: {', '.join(p.name for p in written[:4])}"
+                  + (", ..." if len(written) > 4 else ""))
 
 
 @app.command("interpolate")
@@ -319,13 +366,14 @@ def interpolate_cmd(
     fps: int = typer.Option(30, help="Frames per second."),
     superres: Optional[Path] = typer.Option(None, help="Upscale frames with this super-resolution model."),
     bn_recal: bool = _bn_recal_option(),
+    ema: bool = _ema_option(),
     device: str = _device_option(),
 ) -> None:
     """A looping latent-walk video (GIF or MP4)."""
     from dist_gan.tools.interpolate import run_interpolate
 
     path = run_interpolate(ckpt, out, n_keys=n_keys, frames=frames, use_slerp=slerp, seed=seed, fps=fps,
-                           superres=superres, device=device, bn_recal=bn_recal)
+                           superres=superres, device=device, bn_recal=bn_recal, ema=ema)
     console.print(f"wrote {n_keys * frames} frames to {path}")
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Collection, Dict, List, Optional, Sequence
+from typing import Any, Collection, Dict, List, Optional, Sequence, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
@@ -32,15 +32,16 @@ from dist_gan.errors import UserError
 from dist_gan.losses import LOSSES, BEGANLoss
 from dist_gan.models import ARCHS, D_NORMS, RESOLUTIONS
 from dist_gan.models.fastconv import SWAP_WGRAD_MODES
+from dist_gan.recipes import available_recipes, recipes_dir
 
 
 @dataclass
 class ModelCfg:
     arch: str = "dcgan"  # registry name in dist_gan.models.ARCHS
     resolution: int = 64  # 32, 64 or 128
-    nz: int = 100
-    ngf: int = 64
-    ndf: int = 64
+    nz: int = 100  # latent size
+    ngf: int = 64  # G's width (channels of its last hidden layer)
+    ndf: int = 64  # D's width (channels of its first layer)
     spectral_norm: bool = False  # spectral normalisation on every D conv/linear
     d_norm: str = "batch"  # D's normalisation: batch (as the arch builds it) | layer | none (batch norms swapped out)
 
@@ -58,12 +59,12 @@ class LossCfg:
 
 @dataclass
 class OptimCfg:
-    g_lr: float = 2e-4
-    d_lr: float = 2e-4
-    g_betas: List[float] = field(default_factory=lambda: [0.5, 0.999])
-    d_betas: List[float] = field(default_factory=lambda: [0.5, 0.999])
+    g_lr: float = 2e-4  # G's Adam learning rate
+    d_lr: float = 2e-4  # D's Adam learning rate (TTUR: D faster than G)
+    g_betas: List[float] = field(default_factory=lambda: [0.5, 0.999])  # G's Adam (beta1, beta2)
+    d_betas: List[float] = field(default_factory=lambda: [0.5, 0.999])  # D's Adam (beta1, beta2)
     d_steps: int = 1  # D:G schedule as d_steps:g_steps per cycle (1:1, 2:1, 4:3, 5:1 ...)
-    g_steps: int = 1
+    g_steps: int = 1  # G steps per cycle (see d_steps)
     impl: str = "auto"  # adam implementation: auto | fused | foreach | plain
     lr_decay_kimg: List[float] = field(default_factory=list)  # [start, end]: learning rates fall linearly across this window (kimg); [] = constant
     lr_decay_to: float = 0.0  # fraction of g_lr/d_lr left at the end of the window (and after it)
@@ -88,15 +89,15 @@ class TrainCfg:
     ema_rampup: float = 0.05  # half-life <= rampup * images seen, so early EMA is not stale; 0 = off
     ema_probes: List[float] = field(default_factory=list)  # extra half-lives (kimg) averaged beside G_ema, for eval only: one run scores several (dist-gan eval --ema-kimg)
     nan_policy: str = "stop"  # stop | rollback (reload the last checkpoint, up to 3 times)
-    max_rollbacks: int = 3
+    max_rollbacks: int = 3  # rollbacks before a NaN stops the run
     collective_timeout_s: float = 300.0  # a dead rank ends the job after this long, never a hang
 
 
 @dataclass
 class LoaderCfg:
-    workers: int = 2
+    workers: int = 2  # decode processes per rank (0: in the training process)
     shuffle: int = 1000  # shuffle-buffer size in samples, per worker
-    xflip: bool = False
+    xflip: bool = False  # random horizontal flips of the reals
     chunk_batches: int = 500  # batches per rank between re-seedings of the resampled stream
 
 
@@ -106,17 +107,17 @@ class LogCfg:
     sample_kimg: float = 5.0  # sample grid cadence
     snapshot_kimg: float = 10.0  # checkpoint cadence
     keep: int = 3  # checkpoints kept
-    tensorboard: bool = True
-    progress: bool = True
+    tensorboard: bool = True  # TensorBoard logs in run_dir/tb
+    progress: bool = True  # a live progress bar (plain log lines when stderr is not a terminal)
 
 
 @dataclass
 class Config:
-    recipe: str = "dcgan64"
+    recipe: str = "dcgan64"  # a name in recipes/ or a path to a .yaml
     description: str = ""  # one line: what the recipe is for
     data: str = ""  # shard folder made by `dist-gan data pack`
-    run_dir: str = "runs/default"
-    seed: int = 0
+    run_dir: str = "runs/default"  # checkpoints, samples, metrics.jsonl, TensorBoard logs
+    seed: int = 0  # initial weights, latents and the data order
     resume: str = ""  # "" (fresh; refuses a run_dir with checkpoints) | auto | path to a ckpt
     backend: str = "ddp"  # ddp | deepspeed
     zero_stage: int = 0  # deepspeed only
@@ -144,17 +145,29 @@ CHOICES: Dict[str, Collection[Any]] = {
 }
 
 
-def recipes_dir() -> Path:
-    """Recipes ship inside the wheel (dist_gan/recipes) and live at the repo root in a checkout."""
-    here = Path(__file__).resolve().parent
-    for cand in (here / "recipes", here.parent / "recipes"):
-        if cand.is_dir():
-            return cand
-    raise UserError("recipes folder not found next to the dist_gan package")
+def key_help() -> Dict[str, str]:
+    """Each dotted key's help: the comment on its line of the schema above (read from this file)."""
+    out: Dict[str, str] = {}
+    sections = {"ModelCfg": "model.", "LossCfg": "loss.", "OptimCfg": "optim.", "TrainCfg": "train.",
+                "LoaderCfg": "loader.", "LogCfg": "log.", "Config": ""}
+    prefix: Optional[str] = None
+    for line in Path(__file__).read_text(encoding="utf-8").splitlines():
+        if line.startswith("class "):
+            prefix = sections.get(line[6:].split(":")[0].split("(")[0])
+        elif line and not line.startswith((" ", "@")):
+            prefix = None  # past the schema's classes
+        elif prefix is not None and "#" in line and ":" in line.split("#", 1)[0]:
+            name = line.strip().split(":")[0]
+            if name.isidentifier():
+                out[prefix + name] = line.split("#", 1)[1].strip()
+    return out
 
 
-def available_recipes() -> List[str]:
-    return sorted(p.stem for p in recipes_dir().glob("*.yaml"))
+def describe_recipe(name: str) -> List[Tuple[str, Any, str]]:
+    """(key, resolved value, help) for every key of a recipe, in schema order."""
+    cfg = load_config([f"recipe={name}"])
+    helps = key_help()
+    return [(k, OmegaConf.select(cfg, k), helps.get(k, "")) for k in valid_keys()]
 
 
 def valid_keys(node: Any = None, prefix: str = "") -> List[str]:
@@ -256,7 +269,9 @@ def load_config(args: Sequence[str] = (), recipe: Optional[str] = None) -> DictC
     except ConfigKeyError as exc:  # belt and braces: struct mode found a key we missed
         raise _unknown_key_error(str(exc.key), "in the merged config") from None
     except OmegaConfBaseException as exc:
-        raise UserError(f"bad recipe value: {exc.msg if hasattr(exc, 'msg') else exc}") from None
+        what = str(getattr(exc, "msg", exc)).strip().splitlines()[0]  # OmegaConf appends its internals
+        key = getattr(exc, "full_key", None)
+        raise UserError(f"bad recipe value{f' for {key}' if key else ''}: {what}") from None
     cfg.recipe = Path(name).stem
     validate(cfg)
     return cfg
@@ -270,6 +285,11 @@ def validate(cfg: DictConfig) -> None:
             raise UserError(f"{key}={value!r} is not valid; choose one of {list(allowed)}")
     if cfg.train.batch <= 0 or cfg.train.accum <= 0:
         raise UserError("train.batch and train.accum must be positive")
+    for key in ("train.kimg", "log.sample_kimg", "log.snapshot_kimg", "train.ema_kimg"):
+        if not OmegaConf.select(cfg, key) > 0:
+            raise UserError(f"{key} must be positive (kimg = thousands of images shown to D), got {OmegaConf.select(cfg, key)}")
+    if cfg.log.every < 1 or cfg.log.keep < 0:
+        raise UserError(f"log.every must be >= 1 and log.keep >= 0 (0 keeps every checkpoint), got {cfg.log.every} and {cfg.log.keep}")
     if cfg.optim.d_steps <= 0 or cfg.optim.g_steps <= 0:
         raise UserError("optim.d_steps and optim.g_steps must be positive (e.g. 4 and 3 for a 4:3 schedule)")
     if not 0.0 < cfg.loss.real_label <= 1.0:

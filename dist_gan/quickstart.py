@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 from rich.console import Console
 
@@ -19,13 +19,14 @@ from dist_gan.data.synthetic import draw_faces
 from dist_gan.engine.loop import train
 
 
-def run_quickstart(out: Path, n_images: int = 2000, kimg: float = 40.0, overrides: Sequence[str] = ()) -> Path:
+def run_quickstart(out: Path, n_images: int = 2000, kimg: Optional[float] = None, overrides: Sequence[str] = ()) -> Path:
     """Run draw -> pack -> train under ``out``; returns the run directory."""
     console = Console(stderr=True)
     out = Path(out)
     faces, shards, run_dir = out / "faces.zip", out / "shards", out / "run"
     # Validate the recipe before any work: a bad override fails in a second, not after drawing.
-    cfg = load_config(["recipe=quickstart", f"data={shards}", f"run_dir={run_dir}", f"train.kimg={kimg}", *overrides])
+    length = [f"train.kimg={kimg}"] if kimg is not None else []
+    cfg = load_config(["recipe=quickstart", f"data={shards}", f"run_dir={run_dir}", *length, *overrides])
     if not faces.exists():
         console.rule("[bold]1/3 drawing procedural faces")
         draw_faces(n_images, faces, size=cfg.model.resolution, seed=cfg.seed, progress=True)

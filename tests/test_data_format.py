@@ -59,8 +59,21 @@ def test_manifest_is_read(shards32):
 
 
 def test_missing_manifest_is_a_clear_error(tmp_path):
-    with pytest.raises(UserError, match="dist-gan data pack"):
+    with pytest.raises(UserError, match="has no manifest.json.*dist-gan data pack"):
         F.open_shards(tmp_path)
+
+
+def test_a_path_that_is_not_a_shard_folder_says_what_it_is(tmp_path):
+    """data= a missing path, a zip of images, or any other file: one line each, never a traceback."""
+    with pytest.raises(UserError, match="does not exist"):
+        F.open_shards(tmp_path / "nowhere")
+    faces = draw_faces(4, tmp_path / "faces.zip", size=32)
+    with pytest.raises(UserError, match=r"is a zip of images, not a shard folder; pack it first: `dist-gan data pack"):
+        F.open_shards(faces)
+    blob = tmp_path / "photo.jpg"
+    blob.write_bytes(bytes(range(256)) * 4)  # not UTF-8: the old reader died with UnicodeDecodeError
+    with pytest.raises(UserError, match="is neither a shard folder nor a manifest"):
+        F.open_shards(blob)
 
 
 def test_every_consumer_reads_the_same_pixels_from_png_and_blocks(packs, tmp_path):

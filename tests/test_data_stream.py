@@ -162,5 +162,36 @@ def test_shards_with_nothing_decodable_fail_with_a_clear_error(tmp_path, blocks)
     if blocks:
         manifest["image_format"] = "blocks"
     (bad / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(UserError, match="undecodable samples in a row.*repack"):
+    with pytest.raises(UserError, match="unreadable samples or shards in a row.*repack"):
         take(StreamLoader(open_shards(bad), 4, workers=0, shuffle=1), 1)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_shards_that_cannot_be_read_end_in_one_line_not_a_hang(shards32, tmp_path, workers):
+    """Every shard truncated to 0 bytes: WebDataset's tar errors are counted like decode errors,
+    and the stream stops with the repack message (one line, also from a worker process)."""
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(shards32, bad)
+    for shard in bad.glob("shard-*.tar"):
+        shard.write_bytes(b"")
+    with pytest.raises(UserError, match="unreadable samples or shards in a row.*repack") as err:
+        take(StreamLoader(open_shards(bad), 4, workers=workers, shuffle=1), 1)
+    assert "Traceback" not in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_truncated_shard_is_named_once_and_counted(shards32, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(shards32, bad)
+    first = bad / "shard-000000.tar"
+    first.write_bytes(first.read_bytes()[: first.stat().st_size // 2 + 100])  # cut mid-member
+    loader = StreamLoader(open_shards(bad), 4, workers=0, shuffle=1, chunk_batches=40)
+    with pytest.warns(RuntimeWarning) as caught:
+        batches = take(loader, 30)
+    named = [w for w in caught if w.category is RuntimeWarning and "cannot read" in str(w.message)]
+    assert all("shard-000000.tar" in str(w.message) for w in named)
+    assert len(batches) == 30 and len(named) == 1  # trains on, says it once
+    assert loader.bad_samples >= 1

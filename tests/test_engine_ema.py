@@ -118,3 +118,47 @@ def test_recalibrate_bn_leaves_a_generator_without_batchnorm_alone():
     recalibrate_bn(G.train(), nz=4)
     assert not has_batchnorm(G) and not G.training
     assert all(torch.equal(before[k], v) for k, v in G.state_dict().items())
+
+
+def test_untrained_share_is_a_half_at_one_half_life_and_tiny_with_a_rampup():
+    from dist_gan.engine.ema import stale_ema_message, untrained_share
+
+    assert untrained_share(5000, 5.0, 0.0) == pytest.approx(0.5)
+    assert untrained_share(4000, 5.0, 0.0) > 0.5 and stale_ema_message(4000, 5.0, 0.0) is not None
+    assert untrained_share(4000, 5.0, 0.05) < 1e-5 and stale_ema_message(4000, 5.0, 0.05) is None
+    assert stale_ema_message(20000, 5.0, 0.0) is None
+    assert "--no-ema" in stale_ema_message(1000, 5.0, 0.0)
+
+
+def test_a_stale_ema_warns_shows_raw_grids_and_every_tool_can_take_the_raw_g(shards32, tmp_path):
+    """A 0.192-kimg run with a 5-kimg half-life and no ramp-up (anime64's shape): G_ema is still
+    mostly the init. Loading it warns; the training grid is the raw G's; --no-ema gives the raw G."""
+    import numpy as np
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from dist_gan.cli import app
+    from dist_gan.engine.checkpoint import load_generator
+    from dist_gan.engine.ema import StaleEMAWarning
+    from dist_gan.imaging import make_grid, to_uint8
+
+    run = _probe_run(shards32, tmp_path / "r", "train.ema_kimg=5")
+    with pytest.warns(StaleEMAWarning, match="still the untrained generator"):
+        G_ema, cfg = load_generator(run)
+    G_raw, _ = load_generator(run, ema=False)
+    z = torch.randn(64, cfg["model"]["nz"], generator=torch.Generator().manual_seed(cfg["seed"]))
+    with torch.no_grad():
+        raw_grid = make_grid(to_uint8(G_raw(z)), nrow=8)
+    assert np.array_equal(np.asarray(Image.open(run / "samples" / "latest.png")), raw_grid)
+
+    res = CliRunner().invoke(app, ["sample", str(run), "--n", "4", "--out", str(tmp_path / "ema")])
+    assert res.exit_code == 0 and "warning:" in res.output and "--no-ema" in res.output
+    res = CliRunner().invoke(app, ["sample", str(run), "--n", "4", "--no-ema", "--out", str(tmp_path / "raw")])
+    assert res.exit_code == 0 and "warning" not in res.output
+    z4 = torch.load(tmp_path / "raw" / "latents.pt", weights_only=True)["z"]
+    with torch.no_grad():
+        expect = make_grid(to_uint8(G_raw(z4)), fill=255)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "raw" / "grid.png")), expect)
+    for cmd in ("interpolate", "invert", "complete", "eval"):
+        res = CliRunner().invoke(app, [cmd, "--help"])
+        assert "--no-ema" in res.output, cmd

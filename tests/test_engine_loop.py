@@ -180,3 +180,61 @@ def test_gradient_accumulation_keeps_the_global_batch(shards32, tmp_path):
     assert final["data_step"] == 8  # two micro-batches of 8 per D step
     state = load_checkpoint(run)
     assert all(torch.isfinite(v).all() for v in state["G"].values() if v.is_floating_point())
+
+
+def test_a_run_dir_that_cannot_be_a_folder_fails_in_one_line(shards32, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for bad, match in ((afile, "is a file, not a folder"), (afile / "run", "cannot be written"),
+                       (Path("/proc/dist_gan_run"), "cannot be written")):
+        with pytest.raises(UserError, match=match):
+            run_inprocess(f"data={shards32}", f"run_dir={bad}", "train.kimg=0.032")
+
+
+def test_resume_into_other_networks_names_the_keys_before_loading(shards32, tmp_path):
+    run_inprocess(f"data={shards32}", f"run_dir={tmp_path / 'r'}", "train.kimg=0.032", "model.ngf=8")
+    with pytest.raises(UserError, match=r"networks differ \(model.ngf=8 there, 16 here\)"):
+        run_inprocess(f"data={shards32}", f"run_dir={tmp_path / 'r'}", "train.kimg=0.064", "model.ngf=16", "resume=auto")
+
+
+def test_stale_checkpoint_temps_of_dead_writers_are_removed(shards32, tmp_path):
+    run_dir = tmp_path / "r"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = run_dir / "checkpoints" / f".ckpt-000000032.pt.tmp-{int(dead.stdout)}"
+    live = run_dir / "checkpoints" / f".ckpt-000000064.pt.tmp-{os.getpid()}"  # a writer that still runs: kept
+    stale.write_bytes(b"half a checkpoint")
+    live.write_bytes(b"in progress")
+    run_inprocess(f"data={shards32}", f"run_dir={run_dir}", "train.kimg=0.032")
+    assert not stale.exists() and live.exists()
+
+
+def test_lengths_of_zero_are_refused():
+    for key in ("train.kimg=0", "log.snapshot_kimg=0", "log.sample_kimg=-1"):
+        with pytest.raises(UserError, match="must be positive"):
+            load_config([*SMOKE, key])
+
+
+def test_unreadable_shards_end_the_run_with_one_line_not_a_hang(shards32, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(shards32, bad)
+    for shard in bad.glob("shard-*.tar"):
+        shard.write_bytes(b"")
+    proc = subprocess.run([*TRAIN, *SMOKE, f"data={bad}", f"run_dir={tmp_path / 'r'}", "train.kimg=0.3", "loader.workers=1"],
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "unreadable samples or shards in a row" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_without_a_terminal_the_log_gets_plain_progress_lines(shards32, tmp_path):
+    """SLURM logs and pipes get no redrawn bar but readable lines, the last one at the end of the run;
+    deepspeed is not imported (it announced its accelerator on every run) unless backend=deepspeed."""
+    proc = subprocess.run([*TRAIN, *SMOKE, "log.progress=true", f"data={shards32}",
+                           f"run_dir={tmp_path / 'r'}", "train.kimg=0.064"],
+                          capture_output=True, text=True, timeout=300, env=ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("train ")]
+    assert lines and lines[-1].startswith("train 0.06/0.064 kimg") and "left" in lines[-1]
+    assert "\r" not in proc.stderr and "Setting accelerator" not in proc.stderr + proc.stdout

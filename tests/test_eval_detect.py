@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from dist_gan.errors import UserError
+from dist_gan.eval import detect as detect_mod
 from dist_gan.eval.detect import (
     ANIME_CASCADE_ENV,
     DETECTORS,
@@ -111,10 +112,13 @@ def test_anime_cascade_lookup(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, repo_root: Path, anime_cascade: str
 ) -> None:
     monkeypatch.delenv(ANIME_CASCADE_ENV, raising=False)
-    monkeypatch.chdir(tmp_path)  # no ../shared next to it
+    nowhere = [tmp_path / "cache" / "x.xml", tmp_path / "shared" / "x.xml"]
+    monkeypatch.setattr(detect_mod, "default_cascade_locations", lambda: nowhere)
     with pytest.raises(UserError, match="nagadomi/lbpcascade_animeface") as err:
         build_detector("anime")
-    assert "--cascade PATH" in str(err.value)
+    assert "--cascade PATH" in str(err.value) and all(str(p) in str(err.value) for p in nowhere)
+    monkeypatch.undo()
+    monkeypatch.delenv(ANIME_CASCADE_ENV, raising=False)
     with pytest.raises(UserError, match="not found"):
         build_detector("anime", str(tmp_path / "missing.xml"))
     bad = tmp_path / "bad.xml"
@@ -125,7 +129,7 @@ def test_anime_cascade_lookup(
     monkeypatch.setenv(ANIME_CASCADE_ENV, anime_cascade)
     assert build_detector("anime").describe()["settings"]["cascade"] == "lbpcascade_animeface.xml"
     monkeypatch.delenv(ANIME_CASCADE_ENV)
-    monkeypatch.chdir(repo_root)  # default: ../shared/detectors/ from the working dir
+    monkeypatch.chdir(tmp_path)  # the default does not depend on the working directory
     assert build_detector("anime").describe()["name"] == "anime"
 
 

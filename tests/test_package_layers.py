@@ -16,7 +16,7 @@ PACKAGE = Path(dist_gan.__file__).resolve().parent
 
 # Lower layers never import higher ones. Modules not listed sit in the layer of their folder.
 LAYERS: List[Set[str]] = [
-    {"dist_gan", "dist_gan.errors", "dist_gan.files", "dist_gan.progress", "dist_gan.imaging"},
+    {"dist_gan", "dist_gan.errors", "dist_gan.files", "dist_gan.progress", "dist_gan.imaging", "dist_gan.recipes"},
     {"dist_gan.data"},
     {"dist_gan.models"},
     {"dist_gan.augment", "dist_gan.losses"},

@@ -33,6 +33,7 @@ import io
 import json
 import re
 import tarfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple
@@ -213,14 +214,21 @@ def open_shards(path: str | Path) -> ShardSet:
     if not str(path):
         raise UserError("no data given: pass data=<shard folder> (make one with `dist-gan data pack SRC OUT`)")
     root = Path(path)
+    if not root.exists():
+        raise UserError(f"{root} does not exist; give a shard folder made by `dist-gan data pack SRC OUT`")
+    if root.is_file() and zipfile.is_zipfile(root):
+        raise UserError(f"{root} is a zip of images, not a shard folder; pack it first: "
+                        f"`dist-gan data pack {root} {root.with_suffix('')}-shards`, then data={root.with_suffix('')}-shards")
     manifest_path = root / MANIFEST if root.is_dir() else root
     if not manifest_path.is_file():
-        raise UserError(f"{root} has no {MANIFEST}; make shards with `dist-gan data pack SRC {root}`")
+        raise UserError(f"{root} has no {MANIFEST}: it is not a shard folder; make one with `dist-gan data pack {root} OUT`")
     root = manifest_path.parent
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise UserError(f"{manifest_path} is not a readable shard manifest ({exc}); repack with `dist-gan data pack`") from None
+        what = "is not a readable shard manifest" if manifest_path.name == MANIFEST else "is neither a shard folder nor a manifest"
+        raise UserError(f"{manifest_path} {what} ({type(exc).__name__}); "
+                        "make shards with `dist-gan data pack SRC OUT` and pass data=OUT") from None
     if not isinstance(manifest, dict):
         raise UserError(f"{manifest_path} is not a shard manifest; repack with `dist-gan data pack`")
     if manifest.get("format", FORMAT) != FORMAT:

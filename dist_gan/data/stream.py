@@ -23,8 +23,9 @@ Why this shape:
 from __future__ import annotations
 
 import random
+import warnings
 from collections import deque
-from typing import Deque, Iterator, List, Sequence
+from typing import Deque, Dict, Iterator, List, Sequence
 
 import numpy as np
 import torch
@@ -34,7 +35,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from dist_gan.data.format import ShardSet, block_size_hint, decode_block_sample, decode_sample
 from dist_gan.errors import UserError
 
-MAX_BAD_RUN = 1000  # this many undecodable samples in a row means the shards are broken, not a few bad files
+MAX_BAD_RUN = 1000  # this many unreadable samples or shards in a row: the shards are broken, not a few bad files
 
 
 def split_shards(urls: Sequence[str], index: int, count: int) -> List[str]:
@@ -69,18 +70,37 @@ class ResampledShardStream(IterableDataset):
         self.batch_size, self.batches_per_worker = batch_size, batches_per_worker
         self.seed, self.chunk, self.rank, self.world_size = seed, chunk, rank, world_size
         self.shuffle, self.xflip, self.blocks = shuffle, xflip, blocks
-        self.bad_samples = 0  # per-process count; corrupt samples are skipped, never fatal...
+        self.bad_samples = 0  # per-process count; corrupt samples and shards are skipped, never fatal...
         self._bad_run = 0  # ...unless nothing decodes at all, which would otherwise spin forever
+        self.failed_shards: Dict[str, str] = {}  # shard -> why it could not be read (StreamLoader reports each once)
 
     def _count_bad(self, n: int) -> None:
         self.bad_samples += n
         self._bad_run += n
         if self._bad_run >= MAX_BAD_RUN:
             raise UserError(
-                f"{self._bad_run} undecodable samples in a row in the shards of rank {self.rank} "
+                f"{self._bad_run} unreadable samples or shards in a row in the data of rank {self.rank} "
                 f"({len(self.urls)} shard(s), e.g. {self.urls[0]}): they are corrupt or not made by "
                 "`dist-gan data pack`; repack them"
             )
+
+    def _shard_failed(self, exn: Exception) -> bool:
+        """A shard that cannot be read (empty, truncated, not a tar): count it, remember why, go on.
+
+        WebDataset appends the shard's URL (or its open stream) to the exception's args. A shard counts as one
+        bad sample (how many it held past the break is unknown), so a set of shards none
+        of which reads ends in the MAX_BAD_RUN error instead of resampling forever.
+        """
+        texts = [a if isinstance(a, str) else repr(a) for a in exn.args]  # the URL, or a stream that names the file
+        url = next((u for t in reversed(texts) for u in self.urls if u in t), "a shard")
+        what = texts[0].split(" @ ", 1)[0] if texts else ""
+        self.failed_shards.setdefault(url, f"{type(exn).__name__}: {what}")
+        self._count_bad(1)
+        return True
+
+    def _item(self, images: torch.Tensor, worker: int) -> dict:
+        """A batch for the loader, with this worker's running counts of what it skipped."""
+        return {"images": images, "worker": worker, "bad": self.bad_samples, "failed": dict(self.failed_shards)}
 
     def _rng(self, worker: int) -> random.Random:
         return random.Random(f"{self.seed}/{self.chunk}/{self.rank}/{worker}")
@@ -109,7 +129,7 @@ class ResampledShardStream(IterableDataset):
             if len(batch) == self.batch_size:
                 # NCHW view of NHWC memory: already channels_last, so no copy here or on the device
                 images_t = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2)
-                yield {"images": images_t, "worker": worker, "bad": self.bad_samples}
+                yield self._item(images_t, worker)
                 batch = []
 
     def _decode_blocks(self, samples: Iterator[dict]) -> Iterator[np.ndarray]:
@@ -154,7 +174,7 @@ class ResampledShardStream(IterableDataset):
             if self.xflip:
                 flip = gen.random(self.batch_size) < 0.5
                 batch[flip] = batch[flip, :, ::-1]
-            yield {"images": torch.from_numpy(batch).permute(0, 3, 1, 2), "worker": worker, "bad": self.bad_samples}
+            yield self._item(torch.from_numpy(batch).permute(0, 3, 1, 2), worker)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         info = get_worker_info()
@@ -171,7 +191,7 @@ class ResampledShardStream(IterableDataset):
             ]
         pipeline = wds.DataPipeline(
             lambda: self._shard_urls(rng, mine),
-            wds.tarfile_to_samples(handler=wds.warn_and_continue),
+            wds.tarfile_to_samples(handler=self._shard_failed),
             *stages,
         ).with_epoch(nbatches=self.batches_per_worker)
         yield from pipeline
@@ -201,6 +221,7 @@ class StreamLoader:
         self.batches_per_worker = max(1, chunk_batches // max(1, workers))
         self.chunk_batches = self.batches_per_worker * max(1, workers)
         self.bad_samples = 0  # corrupt samples skipped so far, summed over chunks and workers
+        self.failed_shards: Dict[str, str] = {}  # shards that could not be read, each reported once
 
     def _chunk_loader(self, chunk: int) -> DataLoader:
         dataset = ResampledShardStream(
@@ -224,12 +245,32 @@ class StreamLoader:
         while True:
             bad_per_worker: dict = {}
             done_before = self.bad_samples
-            for i, item in enumerate(self._chunk_loader(chunk)):
+            for i, item in enumerate(_worker_errors(self._chunk_loader(chunk))):
                 bad_per_worker[item["worker"]] = item["bad"]
                 self.bad_samples = done_before + sum(bad_per_worker.values())
+                for url, why in item["failed"].items():
+                    if url not in self.failed_shards:
+                        self.failed_shards[url] = why
+                        warnings.warn(f"cannot read {url} ({why}); the rest of it is skipped and counted in "
+                                      "bad_samples", RuntimeWarning, stacklevel=2)
                 if i >= skip:
                     yield item["images"]
             chunk, skip = chunk + 1, 0
+
+
+def _worker_errors(items: Iterator[dict]) -> Iterator[dict]:
+    """A UserError raised in a loader worker reaches the user as its own one line.
+
+    The DataLoader re-raises it in this process with the worker's whole traceback in
+    the message; keep only what the stream said.
+    """
+    try:
+        yield from items
+    except UserError as exc:
+        text = str(exc)
+        if "Original Traceback" in text:
+            raise UserError(text.rstrip().splitlines()[-1].split("UserError: ", 1)[-1]) from None
+        raise
 
 
 def to_model_range(batch: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:

@@ -81,7 +81,7 @@ class DDPBackend:
         """Over networks and optimizers already passed through ``accelerator.prepare``."""
         self.accelerator = accelerator
         self.G, self.D, self.opt_G, self.opt_D = G, D, opt_G, opt_D
-        self.G_raw, self.D_raw = accelerator.unwrap_model(G), accelerator.unwrap_model(D)
+        self.G_raw, self.D_raw = _unwrap_ddp(G), _unwrap_ddp(D)
         self.scalers = {"G": scaler_G, "D": scaler_D}
         self.opts = {"G": opt_G, "D": opt_D}
         self.wrapped = {"G": G, "D": D}
@@ -129,6 +129,12 @@ class DDPBackend:
 
     def close(self) -> None:
         """accelerate owns the process group."""
+
+
+def _unwrap_ddp(model: nn.Module) -> nn.Module:
+    """The module inside a DDP wrapper. Not ``accelerator.unwrap_model``: that imports deepspeed when it is
+    installed, and deepspeed announces its accelerator on import, on every DDP run."""
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
 
 def _load_adam(opt, saved: Dict[str, Any]) -> None:

@@ -18,8 +18,10 @@ half-written checkpoint; the last ``keep`` are kept.
 
 from __future__ import annotations
 
+import os
 import random
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -27,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dist_gan.engine.ema import probe_key, recalibrate_bn
+from dist_gan.engine.ema import StaleEMAWarning, probe_key, recalibrate_bn, stale_ema_message
 from dist_gan.engine.state import RunState
 from dist_gan.errors import UserError
 from dist_gan.files import atomic_write
@@ -41,6 +43,37 @@ _NAME = re.compile(r"^ckpt-(\d{9,})\.pt$")
 def checkpoint_name(nimg: int) -> str:
     """File name ordered by images seen, so the newest sorts last."""
     return f"ckpt-{nimg:09d}.pt"
+
+
+def remove_stale_temps(ckpt_dir: Path) -> List[Path]:
+    """Delete ``.ckpt-*.pt.tmp-<pid>`` files whose writer is gone (a kill mid-write); each is a whole checkpoint."""
+    removed = []
+    for p in ckpt_dir.glob(".ckpt-*.pt.tmp-*") if ckpt_dir.is_dir() else []:
+        pid = p.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def check_resumable(payload: Dict[str, Any], model_cfg: Dict[str, Any]) -> None:
+    """A checkpoint resumes only into the networks it was trained as: compare the recipes before loading."""
+    saved = payload.get("cfg", {}).get("model", {})
+    differ = [f"model.{k}={saved[k]!r} there, {model_cfg.get(k)!r} here" for k in sorted(saved)
+              if k in model_cfg and saved[k] != model_cfg[k]]
+    if differ:
+        raise UserError(f"cannot resume from {payload.get('path', 'the checkpoint')}: its networks differ "
+                        f"({'; '.join(differ)}); drop those overrides, or start a new run_dir")
 
 
 def nimg_of(path: Path) -> int:
@@ -148,6 +181,11 @@ def load_generator(
     """
     state = load_checkpoint(path_or_run)
     cfg = state["cfg"]
+    if ema and ema_kimg is None:  # the main EMA: say so when it is mostly the untrained network
+        train = cfg.get("train", {})
+        stale = stale_ema_message(int(state.get("nimg", 0)), float(train.get("ema_kimg", 0)), float(train.get("ema_rampup", 0.05)))
+        if stale:
+            warnings.warn(f"{state['path']}: {stale}", StaleEMAWarning, stacklevel=2)
     G = build_generator(cfg["model"])
     G.load_state_dict(_generator_state(state, ema, ema_kimg))
     G.to(device).eval().requires_grad_(False)

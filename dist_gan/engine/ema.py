@@ -19,7 +19,7 @@ BN inputs come from latents alone, so no data is needed.
 from __future__ import annotations
 
 import copy
-from typing import Dict, Iterable
+from typing import Dict, Iterable, Optional
 
 import torch
 from torch import nn
@@ -34,6 +34,32 @@ def probe_key(half_life_kimg: float) -> str:
 def make_probes(G_ema: nn.Module, half_lives: Iterable[float]) -> Dict[float, nn.Module]:
     """One frozen copy of ``G_ema`` per extra half-life."""
     return {float(h): copy.deepcopy(G_ema).eval().requires_grad_(False) for h in half_lives}
+
+
+class StaleEMAWarning(UserWarning):
+    """G_ema still holds a large share of the untrained generator."""
+
+
+def untrained_share(nimg: int, half_life_kimg: float, rampup: float) -> float:
+    """The weight the random init still has in an EMA after ``nimg`` images.
+
+    With a ramp-up the half-life never exceeds ``rampup * nimg``, so the share is at most
+    ``0.5 ** (1 / rampup)`` (1e-6 at the default 0.05): never stale. Without one it is
+    ``0.5 ** (nimg / half-life)``: a half at one half-life.
+    """
+    if rampup > 0:
+        return 0.5 ** (1.0 / rampup)
+    return 0.5 ** (nimg / (half_life_kimg * 1000.0)) if half_life_kimg > 0 else 0.0
+
+
+def stale_ema_message(nimg: int, half_life_kimg: float, rampup: float) -> Optional[str]:
+    """A warning when the EMA has averaged fewer images than its half-life, else None."""
+    share = untrained_share(nimg, half_life_kimg, rampup)
+    if share < 0.5:
+        return None
+    return (f"G_ema has averaged {nimg / 1000:.2f} kimg, less than its {half_life_kimg:g}-kimg half-life "
+            f"(train.ema_rampup=0): {100 * share:.0f}% of it is still the untrained generator. "
+            "Use --no-ema for the raw G, or train longer")
 
 
 def ema_beta(batch: int, half_life_kimg: float, nimg: int, rampup: float = 0.0) -> float:

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -30,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from dist_gan.data.format import open_shards
 from dist_gan.data.stream import StreamLoader, to_model_range
 from dist_gan.engine import checkpoint as ckpt
+from dist_gan.engine.ema import stale_ema_message
 from dist_gan.engine.monitor import Monitor, Throughput, plot_losses
 from dist_gan.engine.schedule import phases, total_images
 from dist_gan.engine.signals import PreemptionFlag
@@ -47,6 +50,16 @@ class TrainingDiverged(UserError):
 
 def _setup_run_dir(cfg: DictConfig, accelerator: Accelerator) -> Path:
     run_dir = Path(cfg.run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"run_dir={run_dir} is a file, not a folder; choose another run_dir")
+    try:  # every rank: a folder it cannot write fails here, in one line, before any work
+        for sub in ("checkpoints", "samples"):
+            (run_dir / sub).mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"run_dir={run_dir} cannot be written ({exc.strerror or exc}); choose a writable folder") from None
     existing = ckpt.list_checkpoints(run_dir / "checkpoints")
     if existing and not cfg.resume:
         raise UserError(
@@ -54,8 +67,8 @@ def _setup_run_dir(cfg: DictConfig, accelerator: Accelerator) -> Path:
             "pass resume=auto to continue it, or choose another run_dir"
         )
     if accelerator.is_main_process:
-        for sub in ("checkpoints", "samples"):
-            (run_dir / sub).mkdir(parents=True, exist_ok=True)
+        for stale in ckpt.remove_stale_temps(run_dir / "checkpoints"):
+            print(f"removed {stale.name}: a checkpoint write that a killed process never finished", file=sys.stderr)
         OmegaConf.save(cfg, run_dir / "recipe.yaml")
     accelerator.wait_for_everyone()
     return run_dir
@@ -72,6 +85,14 @@ def _resume_path(cfg: DictConfig, run_dir: Path) -> Optional[Path]:
 
 def train(cfg: DictConfig) -> Path:
     """Train per ``cfg`` and return the run directory. Works on 1 process or under accelerate launch."""
+    preempt = PreemptionFlag(grace_s=cfg.train.collective_timeout_s)
+    try:
+        return _train(cfg, preempt)
+    finally:
+        preempt.restore()  # also when training stops on an error: the caller's handlers come back
+
+
+def _train(cfg: DictConfig, preempt: PreemptionFlag) -> Path:
     # ------------------------------------------------------------ processes
     timeout = InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.train.collective_timeout_s))
     accelerator = Accelerator(mixed_precision="no", kwargs_handlers=[timeout])
@@ -88,11 +109,12 @@ def train(cfg: DictConfig) -> Path:
             f"repack with --resolution {cfg.model.resolution} or set model.resolution={shards.resolution}"
         )
     run_dir = _setup_run_dir(cfg, accelerator)
-    preempt = PreemptionFlag()
 
     # ------------------------------------------------------------ models, backend, resume
     resume_from = _resume_path(cfg, run_dir)
     saved: Optional[Dict[str, Any]] = ckpt.load_checkpoint(resume_from) if resume_from is not None else None
+    if saved is not None:
+        ckpt.check_resumable(saved, OmegaConf.to_container(cfg.model, resolve=True))
     training = build_training(cfg, accelerator, local_batch, accum, resume=saved)
     step, backend, G_ema = training.step, training.backend, training.G_ema
     run = training.restore(saved, networks=False) if saved is not None else RunState()  # the backend took the nets
@@ -133,9 +155,18 @@ def train(cfg: DictConfig) -> Path:
         accelerator.wait_for_everyone()
 
     def save_samples() -> None:
+        """The grid from G_ema; from the raw G (in eval mode) while G_ema is mostly the untrained network."""
         if accelerator.is_main_process:
+            stale = stale_ema_message(run.nimg, cfg.train.ema_kimg, cfg.train.ema_rampup)
+            G = step.G_raw if stale else G_ema
+            if stale and not told["raw_grid"]:
+                monitor.print(f"[yellow]sample grids show the raw G until G_ema has averaged its "
+                              f"{cfg.train.ema_kimg:g}-kimg half-life (train.ema_rampup=0)")
+                told["raw_grid"] = True
+            was_training = G.training
             with torch.no_grad(), training.precision.autocast():
-                imgs = G_ema(grid_z)
+                imgs = G.eval()(grid_z)
+            G.train(was_training)
             save_grid(imgs, run_dir / "samples" / f"fakes-{run.nimg:09d}.png", nrow=8)
             save_grid(imgs, run_dir / "samples" / "latest.png", nrow=8)
 
@@ -143,6 +174,7 @@ def train(cfg: DictConfig) -> Path:
         run.data_step += 1
         return to_model_range(next(batches), device, cfg.train.channels_last)
 
+    told = {"raw_grid": False}
     meter = Throughput(run.nimg)
     tick_start = time.perf_counter()
     sample_every = max(1, total_images(cfg.log.sample_kimg))
@@ -156,6 +188,8 @@ def train(cfg: DictConfig) -> Path:
         ctx = training.context(run.nimg)
         run.nimg += step(next_real, do_d, do_g, ctx, run.nimg)
         run.iteration += 1
+        if monitor:
+            monitor.advance(run.nimg)
         steps_since_log += 1
         done = run.nimg >= end_nimg
         crossed_sample, crossed_snap = _crossed(run.nimg, batch, sample_every), _crossed(run.nimg, batch, snap_every)
@@ -201,7 +235,7 @@ def train(cfg: DictConfig) -> Path:
             break
 
     summary = _rank_summary(accelerator, backend, nimg=run.nimg, iteration=run.iteration, data_step=run.data_step,
-                            bad_samples=loader.bad_samples)
+                            bad_samples=loader.bad_samples, failed_shards=sorted(loader.failed_shards))
     if monitor:
         (run_dir / "final.json").write_text(json.dumps(summary, indent=2))
         if not summary["ranks_in_sync"]:
@@ -211,7 +245,6 @@ def train(cfg: DictConfig) -> Path:
     accelerator.wait_for_everyone()
     backend.close()
     accelerator.end_training()
-    preempt.restore()
     return run_dir
 
 

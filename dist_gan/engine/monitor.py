@@ -1,7 +1,10 @@
 """What a run reports: metrics.jsonl, TensorBoard, a rich live line, a loss-curve PNG.
 
 Only rank 0 reports. The loop hands over already-synced Python floats at log
-intervals, so nothing here forces a device sync.
+intervals, so nothing here forces a device sync. The live bar moves every step
+(``advance`` takes the image count the loop already has on the host), so its ETA
+comes from the measured rate; where stderr is not a terminal (SLURM logs, pipes)
+there is no bar but a plain line every ``plain_every_s`` seconds and at the end.
 """
 
 from __future__ import annotations
@@ -21,8 +24,12 @@ from dist_gan.progress import progress_bar
 class Monitor:
     """Rank-0 reporter for one run directory."""
 
-    def __init__(self, run_dir: Path, total_images: int, start_images: int, tensorboard: bool, progress: bool) -> None:
+    def __init__(self, run_dir: Path, total_images: int, start_images: int, tensorboard: bool, progress: bool,
+                 plain_every_s: float = 30.0) -> None:
         self.run_dir = run_dir
+        self.total_images = total_images
+        self.plain_every_s, self._plain_at = plain_every_s, time.perf_counter()
+        self._last: Dict[str, float] = {}
         self.jsonl = open(run_dir / "metrics.jsonl", "a", buffering=1)
         self.tb = None
         if tensorboard:
@@ -46,6 +53,12 @@ class Monitor:
                 total_kimg=total_images / 1000, ips=0.0, losses="",
             )
             self.progress.start()
+        self.plain = progress and not self.console.is_terminal  # no bar to draw: periodic lines instead
+
+    def advance(self, nimg: int) -> None:
+        """Every step: move the bar (a host-side int, no sync)."""
+        if self.progress is not None and not self.plain:
+            self.progress.update(self.task, completed=nimg, kimg=nimg / 1000)
 
     def log(self, record: Dict[str, float]) -> None:
         self.jsonl.write(json.dumps(record) + "\n")
@@ -59,6 +72,22 @@ class Monitor:
                 self.task, completed=int(record["kimg"] * 1000), kimg=record["kimg"],
                 ips=record.get("img_per_s", 0.0), losses=losses,
             )
+        self._last = record
+        if self.plain and time.perf_counter() - self._plain_at >= self.plain_every_s:
+            self.plain_line()
+
+    def plain_line(self) -> None:
+        """kimg done/total, img/s, losses and the time left at the current rate, as one log line."""
+        r = self._last
+        if not r:
+            return
+        self._plain_at = time.perf_counter()
+        ips = r.get("img_per_s", 0.0)
+        left = (self.total_images - r["kimg"] * 1000) / ips if ips > 0 else float("nan")
+        losses = " ".join(f"{k}={r[k]:.3f}" for k in ("loss_d", "loss_g", "d_real", "d_fake") if k in r)
+        eta = f"{int(left // 60)}:{int(left % 60):02d}" if left == left else "?"
+        self.console.print(f"train {r['kimg']:.2f}/{self.total_images / 1000:g} kimg  {ips:.0f} img/s  {losses}  "
+                           f"{eta} left", highlight=False)
 
     def print(self, message: str) -> None:
         if self.progress is not None:
@@ -67,6 +96,8 @@ class Monitor:
             self.console.print(message)
 
     def close(self) -> None:
+        if self.plain:
+            self.plain_line()  # the final figures, whatever the cadence
         if self.progress is not None:
             self.progress.stop()
         if self.tb is not None:

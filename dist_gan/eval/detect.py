@@ -46,7 +46,18 @@ MTCNN_MIN_PROB = 0.9
 """MTCNN face probability at or above which an image counts as showing a face."""
 
 ANIME_CASCADE_ENV = "DIST_GAN_ANIME_CASCADE"
-ANIME_CASCADE_DEFAULT = Path("..") / "shared" / "detectors" / "lbpcascade_animeface.xml"
+ANIME_CASCADE_NAME = "lbpcascade_animeface.xml"
+
+
+def default_cascade_locations() -> list[Path]:
+    """Where the anime cascade is looked for when no path is given; none depends on the working directory.
+
+    The user's cache (``$DIST_GAN_CACHE/detectors``, default ``~/.cache/dist_gan/detectors``), then
+    ``shared/detectors`` beside a source checkout of dist_gan (the repository's data folder).
+    """
+    cache = Path(os.environ.get("DIST_GAN_CACHE", Path.home() / ".cache" / "dist_gan"))
+    checkout = Path(__file__).resolve().parents[3]  # <checkout>/dist_gan/eval/detect.py -> beside <checkout>
+    return [cache / "detectors" / ANIME_CASCADE_NAME, checkout / "shared" / "detectors" / ANIME_CASCADE_NAME]
 
 
 def border_px(size: int) -> int:
@@ -171,20 +182,21 @@ class HaarDetector(CascadeDetector):
 
 
 def anime_cascade_path(cascade_path: str | None = None) -> Path:
-    """Argument, else $DIST_GAN_ANIME_CASCADE, else ../shared/detectors/ from the cwd."""
+    """Argument, else $DIST_GAN_ANIME_CASCADE, else the first of ``default_cascade_locations`` that exists."""
     if cascade_path is not None:
-        path = Path(cascade_path)
+        tried = [Path(cascade_path)]
     elif os.environ.get(ANIME_CASCADE_ENV):
-        path = Path(os.environ[ANIME_CASCADE_ENV])
+        tried = [Path(os.environ[ANIME_CASCADE_ENV])]
     else:
-        path = Path.cwd() / ANIME_CASCADE_DEFAULT
-    if not path.is_file():
+        tried = default_cascade_locations()
+    found = next((p for p in tried if p.is_file()), None)
+    if found is None:
         raise UserError(
-            f"anime face cascade not found at {path}. Download lbpcascade_animeface.xml "
+            f"anime face cascade not found (looked in {', '.join(map(str, tried))}). Download {ANIME_CASCADE_NAME} "
             "from https://github.com/nagadomi/lbpcascade_animeface (MIT licence) and pass "
-            f"--cascade PATH (or set {ANIME_CASCADE_ENV})"
+            f"--cascade PATH, set {ANIME_CASCADE_ENV}, or put it in the first folder above"
         )
-    return path
+    return found
 
 
 class AnimeDetector(CascadeDetector):

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,7 +126,9 @@ def _canonical(prefix: str) -> str:
 
 def convert_torchscript(source: Path) -> Dict[str, torch.Tensor]:
     """torch-fidelity state dict from the TorchScript's tensors; fc is NaN (not in the source)."""
-    ts = torch.jit.load(str(source), map_location="cpu")
+    with warnings.catch_warnings():  # NVIDIA ships TorchScript; torch's deprecation notice is not the user's to act on
+        warnings.filterwarnings("ignore", message=".*torch.jit.load.*", category=FutureWarning)
+        ts = torch.jit.load(str(source), map_location="cpu")
     src = {k: v.detach().clone().float() for k, v in ts.state_dict().items()}
     prefixes = {_canonical(k.rsplit(".", 1)[0]): k.rsplit(".", 1)[0] for k in src}
     out: Dict[str, torch.Tensor] = {}

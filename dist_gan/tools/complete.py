@@ -87,9 +87,10 @@ def run_complete(
     resize: bool = False,
     lpips_weights: Optional[str] = None,
     device: str = "cpu",
+    ema: bool = True,
 ) -> Completion:
     """The ``dist-gan complete`` command."""
-    G, cfg, target, loss_fn = load_inversion_inputs(ckpt, target_path, loss, weights, lpips_weights, resize, device)
+    G, cfg, target, loss_fn = load_inversion_inputs(ckpt, target_path, loss, weights, lpips_weights, resize, device, ema)
     mask = _load_mask_matching(mask_path, target_path, cfg["model"]["resolution"], resize).to(device)
     c = complete(G, target, mask, loss_fn, steps=steps, restarts=restarts, lr=lr, seed=seed, nz=cfg["model"]["nz"])
     save_completion(c, target, mask, Path(out))

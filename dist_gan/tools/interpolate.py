@@ -88,6 +88,7 @@ def run_interpolate(
     superres: Optional[str | Path] = None,
     device: str = "cpu",
     bn_recal: bool = False,
+    ema: bool = True,
 ) -> Path:
     """The ``dist-gan interpolate`` command."""
     out = Path(out)
@@ -96,7 +97,7 @@ def run_interpolate(
     if n_keys < 2:
         raise UserError(f"--n-keys must be at least 2 (got {n_keys})")
     check_writer(out)
-    G, cfg, sr = load_sampler(ckpt, superres, device, bn_recal)
+    G, cfg, sr = load_sampler(ckpt, superres, device, bn_recal, ema)
     z = path_latents(truncated_normal(n_keys, cfg["model"]["nz"], seed), frames, use_slerp)
     chunks = []
     with progress_bar() as bar, torch.no_grad():

@@ -213,9 +213,10 @@ def save_inversion(result: InversionResult, out: Path, stem: str = "invert") -> 
 
 
 def load_inversion_inputs(ckpt, target_path, loss: str, weights: Optional[str], lpips_weights: Optional[str],
-                          resize: bool, device: str):
-    """(EMA G, its recipe, the target at G's resolution, the loss) for the invert and complete commands."""
-    G, cfg = load_generator(ckpt, ema=True, device=device)
+                          resize: bool, device: str, ema: bool = True):
+    """(G, its recipe, the target at G's resolution, the loss) for the invert and complete commands; G is
+    the EMA copy unless ``ema`` is False."""
+    G, cfg = load_generator(ckpt, ema=ema, device=device)
     target = load_image(target_path, cfg["model"]["resolution"], resize=resize).to(device)
     loss_fn = build_loss(loss, weights=weights, lpips_weights=lpips_weights)
     if isinstance(loss_fn, nn.Module):
@@ -237,9 +238,10 @@ def run_invert(
     resize: bool = False,
     lpips_weights: Optional[str] = None,
     device: str = "cpu",
+    ema: bool = True,
 ) -> InversionResult:
     """The ``dist-gan invert`` command: load G and target, invert, write the outputs."""
-    G, cfg, target, loss_fn = load_inversion_inputs(ckpt, target_path, loss, weights, lpips_weights, resize, device)
+    G, cfg, target, loss_fn = load_inversion_inputs(ckpt, target_path, loss, weights, lpips_weights, resize, device, ema)
     result = invert(G, target, loss_fn, steps=steps, restarts=restarts, lr=lr, affine=affine, seed=seed, nz=cfg["model"]["nz"])
     save_inversion(result, Path(out))
     return result

@@ -71,9 +71,10 @@ def demo_generator(resolution: int = 32, nz: int = 100, ngf: int = 16, seed: int
     return G.requires_grad_(False)
 
 
-def load_sampler(ckpt, superres: Optional[str], device: str, bn_recal: bool = False):
-    """(EMA G, its recipe, the super-resolution model or None) for the sample and interpolate commands."""
-    G, cfg = load_generator(ckpt, ema=True, device=device, bn_recal=bn_recal)
+def load_sampler(ckpt, superres: Optional[str], device: str, bn_recal: bool = False, ema: bool = True):
+    """(G, its recipe, the super-resolution model or None) for the sample and interpolate commands; G is
+    the EMA copy unless ``ema`` is False."""
+    G, cfg = load_generator(ckpt, ema=ema, device=device, bn_recal=bn_recal)
     sr = load_superres(superres, device=device) if superres else None
     return G, cfg, sr
 
@@ -89,11 +90,12 @@ def run_sample(
     superres: Optional[str | Path] = None,
     device: str = "cpu",
     bn_recal: bool = False,
+    ema: bool = True,
 ) -> List[Path]:
     """The ``dist-gan sample`` command: write ``grid.png`` and/or ``sample_00000.png``..."""
     if n < 1:
         raise UserError(f"--n must be at least 1 (got {n})")
-    G, cfg, sr = load_sampler(ckpt, superres, device, bn_recal)
+    G, cfg, sr = load_sampler(ckpt, superres, device, bn_recal, ema)
     z = truncated_normal(n, cfg["model"]["nz"], seed, truncation)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -114,4 +116,4 @@ def run_sample(
     if singles:
         written += [save_image(im, out / f"sample_{i:05d}.png") for i, im in enumerate(images)]
     torch.save({"z": z, "seed": torch.tensor(seed)}, out / "latents.pt")
-    return written
+    return written + [out / "latents.pt"]

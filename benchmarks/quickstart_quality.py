@@ -1,0 +1,127 @@
+"""What a new user's first run gives: ``dist-gan quickstart`` timed end to end and scored by FID.
+
+Each candidate is the README's command, ``dist-gan quickstart`` (draw the procedural faces,
+pack them, train ``recipe=quickstart`` plus the candidate's overrides), run as a fresh
+subprocess in its own folder and timed by the wall clock, drawing and packing included.
+Its EMA generator is then scored with ``dist-gan eval --fid`` against the drawn faces it
+trained on (``--n`` samples against as many drawn faces). Candidates run one after the
+other, never side by side, so each has the whole machine.
+
+Writes under ``--out`` (default ``benchmarks/results/quickstart``): ``results.json``,
+``results.md``, ``command.txt`` and ``samples.png`` (drawn faces beside each candidate's
+samples).
+
+    python benchmarks/quickstart_quality.py                        # the shipped recipe alone
+    python benchmarks/quickstart_quality.py --candidate "old=optim.g_lr=2e-4 optim.d_lr=2e-4"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import harness as H  # noqa: E402
+
+DEFAULT_OUT = H.REPO / "benchmarks" / "results" / "quickstart"
+
+
+def parse_candidate(text: str) -> Tuple[str, List[str]]:
+    """``name=key=value key=value`` -> (name, overrides); a bare ``name`` has none."""
+    name, _, rest = text.partition("=")
+    if not name or not name.replace("_", "").replace("-", "").isalnum():
+        raise SystemExit(f"--candidate {text!r}: give NAME or NAME=key=value ...")
+    return name, shlex.split(rest)
+
+
+def run_candidate(name: str, overrides: Sequence[str], work: Path, n: int, n_images: int,
+                  threads: Optional[int]) -> Dict[str, Any]:
+    """Quickstart then eval, each a subprocess; the wall time of the first is the user's wait."""
+    folder = work / name
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    cmd = [sys.executable, "-m", "dist_gan", "quickstart", "--out", str(folder), "--n-images", str(n_images),
+           *overrides, "log.progress=false"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t0
+    if proc.returncode:
+        raise SystemExit(f"{name}: quickstart failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    run = folder / "run"
+    last = H.last_metrics(run)
+    eval_out = folder / "eval"
+    ecmd = [sys.executable, "-m", "dist_gan", "eval", str(run), "--fid", "--ref", str(folder / "shards"),
+            "-n", str(n), "--out", str(eval_out)]
+    proc = subprocess.run(ecmd, capture_output=True, text=True, env=env)
+    if proc.returncode:
+        raise SystemExit(f"{name}: eval failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    report = json.loads((eval_out / "report.json").read_text())
+    return {"overrides": list(overrides), "wall_s": wall, "kimg": last.get("kimg"), "img_per_s": last.get("img_per_s"),
+            "fid": H.scores(report).get("fid"), "n": n, "command": shlex.join(cmd[2:]), "run": str(run)}
+
+
+def render(results: Dict[str, Any]) -> str:
+    rows = [(name, " ".join(r["overrides"]) or "(recipe as shipped)", H.fmt(r["kimg"], ".1f"), H.fmt(r["wall_s"], ".0f"),
+             H.fmt(r["img_per_s"], ".0f"), H.fmt(r["fid"], ".1f")) for name, r in results["candidates"].items()]
+    lines = ["# The quickstart: time and FID of a new user's first run", "",
+             f"`dist-gan quickstart` ({results['n_images']} drawn faces, recipe `quickstart` plus the overrides), "
+             f"wall time from start to samples, drawing and packing included; FID of the EMA generator against the drawn "
+             f"faces, n = {results['n']}. Machine: {results['machine']}.", ""]
+    lines += H.md_table(("candidate", "overrides", "kimg", "wall s", "img/s (last log)", "FID"), rows)
+    return "\n".join(lines) + "\n"
+
+
+def machine() -> str:
+    import torch
+
+    from dist_gan.engine.precision import bf16_native
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), "unknown CPU") if Path("/proc/cpuinfo").exists() else "unknown CPU"
+    return f"{os.cpu_count()} cores, {cpu}, native bf16: {bf16_native(torch.device('cpu'))}"
+
+
+def figure(results: Dict[str, Any], out: Path) -> None:
+    runs = list(results["candidates"].items())
+    first = Path(runs[0][1]["run"])
+    panels = [("drawn faces", "what it trains on", H.real_grid(first.parent / "shards"))]
+    panels += [(name, f"FID {H.fmt(r['fid'], '.0f')}, {H.fmt(r['wall_s'], '.0f')} s", H.sample_grid(Path(r["run"])))
+               for name, r in runs]
+    H.compose_figure(panels, out / "samples.png", "dist-gan quickstart: drawn faces and EMA samples")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--candidate", action="append", default=[],
+                   help='NAME or "NAME=key=value ...": overrides on recipe=quickstart (repeatable; default: shipped)')
+    p.add_argument("--n", type=int, default=1000, help="samples for FID (and as many drawn faces)")
+    p.add_argument("--n-images", type=int, default=2000, help="faces drawn (the quickstart's default)")
+    p.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for the subprocesses (default: all)")
+    p.add_argument("--work", type=Path, default=None, help="folder for the runs (default: a temp folder, kept)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    a = p.parse_args(argv)
+    candidates = dict(parse_candidate(c) for c in (a.candidate or ["shipped"]))
+    work = a.work or Path(tempfile.mkdtemp(prefix="dg_quickstart_"))
+    results: Dict[str, Any] = {"n": a.n, "n_images": a.n_images, "machine": machine(), "candidates": {}}
+    for name, overrides in candidates.items():
+        r = run_candidate(name, overrides, work, a.n, a.n_images, a.threads)
+        results["candidates"][name] = r
+        print(f"{name:16s} {r['wall_s']:6.0f} s  {r['kimg']:.1f} kimg  FID {r['fid']:.1f}", flush=True)
+    a.out.mkdir(parents=True, exist_ok=True)
+    figure(results, a.out)
+    H.write_tables(a.out, "results", results, render(results), [shlex.join(["python", *sys.argv])])
+    print(f"wrote {a.out / 'results.md'}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
