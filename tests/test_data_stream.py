@@ -7,7 +7,6 @@ import itertools
 import json
 import tarfile
 
-import numpy as np
 import pytest
 import torch
 
