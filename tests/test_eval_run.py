@@ -208,3 +208,16 @@ def test_bn_recal_scores_the_weights_with_their_own_batchnorm_statistics(celeba,
     assert on["checkpoint"]["bn_recal"] is True and off["checkpoint"]["bn_recal"] is False and on["protocol"]["bn_recal"]
     assert "EMA generator, BN statistics re-estimated" in (outs["--bn-recal"] / "report.md").read_text()
     assert (outs["--bn-recal"] / "grid.png").read_bytes() != (outs["--no-bn-recal"] / "grid.png").read_bytes()
+
+
+def test_a_small_or_other_resolution_reference_is_named_before_the_work(shards32, tmp_path):
+    """--n above the reference's size, or shards of another resolution: valid, but said in one line each."""
+    from dist_gan.tools.sample import demo_generator
+
+    G = demo_generator(64, 100, 16)
+    cfg = {"model": {"arch": "dcgan", "resolution": 64, "nz": 100, "ngf": 16, "ndf": 16}, "train": {"ema_kimg": 1}}
+    ck = save_checkpoint({"cfg": cfg, "G": G.state_dict(), "G_ema": G.state_dict(), "nimg": 10_000}, tmp_path / "ck", 10_000)
+    res = CliRunner().invoke(app, ["eval", str(ck), "--detect", "--ref", str(shards32), "-n", "40", "--out", str(tmp_path / "e")])
+    assert res.exit_code == 0, res.output
+    out = " ".join(res.output.split())
+    assert "holds 37 images, fewer than --n 40" in out and "shards are 32 px and the generator makes 64 px" in out

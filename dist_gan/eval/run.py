@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
@@ -21,7 +22,7 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 import torch
 
-from dist_gan.engine.checkpoint import list_checkpoints, load_generator, nimg_of, resolve_checkpoint
+from dist_gan.engine.checkpoint import list_checkpoints, load_checkpoint, load_generator, nimg_of, resolve_checkpoint
 from dist_gan.errors import UserError
 from dist_gan.eval import metrics as M
 from dist_gan.eval import reference as R
@@ -173,6 +174,18 @@ def load_reference_images(ref: R.ReferenceSet, n_ref: int, resolution: int, prog
 
 
 # ------------------------------------------------------------------ driver
+def _warn_on_mismatch(ref: R.ReferenceSet, n: int, n_ref: int, resolution: int) -> None:
+    """Figures that are valid but not what the command line suggests: say so before the work."""
+    if n_ref < n:
+        warnings.warn(f"the reference {ref.path} holds {ref.count} images, fewer than --n {n}: the statistics "
+                      f"compare {n} generated images with {n_ref} real ones (FID is biased upwards at small n)",
+                      UserWarning, stacklevel=3)
+    if ref.native_resolution is not None and ref.native_resolution != resolution:
+        warnings.warn(f"the reference shards are {ref.native_resolution} px and the generator makes {resolution} px: "
+                      f"the reference is resized to {resolution} px for every metric", UserWarning, stacklevel=3)
+
+
+
 def _validate(opts: EvalOptions) -> None:
     if not opts.metrics:
         raise UserError("nothing to evaluate: pass at least one of --fid --kid --is --detect --leak")
@@ -197,6 +210,8 @@ def evaluate(opts: EvalOptions) -> Optional[Dict[str, Any]]:
     n_ref = min(opts.n, ref.count) if opts.n_ref is None else opts.n_ref
     if n_ref > ref.count:
         raise UserError(f"--n-ref {n_ref} but the reference {ref.path} holds only {ref.count} images")
+    if dist.main:
+        _warn_on_mismatch(ref, opts.n, n_ref, int(load_checkpoint(ckpt)["cfg"]["model"]["resolution"]))
     needs = M.needs_of(opts.metrics)
 
     # Fail fast on anything the user must fix, before minutes of work.
