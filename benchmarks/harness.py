@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from dist_gan.files import atomic_write_json, atomic_write_text
+from dist_gan.files import atomic_write_json, atomic_write_text, process_alive
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = (REPO / ".." / "shared").resolve()
@@ -306,16 +306,6 @@ def ref_cached(shards: Path, n: int) -> bool:
         return False
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
-
-
 def wait_for_other_eval(out: Path, cmd: List[str], poll_s: float = 5.0, log: Log = _log) -> bool:
     """Wait while another live invocation runs this same evaluation into ``out`` (its lock file);
     True if there was one. A lock left by a dead process, or for another command, is ignored."""
@@ -328,7 +318,7 @@ def wait_for_other_eval(out: Path, cmd: List[str], poll_s: float = 5.0, log: Log
             continue
         except (OSError, ValueError):  # unreadable, or not a lock this code wrote (it writes them whole): ignore it
             return waited
-        if held.get("pid") == os.getpid() or held.get("cmd") != cmd or not _alive(int(held.get("pid", 0))):
+        if held.get("pid") == os.getpid() or held.get("cmd") != cmd or not process_alive(int(held.get("pid", 0))):
             return waited
         if not waited:
             log(f"waiting for pid {held['pid']}, which is already running this evaluation into {out}")

@@ -29,6 +29,17 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def process_alive(pid: int) -> bool:
+    """Whether a process of this machine still runs: a temp file or lock whose writer is gone is stale."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
 def temp_path(path: Path) -> Path:
     """A hidden temp name beside ``path``, private to this process."""
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")

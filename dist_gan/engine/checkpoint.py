@@ -18,7 +18,6 @@ half-written checkpoint; the last ``keep`` are kept.
 
 from __future__ import annotations
 
-import os
 import random
 import re
 import warnings
@@ -32,7 +31,7 @@ from torch import nn
 from dist_gan.engine.ema import StaleEMAWarning, probe_key, recalibrate_bn, stale_ema_message
 from dist_gan.engine.state import RunState
 from dist_gan.errors import UserError
-from dist_gan.files import atomic_write
+from dist_gan.files import atomic_write, process_alive
 from dist_gan.models import build_generator
 
 NETS = ("G", "D")
@@ -50,20 +49,10 @@ def remove_stale_temps(ckpt_dir: Path) -> List[Path]:
     removed = []
     for p in ckpt_dir.glob(".ckpt-*.pt.tmp-*") if ckpt_dir.is_dir() else []:
         pid = p.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             p.unlink(missing_ok=True)
             removed.append(p)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
 
 
 def check_resumable(payload: Dict[str, Any], model_cfg: Dict[str, Any]) -> None:
