@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, List
 
-from omegaconf import OmegaConf
+import yaml
 
 from dist_gan.errors import UserError
 
@@ -29,5 +29,9 @@ def available_recipes() -> List[str]:
 
 
 def descriptions() -> Dict[str, str]:
-    """Each shipped recipe's one-line ``description``."""
-    return {name: str(OmegaConf.load(recipes_dir() / f"{name}.yaml").get("description", "")) for name in available_recipes()}
+    """Each shipped recipe's one-line ``description`` (plain YAML: omegaconf alone would add ~80 ms to every command)."""
+    out = {}
+    for name in available_recipes():
+        data = yaml.safe_load((recipes_dir() / f"{name}.yaml").read_text(encoding="utf-8")) or {}
+        out[name] = str(data.get("description", "")) if isinstance(data, dict) else ""
+    return out

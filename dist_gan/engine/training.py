@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Callable, Dict, List, NamedTuple, Optional
 
 import torch
@@ -84,11 +85,11 @@ class Training:
     def precision(self) -> Precision:
         return self.step.precision
 
-    @property
+    @cached_property
     def recipe_lr(self) -> Dict[str, float]:
         return {"G": self.cfg.optim.g_lr, "D": self.cfg.optim.d_lr}
 
-    @property
+    @cached_property
     def decaying(self) -> List[str]:
         """The networks whose learning rate ``optim.lr_decay_*`` lowers."""
         if not self.cfg.optim.lr_decay_kimg:
