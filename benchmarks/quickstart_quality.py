@@ -12,7 +12,10 @@ Writes under ``--out`` (default ``benchmarks/results/quickstart``): ``results.js
 samples).
 
     python benchmarks/quickstart_quality.py                        # the shipped recipe alone
-    python benchmarks/quickstart_quality.py --candidate "old=optim.g_lr=2e-4 optim.d_lr=2e-4"
+    python benchmarks/quickstart_quality.py --merge --candidate "bce=loss.name=bce"
+
+Each row's ``reproduce`` is the command that reruns it alone; ``--merge`` adds rows to those
+already in ``--out`` (a row of the same name is replaced), so a study can grow run by run.
 """
 
 from __future__ import annotations
@@ -65,8 +68,28 @@ def run_candidate(name: str, overrides: Sequence[str], work: Path, n: int, n_ima
     if proc.returncode:
         raise SystemExit(f"{name}: eval failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     report = json.loads((eval_out / "report.json").read_text())
-    return {"overrides": list(overrides), "wall_s": wall, "kimg": last.get("kimg"), "img_per_s": last.get("img_per_s"),
+    reproduce = shlex.join(["python", "benchmarks/quickstart_quality.py", "--merge", "--candidate",
+                            f"{name}={shlex.join(overrides)}" if overrides else name])
+    return {"overrides": list(overrides), "reproduce": reproduce, "wall_s": wall, "kimg": last.get("kimg"), "img_per_s": last.get("img_per_s"),
             "fid": H.scores(report).get("fid"), "n": n, "command": shlex.join(cmd[2:]), "run": str(run)}
+
+
+def drawn_floor(n: int, n_images: int) -> Dict[str, float]:
+    """What a perfect generator would score: ``n`` faces the drawing program makes with seed 1, and ``n``
+    of the drawn set itself, each against the drawn set (seed 0, ``n_images`` faces)."""
+    import numpy as np
+
+    from dist_gan.data.synthetic import draw_face
+    from dist_gan.eval.features import InceptionFeatures, extract, resolve_weights
+    from dist_gan.eval.fid import fid_from_features
+
+    def faces(seed: int, count: int) -> np.ndarray:
+        return np.stack([np.asarray(draw_face(np.random.default_rng([seed, i]), 64)) for i in range(count)])
+
+    model = InceptionFeatures(resolve_weights())
+    drawn = extract(model, faces(0, n_images))["feats"]
+    fresh = extract(model, faces(1, n))["feats"]
+    return {"fresh_vs_drawn": fid_from_features(fresh, drawn), "drawn_subset_vs_drawn": fid_from_features(drawn[:n], drawn)}
 
 
 def render(results: Dict[str, Any]) -> str:
@@ -77,6 +100,12 @@ def render(results: Dict[str, Any]) -> str:
              f"wall time from start to samples, drawing and packing included; FID of the EMA generator against the drawn "
              f"faces, n = {results['n']}. Machine: {results['machine']}.", ""]
     lines += H.md_table(("candidate", "overrides", "kimg", "wall s", "img/s (last log)", "FID"), rows)
+    if results.get("floor"):
+        f = results["floor"]
+        lines += ["", f"Floor (`--floor`): {results['n']} newly drawn faces (seed 1) score FID {f['fresh_vs_drawn']:.1f} "
+                      f"against the drawn set, {results['n']} of the drawn set itself {f['drawn_subset_vs_drawn']:.1f}."]
+    if results.get("notes"):  # the study's findings, kept in results.json so --merge keeps them
+        lines += ["", *results["notes"]]
     return "\n".join(lines) + "\n"
 
 
@@ -90,13 +119,23 @@ def machine() -> str:
     return f"{os.cpu_count()} cores, {cpu}, native bf16: {bf16_native(torch.device('cpu'))}"
 
 
-def figure(results: Dict[str, Any], out: Path) -> None:
-    runs = list(results["candidates"].items())
+def figure(results: Dict[str, Any], out: Path, panels_max: int = 4) -> None:
+    """Drawn faces beside the samples of the last ``panels_max`` rows whose runs are still on disk."""
+    runs = [(name, r) for name, r in results["candidates"].items() if (Path(r["run"]) / "checkpoints").is_dir()]
+    runs = runs[-panels_max:]
+    if not runs:
+        return
     first = Path(runs[0][1]["run"])
     panels = [("drawn faces", "what it trains on", H.real_grid(first.parent / "shards"))]
     panels += [(name, f"FID {H.fmt(r['fid'], '.0f')}, {H.fmt(r['wall_s'], '.0f')} s", H.sample_grid(Path(r["run"])))
                for name, r in runs]
     H.compose_figure(panels, out / "samples.png", "dist-gan quickstart: drawn faces and EMA samples")
+
+
+def kept_floor(a: argparse.Namespace) -> Dict[str, Any]:
+    """The floor measured by an earlier --floor run, when --merge keeps its rows."""
+    previous = a.out / "results.json"
+    return json.loads(previous.read_text()) if a.merge and previous.is_file() else {}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
@@ -108,17 +147,32 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     p.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for the subprocesses (default: all)")
     p.add_argument("--work", type=Path, default=None, help="folder for the runs (default: a temp folder, kept)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--merge", action="store_true", help="keep the rows already in OUT/results.json")
+    p.add_argument("--floor", action="store_true", help="also score newly drawn faces against the drawn set (~10 min)")
     a = p.parse_args(argv)
     candidates = dict(parse_candidate(c) for c in (a.candidate or ["shipped"]))
     work = a.work or Path(tempfile.mkdtemp(prefix="dg_quickstart_"))
     results: Dict[str, Any] = {"n": a.n, "n_images": a.n_images, "machine": machine(), "candidates": {}}
+    previous = a.out / "results.json"
+    if a.merge and previous.is_file():
+        kept = json.loads(previous.read_text())
+        if (kept["n"], kept["n_images"], kept["machine"]) != (a.n, a.n_images, results["machine"]):
+            raise SystemExit(f"--merge: {previous} was measured with another --n, --n-images or machine")
+        results["candidates"] = {k: v for k, v in kept["candidates"].items() if k not in candidates}
+        results["notes"] = kept.get("notes", [])
+    if a.floor:
+        results["floor"] = drawn_floor(a.n, a.n_images)
+        print(f"floor: {results['floor']}", flush=True)
+    elif "floor" in kept_floor(a):
+        results["floor"] = kept_floor(a)["floor"]
     for name, overrides in candidates.items():
         r = run_candidate(name, overrides, work, a.n, a.n_images, a.threads)
         results["candidates"][name] = r
         print(f"{name:16s} {r['wall_s']:6.0f} s  {r['kimg']:.1f} kimg  FID {r['fid']:.1f}", flush=True)
     a.out.mkdir(parents=True, exist_ok=True)
     figure(results, a.out)
-    H.write_tables(a.out, "results", results, render(results), [shlex.join(["python", *sys.argv])])
+    H.write_tables(a.out, "results", results, render(results),
+                   [r.get("reproduce", "") for r in results["candidates"].values()])
     print(f"wrote {a.out / 'results.md'}")
     return results
 

@@ -28,6 +28,13 @@ def test_same_seed_same_bytes_different_seed_different(tmp_path):
     assert all(a[k] != c[k] for k in a)
 
 
+def test_parallel_drawing_writes_the_same_bytes_as_one_process(tmp_path):
+    serial = draw_faces(70, tmp_path / "one.zip", size=16, seed=2, workers=1).read_bytes()
+    assert draw_faces(70, tmp_path / "two.zip", size=16, seed=2, workers=2).read_bytes() == serial
+    assert folder_bytes(draw_faces(70, tmp_path / "f", size=16, seed=2, workers=2)) == \
+        folder_bytes(draw_faces(70, tmp_path / "g", size=16, seed=2, workers=1))
+
+
 def test_faces_are_rgb_squares_and_varied(tmp_path):
     out = draw_faces(8, tmp_path / "f", size=48, seed=0)
     arrays = []

@@ -148,3 +148,54 @@ def test_sigkill_of_one_rank_ends_the_job_promptly_and_resume_finishes(shards32,
     assert load_checkpoint(run_dir)["nimg"] == last + 64
     final = json.loads((run_dir / "final.json").read_text())
     assert final["world_size"] == 2 and final["ranks_in_sync"]
+
+
+def rank_processes(launcher: subprocess.Popen) -> List[psutil.Process]:
+    return [rank_process(launcher, rank) for rank in (0, 1)]
+
+
+def assert_stopped_at_checkpoint(run_dir: Path) -> int:
+    """Both ranks stopped together and rank 0's checkpoint holds the stop point; returns its nimg."""
+    nimg = load_checkpoint(run_dir)["nimg"]
+    final = json.loads((run_dir / "final.json").read_text())
+    assert 0 < nimg < 5000 and final["ranks_in_sync"]
+    assert [r["nimg"] for r in final["ranks"]] == [nimg, nimg]
+    return nimg
+
+
+def test_sigusr1_to_a_launcher_with_pet_signals_checkpoints_and_exits_138(shards32, tmp_path):
+    """README: with PET_SIGNALS_TO_HANDLE the launcher forwards the signal; ranks checkpoint, it exits 128+10."""
+    run_dir = tmp_path / "forwarded"
+    env = {**ENV, "PET_SIGNALS_TO_HANDLE": "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"}
+    launcher = subprocess.Popen(launch_cmd(2, f"data={shards32}", f"run_dir={run_dir}", "log.snapshot_kimg=0.032",
+                                           "train.kimg=5"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True, env=env)
+    wait_for_checkpoint(run_dir, launcher)
+    launcher.send_signal(signal.SIGUSR1)
+    err = launcher.communicate(timeout=120)[1]
+    assert launcher.returncode == 128 + signal.SIGUSR1, err[-3000:]
+    assert "preempted (SIGUSR1)" in err
+    assert_stopped_at_checkpoint(run_dir)
+
+
+def test_a_signal_that_kills_a_bare_launcher_leaves_no_orphan_ranks(shards32, tmp_path):
+    """Without PET_SIGNALS_TO_HANDLE, SIGUSR1 to the group kills the launcher alone (its ranks run in their
+    own session); the kernel signals each rank as its parent dies; they checkpoint and exit."""
+    run_dir = tmp_path / "orphans"
+    env = {k: v for k, v in ENV.items() if k != "PET_SIGNALS_TO_HANDLE"}
+    launcher = subprocess.Popen(launch_cmd(2, f"data={shards32}", f"run_dir={run_dir}", "log.snapshot_kimg=0.032",
+                                           "train.kimg=5"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True, env=env, start_new_session=True)
+    wait_for_checkpoint(run_dir, launcher)
+    ranks = rank_processes(launcher)
+    os.killpg(launcher.pid, signal.SIGUSR1)
+    try:
+        err = launcher.communicate(timeout=120)[1]  # the ranks share the pipe: EOF once they are gone too
+    finally:
+        alive = psutil.wait_procs(ranks, timeout=5)[1]
+        for proc in alive:
+            proc.kill()
+    assert launcher.returncode == -signal.SIGUSR1
+    assert not alive, "ranks outlived their launcher"
+    assert "preempted (launcher gone)" in err, err[-3000:]
+    assert_stopped_at_checkpoint(run_dir)

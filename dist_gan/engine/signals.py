@@ -8,17 +8,55 @@ A signal always ends the process, even when the loop cannot reach a sync point (
 data stream stuck on a dead file system, a hung collective): a second signal takes
 the default action at once, and ``grace_s`` after the first the process exits with
 128 + the signal's number.
+
+A rank started by a launcher (``accelerate launch``, ``torchrun``) lives in its own
+session, so a signal to the launcher's process group never reaches it; a launcher
+that dies of that signal would leave its ranks training on as orphans. Each such
+rank therefore asks the kernel for a signal when its parent dies (Linux
+``PR_SET_PDEATHSIG``): orphaned ranks checkpoint and stop like preempted ones. The
+signal is a real-time one of its own, not SIGTERM: the kernel sends it again as each
+of the dying launcher's threads exits, and those repeats must not count as the
+"second signal" that ends a process at once.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import sys
 import threading
-from typing import Dict, Optional
+from typing import Dict, Mapping, Optional
 
 import torch
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+LAUNCHER_ENV = "TORCHELASTIC_RUN_ID"  # set by torchrun and accelerate launch in every rank they start
+
+
+PARENT_DIED = getattr(signal, "SIGRTMIN", 0) + 2  # Linux real-time signal; no one else sends it
+
+
+def signal_when_parent_dies(signum: int) -> bool:
+    """Have the kernel send ``signum`` to this process when its parent exits (0: no longer); False where unsupported."""
+    if not sys.platform.startswith("linux") or not hasattr(signal, "SIGRTMIN"):
+        return False
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, int(signum), 0, 0, 0) != 0:
+            return False
+    except (OSError, AttributeError):
+        return False
+    if signum and (parent == 1 or os.getppid() != parent):  # the parent died before the request took effect
+        os.kill(os.getpid(), signum)
+    return True
+
+
+def launched_rank(environ: Mapping[str, str] = os.environ) -> bool:
+    """True in a process started by a torchelastic launcher."""
+    return LAUNCHER_ENV in environ
 
 
 class PreemptionFlag:
@@ -34,13 +72,26 @@ class PreemptionFlag:
         if threading.current_thread() is threading.main_thread():
             for sig in self.SIGNALS:
                 self._old[sig] = signal.signal(sig, self._handle)
+            if launched_rank() and hasattr(signal, "SIGRTMIN"):
+                self._old[PARENT_DIED] = signal.signal(PARENT_DIED, self._parent_died)
+                self._watching_parent = signal_when_parent_dies(PARENT_DIED)
+
+    _watching_parent = False
 
     def _handle(self, signum, _frame) -> None:
         if self.signal_name:  # asked twice: stop now
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return
-        self.signal_name = signal.Signals(signum).name
+        self._raise(signal.Signals(signum).name, signum)
+
+    def _parent_died(self, _signum, _frame) -> None:
+        """The launcher is gone: stop as on SIGTERM. Repeats (one per exiting launcher thread) change nothing."""
+        if not self.signal_name:
+            self._raise("launcher gone", signal.SIGTERM)
+
+    def _raise(self, name: str, signum: int) -> None:
+        self.signal_name = name
         self._deadline = threading.Timer(self.grace_s, self._expire, args=(signum,))
         self._deadline.daemon = True
         self._deadline.start()
@@ -68,6 +119,9 @@ class PreemptionFlag:
     def restore(self) -> None:
         if self._deadline is not None:
             self._deadline.cancel()
+        if self._watching_parent:
+            signal_when_parent_dies(0)
+            self._watching_parent = False
         for sig, old in self._old.items():
             signal.signal(sig, old)
         self._old.clear()
