@@ -26,7 +26,7 @@ from dist_gan.augment import check_p, check_translation, parse_policy
 from dist_gan.engine.backends import BACKENDS, ZERO_STAGES
 from dist_gan.engine.ema import probe_key
 from dist_gan.engine.precision import ADAM_IMPLS, COMPILE_MODES, MODES as PRECISION_MODES
-from dist_gan.engine.schedule import LR_DECAY_NETS
+from dist_gan.engine.schedule import LR_DECAY_NETS, LR_SCALINGS
 from dist_gan.engine.state import NAN_POLICIES
 from dist_gan.errors import UserError
 from dist_gan.losses import LOSSES, BEGANLoss
@@ -69,6 +69,9 @@ class OptimCfg:
     lr_decay_kimg: List[float] = field(default_factory=list)  # [start, end]: learning rates fall linearly across this window (kimg); [] = constant
     lr_decay_to: float = 0.0  # fraction of g_lr/d_lr left at the end of the window (and after it)
     lr_decay_nets: str = "both"  # which learning rates decay: both | g | d
+    lr_scaling: str = "none"  # both rates follow the global batch: none | sqrt | linear, as (train.batch / ref_batch) or its sqrt
+    ref_batch: int = 64  # the global batch g_lr and d_lr were tuned at (for lr_scaling)
+    warmup_kimg: float = 0.0  # both rates rise linearly from ~0 over the first this-many kimg; 0 = no warm-up
 
 
 @dataclass
@@ -140,6 +143,7 @@ CHOICES: Dict[str, Collection[Any]] = {
     "train.swap_wgrad": SWAP_WGRAD_MODES,
     "optim.impl": ADAM_IMPLS,
     "optim.lr_decay_nets": LR_DECAY_NETS,
+    "optim.lr_scaling": LR_SCALINGS,
     "backend": BACKENDS,
     "zero_stage": ZERO_STAGES,
 }
@@ -301,6 +305,10 @@ def validate(cfg: DictConfig) -> None:
     decay = list(cfg.optim.lr_decay_kimg)
     if decay and (len(decay) != 2 or not 0.0 <= decay[0] < decay[1]):
         raise UserError(f"optim.lr_decay_kimg must be [] (constant rates) or [start, end] with 0 <= start < end, got {decay}")
+    if int(cfg.optim.ref_batch) < 1:
+        raise UserError(f"optim.ref_batch must be a positive batch size (the batch the rates were tuned at), got {cfg.optim.ref_batch}")
+    if float(cfg.optim.warmup_kimg) < 0:
+        raise UserError(f"optim.warmup_kimg must be >= 0 (0 = no warm-up), got {cfg.optim.warmup_kimg}")
     if not 0.0 <= cfg.optim.lr_decay_to <= 1.0:
         raise UserError(f"optim.lr_decay_to must be in [0, 1] (a fraction of the recipe's rates), got {cfg.optim.lr_decay_to}")
     probes = list(cfg.train.ema_probes)

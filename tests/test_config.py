@@ -53,6 +53,9 @@ def test_unknown_key_inside_a_recipe_file_is_caught(tmp_path):
         ("optim.lr_decay_kimg=[100]", "optim.lr_decay_kimg"),
         ("optim.lr_decay_to=1.5", "optim.lr_decay_to"),
         ("optim.lr_decay_nets=both_nets", "optim.lr_decay_nets"),
+        ("optim.lr_scaling=square", "optim.lr_scaling"),
+        ("optim.ref_batch=0", "optim.ref_batch"),
+        ("optim.warmup_kimg=-1", "optim.warmup_kimg"),
         ("nonsense", "key=value"),
     ],
 )

@@ -93,6 +93,26 @@ def test_lr_decay_follows_the_images_shown_and_resumes_bit_for_bit(shards32, tmp
     assert d_only["opt_D"]["param_groups"][0]["lr"] == pytest.approx(0.5e-4)
 
 
+def test_batch_scaling_and_warmup_set_the_rates_and_resume_bit_for_bit(shards32, tmp_path):
+    """smoke's global batch 16 against ref_batch 4, linear: 4x the rates; a warm-up that a resume cuts in two
+    ends at the same weights as one straight run, and the logged factor rises to 1."""
+    common = [f"data={shards32}", "train.kimg=0.192", "log.snapshot_kimg=0.096", "log.every=1",
+              "optim.lr_scaling=linear", "optim.ref_batch=4", "optim.warmup_kimg=0.128"]
+    straight = run_inprocess(*common, f"run_dir={tmp_path / 'a'}")
+    run_inprocess(*common, f"run_dir={tmp_path / 'b'}", "train.kimg=0.096")
+    resumed = run_inprocess(*common, f"run_dir={tmp_path / 'b'}", "resume=auto")
+    a, b = load_checkpoint(straight), load_checkpoint(resumed)
+    for key in ("G", "D", "G_ema"):
+        assert states_equal(a[key], b[key]), key
+    for net in ("G", "D"):
+        assert a[f"opt_{net}"]["param_groups"][0]["lr"] == pytest.approx(4 * 2e-4)
+    scales = [json.loads(x)["lr_scale"] for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert scales[0] == pytest.approx(1 / 128) and scales[-1] == 1.0
+    assert all(y >= x for x, y in zip(scales, scales[1:]))
+    plain = load_checkpoint(run_inprocess(*common[:4], f"run_dir={tmp_path / 'c'}"))
+    assert not states_equal(a["G"], plain["G"])  # the rules changed the trajectory
+
+
 def test_nan_stops_with_a_clear_message(shards32, tmp_path):
     with pytest.raises(TrainingDiverged, match="non-finite"):
         run_inprocess(f"data={shards32}", f"run_dir={tmp_path / 'r'}", "loss.instance_noise=1e40")

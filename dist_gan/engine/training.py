@@ -22,7 +22,7 @@ from dist_gan.engine import checkpoint as ckpt
 from dist_gan.engine.backends import DDPBackend, DeepSpeedBackend
 from dist_gan.engine.ema import make_probes
 from dist_gan.engine.precision import Precision, make_adam
-from dist_gan.engine.schedule import lr_factor
+from dist_gan.engine.schedule import lr_factor, scaled_rates, warmup_factor
 from dist_gan.engine.state import RunState
 from dist_gan.engine.step import TrainStep
 from dist_gan.losses import LossContext, augment_at, build_augment, build_loss, instance_noise_sigma
@@ -58,8 +58,9 @@ def build_networks(cfg, device: torch.device) -> Networks:
     if cfg.train.channels_last:
         G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
-    opt_G = make_adam(G.parameters(), cfg.optim.g_lr, cfg.optim.g_betas, cfg.optim.impl, device)
-    opt_D = make_adam(D.parameters(), cfg.optim.d_lr, cfg.optim.d_betas, cfg.optim.impl, device)
+    rates = scaled_rates(cfg.optim, int(cfg.train.batch))
+    opt_G = make_adam(G.parameters(), rates["G"], cfg.optim.g_betas, cfg.optim.impl, device)
+    opt_D = make_adam(D.parameters(), rates["D"], cfg.optim.d_betas, cfg.optim.impl, device)
     return Networks(G, D, G_ema, opt_G, opt_D, Precision(cfg.train.precision, device, tf32=cfg.train.tf32))
 
 
@@ -87,7 +88,8 @@ class Training:
 
     @cached_property
     def recipe_lr(self) -> Dict[str, float]:
-        return {"G": self.cfg.optim.g_lr, "D": self.cfg.optim.d_lr}
+        """The recipe's rates after ``optim.lr_scaling`` for the global batch: the warm-up's top, the decay's start."""
+        return scaled_rates(self.cfg.optim, int(self.cfg.train.batch))
 
     @cached_property
     def decaying(self) -> List[str]:
@@ -103,14 +105,16 @@ class Training:
                            augment=augment_at(self.augment, train.diffaug_until_kimg, nimg))
 
     def set_learning_rates(self, nimg: int) -> float:
-        """Apply the lr decay at ``nimg`` (a float per param group, so resume needs no extra state); the scale."""
-        decaying = self.decaying
-        if not decaying:
+        """Apply the warm-up and the decay at ``nimg`` (a float per param group, so resume needs no extra
+        state); returns the factor on the recipe's (scaled) rates, the decaying nets' where they differ."""
+        decaying, warmup_kimg = self.decaying, float(self.cfg.optim.warmup_kimg)
+        if not decaying and warmup_kimg <= 0:
             return 1.0
-        scale = lr_factor(nimg, self.cfg.optim.lr_decay_kimg, self.cfg.optim.lr_decay_to)
-        for net in decaying:
-            self.backend.set_lr(net, self.recipe_lr[net] * scale)
-        return scale
+        warm = warmup_factor(nimg, warmup_kimg)
+        decay = lr_factor(nimg, self.cfg.optim.lr_decay_kimg, self.cfg.optim.lr_decay_to) if decaying else 1.0
+        for net in ("G", "D"):
+            self.backend.set_lr(net, self.recipe_lr[net] * warm * (decay if net in decaying else 1.0))
+        return warm * decay
 
     def payload(self, run: RunState, world_size: int, rng_per_rank: List[Dict[str, Any]], cfg: Dict[str, Any]) -> Dict[str, Any]:
         """The checkpoint of this run at ``run`` (collective under ZeRO: every rank must call it)."""
