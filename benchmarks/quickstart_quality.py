@@ -132,12 +132,6 @@ def figure(results: Dict[str, Any], out: Path, panels_max: int = 4) -> None:
     H.compose_figure(panels, out / "samples.png", "dist-gan quickstart: drawn faces and EMA samples")
 
 
-def kept_floor(a: argparse.Namespace) -> Dict[str, Any]:
-    """The floor measured by an earlier --floor run, when --merge keeps its rows."""
-    previous = a.out / "results.json"
-    return json.loads(previous.read_text()) if a.merge and previous.is_file() else {}
-
-
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--candidate", action="append", default=[],
@@ -160,11 +154,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             raise SystemExit(f"--merge: {previous} was measured with another --n, --n-images or machine")
         results["candidates"] = {k: v for k, v in kept["candidates"].items() if k not in candidates}
         results["notes"] = kept.get("notes", [])
+        if "floor" in kept:
+            results["floor"] = kept["floor"]
     if a.floor:
         results["floor"] = drawn_floor(a.n, a.n_images)
         print(f"floor: {results['floor']}", flush=True)
-    elif "floor" in kept_floor(a):
-        results["floor"] = kept_floor(a)["floor"]
     for name, overrides in candidates.items():
         r = run_candidate(name, overrides, work, a.n, a.n_images, a.threads)
         results["candidates"][name] = r

@@ -31,6 +31,22 @@ def states_equal(a: dict, b: dict) -> bool:
     return all(torch.equal(a[k], b[k]) for k in a)
 
 
+def straight_and_resumed(tmp_path: Path, *common: str) -> tuple:
+    """One straight run (run_dir a) and one cut in two by a resume at 0.096 kimg (run_dir b): their newest
+    checkpoints, after asserting that G, D and G_ema are equal bit for bit."""
+    straight = run_inprocess(*common, f"run_dir={tmp_path / 'a'}")
+    run_inprocess(*common, f"run_dir={tmp_path / 'b'}", "train.kimg=0.096")
+    resumed = run_inprocess(*common, f"run_dir={tmp_path / 'b'}", "resume=auto")
+    a, b = load_checkpoint(straight), load_checkpoint(resumed)
+    for key in ("G", "D", "G_ema"):
+        assert states_equal(a[key], b[key]), key
+    return a, b
+
+
+def logged_lr_scales(run_dir: Path) -> list:
+    return [json.loads(x)["lr_scale"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
 def test_run_dir_layout_and_outputs(shards32, tmp_path):
     run = run_inprocess(f"data={shards32}", f"run_dir={tmp_path / 'run'}")
     for name in ("recipe.yaml", "metrics.jsonl", "loss_curve.png", "final.json", "samples/latest.png", "samples/reals.png"):
@@ -43,13 +59,8 @@ def test_run_dir_layout_and_outputs(shards32, tmp_path):
 
 def test_resume_reaches_the_same_weights_bit_for_bit(shards32, tmp_path):
     common = [f"data={shards32}", "loader.workers=1", "train.kimg=0.192", "log.snapshot_kimg=0.096"]
-    straight = run_inprocess(*common, f"run_dir={tmp_path / 'a'}")
-    run_inprocess(*common, f"run_dir={tmp_path / 'b'}", "train.kimg=0.096")
-    resumed = run_inprocess(*common, f"run_dir={tmp_path / 'b'}", "resume=auto")
-    a, b = load_checkpoint(straight), load_checkpoint(resumed)
+    a, b = straight_and_resumed(tmp_path, *common)
     assert a["nimg"] == b["nimg"] == 192
-    for key in ("G", "D", "G_ema"):
-        assert states_equal(a[key], b[key]), key
     assert a["opt_G"]["state"][0]["exp_avg"].equal(b["opt_G"]["state"][0]["exp_avg"])
 
 
@@ -75,15 +86,10 @@ def test_lr_decay_follows_the_images_shown_and_resumes_bit_for_bit(shards32, tmp
     the logged scale falls across the window; lr_decay_nets=d leaves G's rate alone."""
     common = [f"data={shards32}", "train.kimg=0.192", "log.snapshot_kimg=0.096", "log.every=1",
               "optim.lr_decay_kimg=[0.048,0.144]", "optim.lr_decay_to=0.25"]
-    straight = run_inprocess(*common, f"run_dir={tmp_path / 'a'}")
-    run_inprocess(*common, f"run_dir={tmp_path / 'b'}", "train.kimg=0.096")
-    resumed = run_inprocess(*common, f"run_dir={tmp_path / 'b'}", "resume=auto")
-    a, b = load_checkpoint(straight), load_checkpoint(resumed)
-    for key in ("G", "D", "G_ema"):
-        assert states_equal(a[key], b[key]), key
+    a, b = straight_and_resumed(tmp_path, *common)
     for net, lr in (("G", 2e-4), ("D", 2e-4)):
         assert a[f"opt_{net}"]["param_groups"][0]["lr"] == b[f"opt_{net}"]["param_groups"][0]["lr"] == pytest.approx(lr * 0.25)
-    scales = [json.loads(x)["lr_scale"] for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    scales = logged_lr_scales(tmp_path / "a")
     assert scales[0] == 1.0 and scales[-1] == pytest.approx(0.25)
     assert all(y <= x for x, y in zip(scales, scales[1:])) and 0.25 < scales[len(scales) // 2] < 1.0
     constant = load_checkpoint(run_inprocess(*common[:4], f"run_dir={tmp_path / 'c'}"))
@@ -98,15 +104,10 @@ def test_batch_scaling_and_warmup_set_the_rates_and_resume_bit_for_bit(shards32,
     ends at the same weights as one straight run, and the logged factor rises to 1."""
     common = [f"data={shards32}", "train.kimg=0.192", "log.snapshot_kimg=0.096", "log.every=1",
               "optim.lr_scaling=linear", "optim.ref_batch=4", "optim.warmup_kimg=0.128"]
-    straight = run_inprocess(*common, f"run_dir={tmp_path / 'a'}")
-    run_inprocess(*common, f"run_dir={tmp_path / 'b'}", "train.kimg=0.096")
-    resumed = run_inprocess(*common, f"run_dir={tmp_path / 'b'}", "resume=auto")
-    a, b = load_checkpoint(straight), load_checkpoint(resumed)
-    for key in ("G", "D", "G_ema"):
-        assert states_equal(a[key], b[key]), key
+    a, b = straight_and_resumed(tmp_path, *common)
     for net in ("G", "D"):
-        assert a[f"opt_{net}"]["param_groups"][0]["lr"] == pytest.approx(4 * 2e-4)
-    scales = [json.loads(x)["lr_scale"] for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+        assert a[f"opt_{net}"]["param_groups"][0]["lr"] == b[f"opt_{net}"]["param_groups"][0]["lr"] == pytest.approx(4 * 2e-4)
+    scales = logged_lr_scales(tmp_path / "a")
     assert scales[0] == pytest.approx(1 / 128) and scales[-1] == 1.0
     assert all(y >= x for x, y in zip(scales, scales[1:]))
     plain = load_checkpoint(run_inprocess(*common[:4], f"run_dir={tmp_path / 'c'}"))

@@ -145,11 +145,15 @@ def resolve_checkpoint(path_or_run: str | Path) -> Path:
     raise UserError(f"checkpoint or run directory not found: {p}")
 
 
-def load_checkpoint(path_or_run: str | Path, map_location: str | torch.device = "cpu") -> Dict[str, Any]:
-    """Load a checkpoint with the safe unpickler; a clear error for anything that is not one."""
+def load_checkpoint(path_or_run: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> Dict[str, Any]:
+    """Load a checkpoint with the safe unpickler; a clear error for anything that is not one.
+
+    ``mmap=True`` maps the tensors instead of reading them: for a caller that needs only the
+    recipe or the counters, the cost no longer grows with the networks and their optimizers.
+    """
     path = resolve_checkpoint(path_or_run)
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:  # truncated file, not a torch file, unsafe pickle
         raise UserError(f"cannot read checkpoint {path}: {exc.__class__.__name__}: {exc}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:

@@ -30,11 +30,8 @@ from typing import Dict, Mapping, Optional
 
 import torch
 
-
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 LAUNCHER_ENV = "TORCHELASTIC_RUN_ID"  # set by torchrun and accelerate launch in every rank they start
-
-
 PARENT_DIED = getattr(signal, "SIGRTMIN", 0) + 2  # Linux real-time signal; no one else sends it
 
 

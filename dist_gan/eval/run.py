@@ -185,7 +185,6 @@ def _warn_on_mismatch(ref: R.ReferenceSet, n: int, n_ref: int, resolution: int) 
                       f"the reference is resized to {resolution} px for every metric", UserWarning, stacklevel=3)
 
 
-
 def _validate(opts: EvalOptions) -> None:
     if not opts.metrics:
         raise UserError("nothing to evaluate: pass at least one of --fid --kid --is --detect --leak")
@@ -211,7 +210,8 @@ def evaluate(opts: EvalOptions) -> Optional[Dict[str, Any]]:
     if n_ref > ref.count:
         raise UserError(f"--n-ref {n_ref} but the reference {ref.path} holds only {ref.count} images")
     if dist.main:
-        _warn_on_mismatch(ref, opts.n, n_ref, int(load_checkpoint(ckpt)["cfg"]["model"]["resolution"]))
+        recipe = load_checkpoint(ckpt, mmap=True)["cfg"]  # the generator itself is loaded once, below
+        _warn_on_mismatch(ref, opts.n, n_ref, int(recipe["model"]["resolution"]))
     needs = M.needs_of(opts.metrics)
 
     # Fail fast on anything the user must fix, before minutes of work.
