@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from dist_gan.eval.detect import build_detector  # noqa: E402
 from dist_gan.eval.features import InceptionFeatures, extract, resolve_weights  # noqa: E402
-from dist_gan.eval.run import latents  # noqa: E402
+from dist_gan.eval.sampling import latents  # noqa: E402
 from dist_gan.imaging import to_uint8  # noqa: E402
 from dist_gan.models.dcgan import Generator  # noqa: E402
 

@@ -161,7 +161,8 @@ def slurm_submit(
 @app.command("eval")
 @friendly
 def eval_cmd(
-    target: str = typer.Argument(..., metavar="RUN_OR_CHECKPOINT", help="A ckpt-*.pt file or a run directory (newest checkpoint)."),
+    target: str = typer.Argument(..., metavar="RUN_OR_CHECKPOINT", help="A ckpt-*.pt file or a run directory (newest checkpoint, or see --ckpt)."),
+    which: str = typer.Option("latest", "--ckpt", help="From a run directory: latest (newest ckpt-*.pt) | best (checkpoints/best.pt, lowest FID during training)."),
     ref: str = typer.Option(..., "--ref", help="Reference set: a shard folder (manifest.json) or a zip/folder of images."),
     out: Path = typer.Option(..., "--out", help="Folder for report.json, report.md, grid.png, pairs.png, no_face.png."),
     fid: bool = typer.Option(False, "--fid", help="Frechet Inception Distance."),
@@ -189,7 +190,7 @@ def eval_cmd(
 
     picked = [m for m, on in (("fid", fid), ("kid", kid), ("is", inception_score), ("detect", detect), ("leak", leak)) if on]
     report = evaluate(EvalOptions(
-        target=target, ref=ref, out=out, metrics=picked, n=n, n_ref=n_ref, ema=ema, ema_kimg=ema_kimg, bn_recal=bn_recal, detector=detector, cascade=cascade,
+        target=target, which=which, ref=ref, out=out, metrics=picked, n=n, n_ref=n_ref, ema=ema, ema_kimg=ema_kimg, bn_recal=bn_recal, detector=detector, cascade=cascade,
         batch=batch, seed=seed, inception_weights=inception_weights, all_checkpoints=all_checkpoints,
     ))
     if report is not None:

@@ -112,6 +112,8 @@ class LogCfg:
     keep: int = 3  # checkpoints kept
     tensorboard: bool = True  # TensorBoard logs in run_dir/tb
     progress: bool = True  # a live progress bar (plain log lines when stderr is not a terminal)
+    fid_kimg: float = 0.0  # FID of G_ema against the training shards every this-many kimg (and at the end), best kept as checkpoints/best.pt; 0 = off
+    fid_n: int = 2000  # generated samples per FID (as many training images as reference), split over the ranks
 
 
 @dataclass
@@ -294,6 +296,9 @@ def validate(cfg: DictConfig) -> None:
             raise UserError(f"{key} must be positive (kimg = thousands of images shown to D), got {OmegaConf.select(cfg, key)}")
     if cfg.log.every < 1 or cfg.log.keep < 0:
         raise UserError(f"log.every must be >= 1 and log.keep >= 0 (0 keeps every checkpoint), got {cfg.log.every} and {cfg.log.keep}")
+    if cfg.log.fid_kimg < 0 or cfg.log.fid_n < 2:
+        raise UserError(f"log.fid_kimg must be >= 0 (0 = no FID during training) and log.fid_n >= 2, "
+                        f"got {cfg.log.fid_kimg} and {cfg.log.fid_n}")
     if cfg.optim.d_steps <= 0 or cfg.optim.g_steps <= 0:
         raise UserError("optim.d_steps and optim.g_steps must be positive (e.g. 4 and 3 for a 4:3 schedule)")
     if not 0.0 < cfg.loss.real_label <= 1.0:

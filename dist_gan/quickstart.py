@@ -17,6 +17,7 @@ from dist_gan.config import load_config
 from dist_gan.data.pack import pack
 from dist_gan.data.synthetic import draw_faces
 from dist_gan.engine.loop import train
+from dist_gan.eval.tracking import tracker_for
 
 
 def run_quickstart(out: Path, n_images: int = 2000, kimg: Optional[float] = None, overrides: Sequence[str] = ()) -> Path:
@@ -35,7 +36,7 @@ def run_quickstart(out: Path, n_images: int = 2000, kimg: Optional[float] = None
     console.rule("[bold]3/3 training")
     if run_dir.exists():
         shutil.rmtree(run_dir)
-    train(cfg)
+    train(cfg, fid=tracker_for(cfg))
     grid = run_dir / "samples" / "latest.png"
     console.print(f"[green]done.[/] samples: {grid}  loss curve: {run_dir / 'loss_curve.png'}  run: {run_dir}")
     return run_dir

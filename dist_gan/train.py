@@ -22,12 +22,13 @@ if __name__ == "__main__":
 from dist_gan.config import load_config  # noqa: E402
 from dist_gan.engine.loop import train  # noqa: E402
 from dist_gan.errors import UserError  # noqa: E402
+from dist_gan.eval.tracking import tracker_for  # noqa: E402
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Path:
-    """Parse ``recipe=... key=value`` arguments, then train; returns the run directory."""
+    """Parse ``recipe=... key=value`` arguments, then train (FID tracked per ``log.fid_kimg``); returns the run directory."""
     cfg = load_config(list(sys.argv[1:] if argv is None else argv))
-    return train(cfg)
+    return train(cfg, fid=tracker_for(cfg))
 
 
 if __name__ == "__main__":

@@ -259,3 +259,57 @@ def test_without_a_terminal_the_log_gets_plain_progress_lines(shards32, tmp_path
     lines = [line for line in proc.stderr.splitlines() if line.startswith("train ")]
     assert lines and lines[-1].startswith("train 0.06/0.064 kimg") and "left" in lines[-1]
     assert "\r" not in proc.stderr and "Setting accelerator" not in proc.stderr + proc.stdout
+
+
+class ScriptedFid:
+    """An FID probe that returns the given values in turn: the loop's bookkeeping, without Inception."""
+
+    def __init__(self, values):
+        self.values, self.calls = list(values), []
+
+    def start(self, rank, world, device):
+        return "scripted FID"
+
+    def measure(self, G, nz):
+        self.calls.append(G.training)
+        return self.values[len(self.calls) - 1]
+
+
+def fid_run(*args: str, values=(), probe=None) -> tuple:
+    probe = probe or ScriptedFid(values)
+    return train(load_config([*SMOKE, *args]), fid=probe), probe
+
+
+def test_fid_marks_log_each_value_and_best_pt_keeps_the_lowest_past_pruning(shards32, tmp_path):
+    common = [f"data={shards32}", "log.fid_kimg=0.032", "log.keep=1"]
+    run, probe = fid_run(*common, f"run_dir={tmp_path / 'a'}", values=[5.0, 3.0, 4.0, 2.0, 6.0])
+    assert len(probe.calls) == 5  # at 32, 64, 96, 128 and 160 images
+    records = [r for r in (json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()) if "fid" in r]
+    assert [(r["kimg"], r["fid"], r["best_fid"]) for r in records] == [
+        (0.032, 5.0, 5.0), (0.064, 3.0, 3.0), (0.096, 4.0, 3.0), (0.128, 2.0, 2.0), (0.16, 6.0, 2.0)]
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["ckpt-000000160.pt"]  # keep=1 pruned the rest
+    best = load_checkpoint(run / "checkpoints" / "best.pt")
+    assert (best["nimg"], best["best_fid"], best["best_kimg"]) == (128, 2.0, 0.128)
+    last = load_checkpoint(run)
+    assert (last["best_fid"], last["best_kimg"]) == (2.0, 0.128)
+    assert (run / "fid_curve.png").stat().st_size > 0
+    # best.pt holds the weights of its moment: not the final ones
+    assert not states_equal(best["G_ema"], last["G_ema"])
+
+
+def test_the_best_fid_so_far_survives_resume(shards32, tmp_path):
+    common = [f"data={shards32}", "log.fid_kimg=0.032", "log.snapshot_kimg=0.096"]
+    run, _ = fid_run(*common, f"run_dir={tmp_path / 'a'}", "train.kimg=0.096", values=[5.0, 3.0, 4.0])
+    # worse values after the resume: best.pt and the counters still name the 3.0 at 64 images
+    run, probe = fid_run(*common, f"run_dir={tmp_path / 'a'}", "resume=auto", values=[7.0, 8.0])
+    assert len(probe.calls) == 2
+    best = load_checkpoint(run / "checkpoints" / "best.pt")
+    assert (best["nimg"], best["best_fid"]) == (64, 3.0)
+    assert (load_checkpoint(run)["best_fid"], load_checkpoint(run)["best_kimg"]) == (3.0, 0.064)
+
+
+def test_fid_kimg_without_a_tracker_says_so_and_trains(shards32, tmp_path, capsys):
+    run = run_inprocess(f"data={shards32}", f"run_dir={tmp_path / 'a'}", "log.fid_kimg=0.032")
+    assert "no FID tracker was given" in capsys.readouterr().err
+    assert not (run / "checkpoints" / "best.pt").exists()
+    assert load_checkpoint(run)["nimg"] == 160

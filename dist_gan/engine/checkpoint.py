@@ -13,7 +13,9 @@ A checkpoint is one ``ckpt-<nimg>.pt`` file that loads with
   ``loss_state`` for losses that carry state (BEGAN's k_t).
 
 Files are written atomically (``dist_gan.files``), so a reader never sees a
-half-written checkpoint; the last ``keep`` are kept.
+half-written checkpoint; the last ``keep`` are kept. ``best.pt`` (same layout) is the
+checkpoint with the lowest FID measured during training: never pruned, never resumed
+from by ``resume=auto``, picked by ``which="best"``.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from dist_gan.models import build_generator
 
 NETS = ("G", "D")
 FORMAT = "dist_gan.ckpt/1"
+BEST = "best.pt"
+WHICH = ("latest", "best")  # resolve_checkpoint(which=...): the newest numbered checkpoint, or best.pt
 _NAME = re.compile(r"^ckpt-(\d{9,})\.pt$")
 
 
@@ -131,11 +135,27 @@ def save_checkpoint(state: Dict[str, Any], ckpt_dir: Path, nimg: int, keep: int 
     return path
 
 
-def resolve_checkpoint(path_or_run: str | Path) -> Path:
-    """A checkpoint file, or the newest one in a run directory (or its ``checkpoints/``)."""
+def save_best(state: Dict[str, Any], ckpt_dir: Path) -> Path:
+    """Write ``state`` as ``best.pt``, replacing the previous best atomically."""
+    path = ckpt_dir / BEST
+    atomic_save({"format": FORMAT, **state}, path)
+    return path
+
+
+def resolve_checkpoint(path_or_run: str | Path, which: str = "latest") -> Path:
+    """A checkpoint file, or in a run directory (or its ``checkpoints/``) the newest one or ``best.pt``."""
     p = Path(path_or_run)
+    if which not in WHICH:
+        raise UserError(f"--ckpt {which!r}: give one of {', '.join(WHICH)}")
     if p.is_file():
+        if which == "best":
+            raise UserError(f"--ckpt best picks from a run directory; {p} is already a checkpoint file")
         return p
+    if p.is_dir() and which == "best":
+        for d in (p / "checkpoints", p):
+            if (d / BEST).is_file():
+                return d / BEST
+        raise UserError(f"no {BEST} in {p / 'checkpoints'}: the run did not track FID (log.fid_kimg=0) or measured none yet")
     if p.is_dir():
         for d in (p / "checkpoints", p):
             found = list_checkpoints(d)

@@ -6,7 +6,11 @@ Per iteration (``schedule.phases`` decides which phases run):
 2. G phase: fakes through D (D frozen: its parameters take no gradient and the raw,
    un-wrapped D is called, so DDP never reduces D's gradients twice); G steps.
 3. EMA of G, then every ``log.every`` steps the only host sync: metrics, NaN check,
-   preemption check (all ranks agree), samples and checkpoints at their kimg marks.
+   preemption check (all ranks agree), FID, samples and checkpoints at their kimg marks.
+
+FID during training (``log.fid_kimg``) is measured by a tracker the entry point
+hands in (``dist_gan.eval.tracking``: the evaluator sits above the engine); a new
+best FID writes ``checkpoints/best.pt``.
 
 When both phases run and there is no gradient accumulation, G's forward is computed
 once and reused, exactly as the PyTorch DCGAN example does: D trains on
@@ -15,6 +19,7 @@ once and reused, exactly as the PyTorch DCGAN example does: D trains on
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -22,18 +27,19 @@ import sys
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterator, Optional, Protocol
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, gather_object
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from dist_gan.data.format import open_shards
 from dist_gan.data.stream import StreamLoader, to_model_range
 from dist_gan.engine import checkpoint as ckpt
 from dist_gan.engine.ema import stale_ema_message
-from dist_gan.engine.monitor import Monitor, Throughput, plot_losses
+from dist_gan.engine.monitor import Monitor, Throughput, plot_fid, plot_losses
 from dist_gan.engine.schedule import phases, total_images
 from dist_gan.engine.signals import PreemptionFlag
 from dist_gan.engine.state import RunState
@@ -42,6 +48,14 @@ from dist_gan.errors import UserError
 from dist_gan.imaging import save_grid
 
 GRID_LATENTS = 64  # the 8x8 sample grid
+
+
+class FidProbe(Protocol):
+    """What the loop needs of an FID tracker (``dist_gan.eval.tracking.FidTracker``); every rank calls both."""
+
+    def start(self, rank: int, world: int, device: torch.device) -> str: ...
+
+    def measure(self, G: nn.Module, nz: int) -> Optional[float]: ...
 
 
 class TrainingDiverged(UserError):
@@ -83,16 +97,19 @@ def _resume_path(cfg: DictConfig, run_dir: Path) -> Optional[Path]:
     return ckpt.resolve_checkpoint(cfg.resume)
 
 
-def train(cfg: DictConfig) -> Path:
-    """Train per ``cfg`` and return the run directory. Works on 1 process or under accelerate launch."""
+def train(cfg: DictConfig, fid: Optional[FidProbe] = None) -> Path:
+    """Train per ``cfg`` and return the run directory. Works on 1 process or under accelerate launch.
+
+    ``fid`` measures G_ema's FID every ``log.fid_kimg`` (``dist_gan.eval.tracking.tracker_for(cfg)``).
+    """
     preempt = PreemptionFlag(grace_s=cfg.train.collective_timeout_s)
     try:
-        return _train(cfg, preempt)
+        return _train(cfg, preempt, fid)
     finally:
         preempt.restore()  # also when training stops on an error: the caller's handlers come back
 
 
-def _train(cfg: DictConfig, preempt: PreemptionFlag) -> Path:
+def _train(cfg: DictConfig, preempt: PreemptionFlag, fid: Optional[FidProbe]) -> Path:
     # ------------------------------------------------------------ processes
     timeout = InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.train.collective_timeout_s))
     accelerator = Accelerator(mixed_precision="no", kwargs_handlers=[timeout])
@@ -146,13 +163,52 @@ def _train(cfg: DictConfig, preempt: PreemptionFlag) -> Path:
             reals = next(loader.batches(start_step=0))[:GRID_LATENTS]
             save_grid(reals.permute(0, 2, 3, 1).numpy(), run_dir / "samples" / "reals.png", nrow=8)
 
-    def save_snapshot() -> None:
+    def save_snapshot(regular: bool = True, best: bool = False) -> None:
+        """The numbered checkpoint (pruned to ``log.keep``) and/or ``best.pt`` (never pruned), from one payload."""
         rng = accelerator_gather_rng(accelerator)  # every rank takes part in the RNG gather...
         payload = training.payload(run, world, rng, OmegaConf.to_container(cfg, resolve=True))  # ...and ZeRO's
         if accelerator.is_main_process:
-            path = ckpt.save_checkpoint(payload, run_dir / "checkpoints", run.nimg, keep=cfg.log.keep)
-            monitor.print(f"checkpoint {path.name} ({run.nimg / 1000:.2f} kimg)")
+            if regular:
+                path = ckpt.save_checkpoint(payload, run_dir / "checkpoints", run.nimg, keep=cfg.log.keep)
+                monitor.print(f"checkpoint {path.name} ({run.nimg / 1000:.2f} kimg)")
+            if best:
+                ckpt.save_best(payload, run_dir / "checkpoints")
         accelerator.wait_for_everyone()
+
+    fid_every = total_images(cfg.log.fid_kimg) if cfg.log.fid_kimg > 0 else 0
+    if fid_every and fid is None:
+        fid_every = 0
+        if monitor:
+            monitor.print(f"[yellow]log.fid_kimg={cfg.log.fid_kimg:g} but no FID tracker was given to engine.loop.train; "
+                          "start runs with dist_gan/train.py or dist-gan train to track FID")
+    elif fid_every:
+        with _rng_untouched():  # building Inception initialises layers from the global RNG
+            line = fid.start(rank, world, device)  # every rank: the reference statistics are computed sharded
+        if monitor:
+            monitor.print(line)
+    fid_seconds, run_start = 0.0, time.perf_counter()
+
+    def measure_fid(record: Dict[str, float]) -> bool:
+        """FID of G_ema into ``record`` and the log; True when it is the best so far."""
+        nonlocal fid_seconds
+        t0 = time.perf_counter()
+        with _rng_untouched():
+            value = fid.measure(G_ema, cfg.model.nz)
+        if value is None:  # tracking is off (no weights): never a made-up number
+            return False
+        spent = time.perf_counter() - t0
+        fid_seconds += spent
+        improved = run.best_fid is None or value < run.best_fid
+        if improved:
+            run.best_fid, run.best_kimg = value, run.nimg / 1000
+        record.update(fid=value, fid_s=spent, best_fid=run.best_fid)
+        if monitor:
+            share = fid_seconds / max(time.perf_counter() - run_start, 1e-9)
+            monitor.show_fid(value, run.best_fid)
+            monitor.print(f"FID {value:.2f} at {run.nimg / 1000:.2f} kimg (best {run.best_fid:.2f} at {run.best_kimg:.2f} kimg); "
+                          f"{cfg.log.fid_n} samples in {spent:.1f} s, FID {share:.0%} of the run's time so far"
+                          + (" [yellow](over 10%: raise log.fid_kimg or lower log.fid_n)" if share > 0.10 else ""))
+        return improved
 
     def save_samples() -> None:
         """The grid from G_ema; from the raw G (in eval mode) while G_ema is mostly the untrained network."""
@@ -193,7 +249,8 @@ def _train(cfg: DictConfig, preempt: PreemptionFlag) -> Path:
         steps_since_log += 1
         done = run.nimg >= end_nimg
         crossed_sample, crossed_snap = _crossed(run.nimg, batch, sample_every), _crossed(run.nimg, batch, snap_every)
-        if steps_since_log < cfg.log.every and not done and not crossed_snap and not crossed_sample:
+        crossed_fid = bool(fid_every) and _crossed(run.nimg, batch, fid_every)
+        if steps_since_log < cfg.log.every and not done and not crossed_snap and not crossed_sample and not crossed_fid:
             continue
 
         # ------------------------------------------------ host sync point
@@ -223,12 +280,18 @@ def _train(cfg: DictConfig, preempt: PreemptionFlag) -> Path:
                 f"training diverged {where}: non-finite losses {record}. {hint}. "
                 "Lower the learning rates, use train.precision=bf16 instead of fp16, or set train.nan_policy=rollback."
             )
+        best = False
+        if fid_every and (crossed_fid or done) and not stop:
+            best = measure_fid(record)
+            meter = Throughput(run.nimg)  # the FID's time is not training time
         if monitor:
             monitor.log(record)
+            if "fid" in record:
+                plot_fid(run_dir / "metrics.jsonl", run_dir / "fid_curve.png")
         if crossed_sample or done:
             save_samples()
-        if crossed_snap or done or stop:
-            save_snapshot()
+        if crossed_snap or done or stop or best:
+            save_snapshot(regular=crossed_snap or done or stop, best=best)
         if stop:
             if monitor:
                 monitor.print(f"[yellow]preempted ({preempt.signal_name}): checkpoint written at {run.nimg / 1000:.2f} kimg; exiting cleanly")
@@ -262,6 +325,16 @@ def _rank_summary(accelerator: Accelerator, backend, **counters: int) -> Dict[st
         "ranks_in_sync": all(s == sums[0] for s in sums)
         and all(r["iteration"] == ranks[0]["iteration"] and r["loss_scales"] == ranks[0]["loss_scales"] for r in ranks),
     }
+
+
+@contextlib.contextmanager
+def _rng_untouched() -> Iterator[None]:
+    """Every RNG the run draws from, as it was: what a probe does never changes the training."""
+    state = ckpt.capture_rng()
+    try:
+        yield
+    finally:
+        ckpt.restore_rng(state)
 
 
 def _crossed(nimg: int, batch: int, every: int) -> bool:

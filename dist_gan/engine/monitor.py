@@ -1,4 +1,4 @@
-"""What a run reports: metrics.jsonl, TensorBoard, a rich live line, a loss-curve PNG.
+"""What a run reports: metrics.jsonl, TensorBoard, a rich live line, loss- and FID-curve PNGs.
 
 Only rank 0 reports. The loop hands over already-synced Python floats at log
 intervals, so nothing here forces a device sync. The live bar moves every step
@@ -30,6 +30,7 @@ class Monitor:
         self.total_images = total_images
         self.plain_every_s, self._plain_at = plain_every_s, time.perf_counter()
         self._last: Dict[str, float] = {}
+        self._fid = ""  # "fid=last best=best" once a FID is measured
         self.jsonl = open(run_dir / "metrics.jsonl", "a", buffering=1)
         self.tb = None
         if tensorboard:
@@ -68,6 +69,7 @@ class Monitor:
                     self.tb.add_scalar(key, value, global_step=int(record["kimg"] * 1000))
         if self.progress is not None:
             losses = " ".join(f"{k}={record[k]:.3f}" for k in ("loss_d", "loss_g", "d_real", "d_fake") if k in record)
+            losses += self._fid
             self.progress.update(
                 self.task, completed=int(record["kimg"] * 1000), kimg=record["kimg"],
                 ips=record.get("img_per_s", 0.0), losses=losses,
@@ -86,8 +88,12 @@ class Monitor:
         left = (self.total_images - r["kimg"] * 1000) / ips if ips > 0 else float("nan")
         losses = " ".join(f"{k}={r[k]:.3f}" for k in ("loss_d", "loss_g", "d_real", "d_fake") if k in r)
         eta = f"{int(left // 60)}:{int(left % 60):02d}" if left == left else "?"
-        self.console.print(f"train {r['kimg']:.2f}/{self.total_images / 1000:g} kimg  {ips:.0f} img/s  {losses}  "
+        self.console.print(f"train {r['kimg']:.2f}/{self.total_images / 1000:g} kimg  {ips:.0f} img/s  {losses}{self._fid}  "
                            f"{eta} left", highlight=False)
+
+    def show_fid(self, last: float, best: float) -> None:
+        """The last and best FID, from now on in the live line and the plain lines."""
+        self._fid = f"  fid={last:.1f} best={best:.1f}"
 
     def print(self, message: str) -> None:
         if self.progress is not None:
@@ -139,6 +145,25 @@ def plot_losses(metrics_path: Path, out_png: Path) -> Optional[Path]:
     for ax in (ax1, ax2):
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return out_png
+
+
+def plot_fid(metrics_path: Path, out_png: Path) -> Optional[Path]:
+    """FID against kimg from the records that carry one, the best point marked, as one PNG."""
+    points = [(r["kimg"], r["fid"]) for r in read_metrics(metrics_path) if "fid" in r] if metrics_path.exists() else []
+    if not points:
+        return None
+    plt = pyplot()
+    kimg, fid = zip(*points)
+    best = min(points, key=lambda p: p[1])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(kimg, fid, marker="o", ms=3)
+    ax.scatter([best[0]], [best[1]], color="red", zorder=3, label=f"best {best[1]:.1f} at {best[0]:g} kimg")
+    ax.set_xlabel("kimg"), ax.set_ylabel("FID (G_ema)"), ax.set_title("FID during training")
+    ax.legend()
     fig.tight_layout()
     fig.savefig(out_png, dpi=100)
     plt.close(fig)

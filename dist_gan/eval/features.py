@@ -265,13 +265,14 @@ def to_uint8_nchw(images: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 def extract(model: InceptionFeatures, images: np.ndarray, batch: int = 250,
             progress: Optional[object] = None, task: Optional[int] = None) -> Dict[str, np.ndarray]:
-    """Features (and logits when the model has them) for uint8 NHWC images, in batches."""
+    """Features (and logits when the model has them) for uint8 NHWC images, in batches, on the model's device."""
     feats, logits = [], []
+    device = next(model.parameters()).device  # the network may sit on the training GPU
     for i in range(0, len(images), batch):
-        out = model.forward_all(to_uint8_nchw(images[i : i + batch]))
-        feats.append(out[0].numpy().astype(np.float32))
+        out = model.forward_all(to_uint8_nchw(images[i : i + batch]).to(device))
+        feats.append(out[0].cpu().numpy().astype(np.float32))
         if len(out) > 1:
-            logits.append(out[1].numpy().astype(np.float32))
+            logits.append(out[1].cpu().numpy().astype(np.float32))
         if progress is not None and task is not None:
             progress.advance(task, min(batch, len(images) - i))
     result = {"feats": np.concatenate(feats) if feats else np.zeros((0, FEATURE_DIM), np.float32)}

@@ -1,39 +1,31 @@
 """``dist-gan eval``: generate, extract, score, report, on one process or several.
 
-Work is split by *global batch*: batch b (samples [b*B, (b+1)*B)) goes to rank
-b % world_size, and sample i's latent comes from its own generator seeded with
-``seed * 2**32 + i``. Each batch therefore holds exactly the same samples, in the
-same order, whatever the number of processes, so the gathered features are
-identical to a single-process run (G is in eval mode: no batch statistics).
-Ranks exchange results with ``all_gather_object`` (gloo is enough); rank 0 scores
-and writes. Launch several with ``torchrun --nproc_per_node K -m dist_gan.cli eval ...``.
+The work is split over ranks by global batch (``dist_gan.eval.sampling``), so the
+figures are those of a single process; rank 0 scores and writes. Launch several with ``torchrun --nproc_per_node K -m dist_gan.cli eval ...``.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import os
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
-import torch
 
 from dist_gan.engine.checkpoint import list_checkpoints, load_checkpoint, load_generator, nimg_of, resolve_checkpoint
 from dist_gan.errors import UserError
 from dist_gan.eval import metrics as M
 from dist_gan.eval import reference as R
-from dist_gan.eval.features import RESIZE_PROTOCOL, InceptionFeatures, cache_dir, extract, resolve_weights
 from dist_gan.eval.detect import build_detector
-from dist_gan.eval.fid import feature_stats, fid_to_stats
+from dist_gan.eval.features import RESIZE_PROTOCOL, InceptionFeatures, resolve_weights
+from dist_gan.eval.fid import fid_to_stats
 from dist_gan.eval.report import plot_fid_curve, save_sample_grid, versions, write_json, write_markdown
-from dist_gan.imaging import to_uint8
+from dist_gan.eval.sampling import SEED_RULE, Dist, generate, init_distributed, load_reference_images, reference_features
 from dist_gan.progress import progress_bar
 
-SEED_RULE = "z_i ~ N(0, I) drawn from torch.Generator().manual_seed(seed * 2**32 + i) for global sample index i"
 TO_UINT8 = "G output in [-1, 1] -> round((x + 1) * 127.5) clamped to uint8 (dist_gan.imaging.to_uint8)"
 
 
@@ -44,6 +36,7 @@ class EvalOptions:
     target: str
     ref: str
     out: Path
+    which: str = "latest"  # from a run directory: latest | best (engine.checkpoint.WHICH)
     metrics: List[str] = field(default_factory=lambda: ["fid"])
     n: int = 10000
     n_ref: Optional[int] = None  # default: min(n, reference size)
@@ -62,115 +55,15 @@ class EvalOptions:
     progress: bool = True
 
 
-# ------------------------------------------------------------ distribution
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def gather(self, obj: Any) -> List[Any]:
-        if self.world == 1:
-            return [obj]
-        out: List[Any] = [None] * self.world
-        torch.distributed.all_gather_object(out, obj)
-        return out
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            torch.distributed.barrier()
-
-    def broadcast(self, obj: Any) -> Any:
-        if self.world == 1:
-            return obj
-        box = [obj]
-        torch.distributed.broadcast_object_list(box, src=0)
-        return box[0]
-
-
-def init_distributed() -> Dist:
-    """Join the process group torchrun/accelerate describe in the environment (gloo), or run alone."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist()
-    if not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("gloo", timeout=_dt.timedelta(minutes=30))
-    return Dist(torch.distributed.get_rank(), torch.distributed.get_world_size())
-
-
-def sharded(n: int, batch: int, fn: Callable[[int, int], Dict[str, np.ndarray]], dist: Dist,
-            progress: Any = None, desc: str = "") -> Dict[str, np.ndarray]:
-    """Run ``fn(start, stop)`` over global batches, this rank's share only; gather all in order."""
-    starts = list(range(0, n, batch))
-    mine = starts[dist.rank :: dist.world]
-    task = progress.add_task(desc, total=sum(min(s + batch, n) - s for s in mine)) if progress is not None else None
-    parts: Dict[int, Dict[str, np.ndarray]] = {}
-    for s in mine:
-        parts[s] = fn(s, min(s + batch, n))
-        if task is not None:
-            progress.advance(task, min(s + batch, n) - s)
-    merged: Dict[int, Dict[str, np.ndarray]] = {}
-    for p in dist.gather(parts):
-        merged.update(p)
-    keys = list(merged[starts[0]]) if starts else []
-    return {k: np.concatenate([merged[s][k] for s in starts]) for k in keys}
-
-
-# ------------------------------------------------------------------ pieces
-def latents(start: int, stop: int, nz: int, seed: int) -> torch.Tensor:
-    """Latents of global samples [start, stop): each from its own seeded generator."""
-    g = torch.Generator()
-    out = torch.empty(stop - start, nz)
-    for j, i in enumerate(range(start, stop)):
-        g.manual_seed(seed * 2**32 + i)
-        out[j] = torch.randn(nz, generator=g)
-    return out
-
-
 def generate_and_extract(ckpt: Path, opts: EvalOptions, dist: Dist, model: Optional[InceptionFeatures],
                          progress: Any, label: str = "") -> Dict[str, Any]:
     """N generated images (uint8 NHWC) and, when a model is given, their features/logits."""
     G, cfg = load_generator(ckpt, ema=opts.ema, ema_kimg=opts.ema_kimg, bn_recal=opts.bn_recal)
     nz = int(cfg["model"]["nz"])
 
-    def work(start: int, stop: int) -> Dict[str, np.ndarray]:
-        with torch.no_grad():
-            images = to_uint8(G(latents(start, stop, nz, opts.seed)))
-        out = {"images": images}
-        if model is not None:
-            out.update(extract(model, images, batch=stop - start))
-        return out
-
     desc = f"generate{' + features' if model is not None else ''}{label}"
-    res = sharded(opts.n, opts.batch, work, dist, progress, desc)
+    res = generate(G, nz, opts.n, opts.seed, opts.batch, dist, model, progress, desc)
     return {"cfg": cfg, "resolution": int(cfg["model"]["resolution"]), **res}
-
-
-def reference_features(ref: R.ReferenceSet, images: Optional[np.ndarray], n_ref: int, resolution: int,
-                       model: InceptionFeatures, opts: EvalOptions, dist: Dist, progress: Any) -> Dict[str, Any]:
-    """{mu, sigma, feats, cached, cache_path} for the reference, computed once per setting and cached."""
-    key = R.stats_key(ref, resolution, n_ref, model.weights.source_sha1)
-    path = R.stats_path(cache_dir(), key)
-    stats = dist.broadcast(R.load_stats(path) if dist.main else None)  # rank 0's view of the cache rules
-    if stats is not None:
-        return {**stats, "cached": True, "cache_path": str(path), "key": key}
-    if images is None:
-        images = load_reference_images(ref, n_ref, resolution, progress)
-    res = sharded(n_ref, opts.batch, lambda s, e: extract(model, images[s:e], batch=e - s), dist, progress,
-                  "reference features")
-    mu, sigma = feature_stats(res["feats"])
-    stats = {"mu": mu, "sigma": sigma, "feats": res["feats"]}
-    if dist.main:
-        R.save_stats(path, stats)
-    return {**stats, "cached": False, "cache_path": str(path), "key": key}
-
-
-def load_reference_images(ref: R.ReferenceSet, n_ref: int, resolution: int, progress: Any) -> np.ndarray:
-    task = progress.add_task("load reference images", total=n_ref) if progress is not None else None
-    return R.load_images(ref, n_ref, resolution, (lambda k: progress.advance(task, k)) if task is not None else None)
 
 
 # ------------------------------------------------------------------ driver
@@ -204,7 +97,7 @@ def evaluate(opts: EvalOptions) -> Optional[Dict[str, Any]]:
     t_start = time.perf_counter()
     _validate(opts)
     dist = init_distributed()
-    ckpt = resolve_checkpoint(opts.target)
+    ckpt = resolve_checkpoint(opts.target, opts.which)
     ref = R.open_reference(opts.ref)
     n_ref = min(opts.n, ref.count) if opts.n_ref is None else opts.n_ref
     if n_ref > ref.count:
@@ -240,7 +133,7 @@ def evaluate(opts: EvalOptions) -> Optional[Dict[str, Any]]:
 
         t0 = time.perf_counter()
         ref_images = load_reference_images(ref, n_ref, resolution, progress) if "ref_images" in needs else None
-        ref_stats = reference_features(ref, ref_images, n_ref, resolution, model, opts, dist, progress) if model else None
+        ref_stats = reference_features(ref, ref_images, n_ref, resolution, model, opts.batch, dist, progress) if model else None
         timing["reference"] = time.perf_counter() - t0
 
         curve: List[Dict[str, Any]] = []
