@@ -65,8 +65,8 @@ def shared_zip(data: str) -> Path:
 
 
 def pack_once(src: Path, out: Path, *, crop: str, limit: Optional[int], image_format: str = "png",
-              log: Log = _log) -> Path:
-    """``src`` packed at 64 px into ``out``, unless ``out/manifest.json`` is there already.
+              log: Log = _log, resolution: int = 64) -> Path:
+    """``src`` packed at ``resolution`` px into ``out``, unless ``out/manifest.json`` is there already.
 
     Packs into a private folder and renames it into place: candidates started together all
     pack the same folder, and writing one folder from several processes broke the losers'
@@ -79,9 +79,9 @@ def pack_once(src: Path, out: Path, *, crop: str, limit: Optional[int], image_fo
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    log(f"packing {src.name} at 64 px ({crop} crop, {image_format}) -> {out}")
+    log(f"packing {src.name} at {resolution} px ({crop} crop, {image_format}) -> {out}")
     try:
-        pack(src, tmp, resolution=64, crop=crop, shard_size=2000, progress=False, limit=limit, workers=1,
+        pack(src, tmp, resolution=resolution, crop=crop, shard_size=2000, progress=False, limit=limit, workers=1,
              image_format=image_format, block_size=BLOCK_SIZE)
         if not (out / "manifest.json").is_file():
             shutil.rmtree(out, ignore_errors=True)  # a crashed pack's leftovers
@@ -95,11 +95,11 @@ def pack_once(src: Path, out: Path, *, crop: str, limit: Optional[int], image_fo
 
 
 def first_images(shards: Path, n: Optional[int] = None):
-    """The first ``n`` packed images (all when None) as one (n, 64, 64, 3) uint8 array, in shard order."""
+    """The first ``n`` packed images (all when None) as one (n, R, R, 3) uint8 array at the shards' resolution R, in shard order."""
     from dist_gan.eval import reference as R
 
     ref = R.open_reference(shards)
-    return R.load_images(ref, ref.count if n is None else n, 64)
+    return R.load_images(ref, ref.count if n is None else n, ref.native_resolution or 64)
 
 
 # ------------------------------------------------------------------ training

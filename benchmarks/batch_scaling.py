@@ -1,0 +1,273 @@
+"""Does batch 512 pay? Global batch 64, 128 and 512 on 2 gloo ranks, FID tracked during each run.
+
+Large batches pay on GPUs because images per second grow with the batch, so the fair
+comparison is equal GPU time, not equal images. Every row trains on 2 real gloo ranks
+(``ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2``, one thread each;
+``final.json`` must say world size 2) for ``--budget-kimg`` times the row's GPU
+throughput relative to batch 128, from one H100's measured img/s (``gpu_img_per_s``):
+batch 128 gets the budget, batch 512 4.57x it, batch 64 about half. The estimated GPU seconds of a run are its images over that
+img/s.
+
+Each run tracks the FID of G_ema against its training shards (``log.fid_kimg``, ``log.fid_n``)
+and keeps ``checkpoints/best.pt``. The best checkpoint is then scored for face detectability
+(``dist-gan eval --ckpt best --detect``, Haar for CelebA, the anime LBP cascade for anime),
+against the same detector's misses on as many real images.
+
+Rows (``--rows``; overrides on ``recipe=bigbatch`` at ``--resolution``):
+
+- ``b64``, ``b128``: the recipe at global batch 64 / 128, its rates unchanged;
+- ``b512``: the recipe as it stands;
+- ``b512_sqrt`` / ``b512_linear``: its rates scaled from batch 128 by sqrt(4) / 4, with a warm-up;
+- ``textbook512``: the textbook DCGAN (recipe ``dcgan64``: Adam 2e-4 (0.5, 0.999), no smoothing,
+  no noise) at batch 512 for bigbatch's kimg, its G_ema set to follow G (``train.ema_kimg=0.001``:
+  the textbook has no average).
+
+Writes under ``--out`` (default ``benchmarks/results/batch_scaling``): ``results.json``,
+``results.md`` (one table: the exact command of every row), ``fid_curves.png`` (FID against
+kimg and against estimated GPU time, every run), ``samples_<data>.png`` (reals, then each
+row's best checkpoint), ``command.txt``. ``--merge`` keeps the rows already there, so the
+study grows run by run; a finished run (same command) is reused, not retrained.
+
+    python benchmarks/batch_scaling.py --data celeba --resolution 32 --budget-kimg 40 --rows b128 b512 --merge
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import harness as H  # noqa: E402
+from dist_gan.engine.monitor import read_metrics  # noqa: E402
+
+DEFAULT_OUT = H.REPO / "benchmarks" / "results" / "batch_scaling"
+STEP_JSON = H.REPO / "benchmarks" / "results" / "nvidia-h100-80gb-hbm3.json"
+SWEEP_JSON = H.REPO / "benchmarks" / "results" / "scaling_gpu.json"
+REF_BATCH = 128  # the batch that gets --budget-kimg; the others get the same GPU time
+
+ROWS: Dict[str, Dict[str, Any]] = {
+    "b64": {"batch": 64, "overrides": ["train.batch=64"]},
+    "b128": {"batch": 128, "overrides": ["train.batch=128"]},
+    "b512": {"batch": 512, "overrides": []},
+    "b512_sqrt": {"batch": 512, "overrides": ["optim.lr_scaling=sqrt", "optim.ref_batch=128", "optim.warmup_kimg=5"]},
+    "b512_linear": {"batch": 512, "overrides": ["optim.lr_scaling=linear", "optim.ref_batch=128", "optim.warmup_kimg=10"]},
+    "textbook512": {"batch": 512, "recipe": "dcgan64", "overrides": ["train.batch=512", "train.ema_kimg=0.001", "train.ema_rampup=0"]},
+}
+
+
+def gpu_img_per_s(batch: int) -> float:
+    """One H100's training img/s at this batch: dist_gan's full step where it was measured (128, 512:
+    ``nvidia-h100-80gb-hbm3.json``), else batch 128's scaled by the scaling sweep's ratio for the batch
+    (``scaling_gpu.json``, a torch-only proxy of the same step measured at every batch)."""
+    step = json.loads(STEP_JSON.read_text())["summary"]
+    measured = {128: step["step128_dist_gan_img_s"], 512: step["step512_dist_gan_img_s"]}
+    if batch in measured:
+        return float(measured[batch])
+    sweep = json.loads(SWEEP_JSON.read_text())["results"]["by_per_gpu_batch"]
+    if str(batch) not in sweep:
+        raise SystemExit(f"{SWEEP_JSON} has no GPU throughput for batch {batch}; it has {', '.join(sweep)}")
+    return float(measured[128]) * sweep[str(batch)]["img_per_s"] / sweep["128"]["img_per_s"]
+
+
+def row_kimg(batch: int, budget_kimg: float) -> float:
+    """The kimg that gives ``batch`` the GPU time batch 128 spends on ``budget_kimg``."""
+    return round(budget_kimg * gpu_img_per_s(batch) / gpu_img_per_s(REF_BATCH), 1)
+
+
+def launch_cmd(args: Sequence[str]) -> List[str]:
+    """2 gloo ranks on this machine's CPU (--multi_gpu with ACCELERATE_USE_CPU=1; --cpu would start one)."""
+    return ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+            str(H.TRAIN_PY), *args]
+
+
+def run_row(name: str, data: str, shards: Path, work: Path, resolution: int, budget_kimg: float, seed: int,
+            fid_n: int, fid_points: int, det_n: int) -> Dict[str, Any]:
+    """Train one row on 2 ranks (reused when the same command finished before), then detect faces on best.pt."""
+    row = ROWS[name]
+    kimg = row_kimg(row["batch"], budget_kimg)
+    run = work / data / f"{name}-s{seed}"
+    recipe = row.get("recipe", "bigbatch")
+    args = [f"recipe={recipe}", f"data={shards}", f"run_dir={run}", f"seed={seed}", f"train.kimg={kimg}",
+            f"model.resolution={resolution}", *row["overrides"], "loader.workers=1", "log.tensorboard=false",
+            "log.progress=false", f"log.fid_kimg={kimg / fid_points:g}", f"log.fid_n={fid_n}",
+            f"log.sample_kimg={kimg}", f"log.snapshot_kimg={kimg}", "log.keep=1"]
+    cmd = launch_cmd(args)
+    stamp = run / "stamp.json"
+    if stamp.is_file() and json.loads(stamp.read_text())["cmd"] == cmd and (run / "final.json").is_file():
+        wall = json.loads(stamp.read_text())["wall_s"]
+        print(f"{data} {name} s{seed}: reusing {run}", flush=True)
+    else:
+        if run.exists():
+            import shutil
+
+            shutil.rmtree(run)
+        run.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+        print(f"{data} {name} s{seed}: {kimg} kimg at batch {row['batch']}", flush=True)
+        t0 = time.perf_counter()
+        with open(work / data / f"{name}-s{seed}.log", "w") as log:
+            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        wall = time.perf_counter() - t0
+        if proc.returncode:
+            raise SystemExit(f"{name}: training failed ({proc.returncode}); see {log.name}")
+        stamp.write_text(json.dumps({"cmd": cmd, "wall_s": wall}))
+    final = json.loads((run / "final.json").read_text())
+    if final["world_size"] != 2:
+        raise SystemExit(f"{name}: expected 2 ranks, final.json says {final['world_size']}")
+    curve = [{"kimg": r["kimg"], "fid": r["fid"], "fid_s": r["fid_s"]} for r in read_metrics(run / "metrics.jsonl") if "fid" in r]
+    best = min(curve, key=lambda p: p["fid"])
+    detect = detect_best(run, shards, data, det_n)
+    return {"data": data, "row": name, "seed": seed, "batch": row["batch"], "recipe": recipe, "overrides": row["overrides"],
+            "kimg": kimg, "resolution": resolution, "fid_n": fid_n, "best_fid": best["fid"], "best_kimg": best["kimg"],
+            "final_fid": curve[-1]["fid"], "curve": curve, "fid_s_each": sum(p["fid_s"] for p in curve) / len(curve),
+            "gpu_s_est": kimg * 1000 / gpu_img_per_s(row["batch"]), "cpu_wall_s": wall, "world_size": final["world_size"],
+            "train_img_per_s": H.last_metrics(run).get("img_per_s"), "detect": detect, "run": str(run),
+            "command": "ACCELERATE_USE_CPU=1 OMP_NUM_THREADS=1 " + shlex.join(cmd)}
+
+
+def detect_best(run: Path, shards: Path, data: str, n: int) -> Dict[str, Any]:
+    """Face-detector misses on ``n`` samples of best.pt and on ``n`` reals (the floor)."""
+    out = run / "eval_detect"
+    cmd = [sys.executable, "-m", "dist_gan", "eval", str(run), "--ckpt", "best", "--detect", "--ref", str(shards),
+           "-n", str(n), "--out", str(out)]
+    cmd += ["--detector", "anime", "--cascade", str(H.ANIME_CASCADE)] if data == "anime" else ["--detector", "haar"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"detect on {run}: {proc.stderr[-2000:]}")
+    s = H.scores(json.loads((out / "report.json").read_text()))
+    return {"gen_no_face": s["gen_no_face"], "ref_no_face": s["ref_no_face"], "n": s["gen_n"], "detector": s["detector"],
+            "command": shlex.join(cmd)}
+
+
+def key(r: Dict[str, Any]) -> str:
+    return f"{r['data']}/{r['row']}/s{r['seed']}"
+
+
+def render(results: Dict[str, Any]) -> str:
+    rows = []
+    for r in sorted(results["runs"].values(), key=lambda r: (r["data"], r["batch"], r["row"], r["seed"])):
+        d = r["detect"]
+        rows.append((r["data"], r["row"], r["seed"], r["batch"], H.fmt(r["kimg"], ".1f"), H.fmt(r["gpu_s_est"], ".1f"),
+                     H.fmt(r["best_fid"], ".1f"), H.fmt(r["best_kimg"], ".1f"), H.fmt(r["final_fid"], ".1f"),
+                     f"{100 * d['gen_no_face'] / d['n']:.1f} / {100 * d['ref_no_face'] / d['n']:.1f}",
+                     H.fmt(r["cpu_wall_s"] / 60, ".0f"), " ".join(r["overrides"]) or "(as shipped)"))
+    lines = ["# Batch 512 against 64 and 128 at equal GPU time, 2 gloo ranks", "",
+             f"Every run: `recipe=bigbatch` (the textbook row: `dcgan64`) plus its overrides, at {results['resolution']} px, "
+             f"2 gloo ranks. kimg = budget x (H100 img/s at the batch / at batch 128), so each row gets the GPU time batch 128 "
+             f"spends on the budget. FID of G_ema against the training shards, n = {results['fid_n']}, tracked "
+             f"{results['fid_points']} times per run; best = checkpoints/best.pt. No face: detector misses on best.pt's "
+             f"samples / on as many reals (%). Machine: {results['machine']}.", ""]
+    lines += H.md_table(("data", "row", "seed", "batch", "kimg", "GPU s (est.)", "best FID", "at kimg", "final FID",
+                         "no face % (gen / real)", "CPU min", "overrides"), rows)
+    lines += ["", "Commands: `command.txt` (one per run, in table order)."]
+    if results.get("notes"):
+        lines += ["", *results["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: Dict[str, Any], out: Path) -> None:
+    """FID against kimg (left) and against estimated GPU seconds (right), one line per run."""
+    from dist_gan.imaging import pyplot
+
+    plt = pyplot()
+    datas = sorted({r["data"] for r in results["runs"].values()})
+    fig, axes = plt.subplots(len(datas), 2, figsize=(12, 4.2 * len(datas)), squeeze=False)
+    for i, data in enumerate(datas):
+        for r in sorted((r for r in results["runs"].values() if r["data"] == data), key=lambda r: (r["batch"], r["row"])):
+            k = [p["kimg"] for p in r["curve"]]
+            f = [p["fid"] for p in r["curve"]]
+            ips = 1000 * r["kimg"] / r["gpu_s_est"]
+            label = f"{r['row']} s{r['seed']}"
+            axes[i][0].plot(k, f, marker="o", ms=3, label=label)
+            axes[i][1].plot([x * 1000 / ips for x in k], f, marker="o", ms=3, label=label)
+        axes[i][0].set_xlabel("kimg"), axes[i][1].set_xlabel("estimated H100 seconds")
+        for ax in axes[i]:
+            ax.set_ylabel(f"FID ({data}, n={results['fid_n']})")
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "fid_curves.png", dpi=100)
+    plt.close(fig)
+
+
+def figure(results: Dict[str, Any], out: Path, shards: Dict[str, Path]) -> None:
+    """Per data set: reals, then the best checkpoint of each row (seed 0 where there is one)."""
+    import numpy as np
+    import torch
+
+    from dist_gan.engine.checkpoint import load_generator
+    from dist_gan.imaging import to_uint8
+
+    for data, path in shards.items():
+        runs = [r for r in results["runs"].values() if r["data"] == data and (Path(r["run"]) / "checkpoints" / "best.pt").is_file()]
+        seen: Dict[str, Dict[str, Any]] = {}
+        for r in sorted(runs, key=lambda r: (r["batch"], r["row"], r["seed"])):
+            seen.setdefault(r["row"], r)
+        if not seen:
+            continue
+        panels = [("reals", data, H.real_grid(path))]
+        for name, r in seen.items():
+            G, cfg = load_generator(Path(r["run"]) / "checkpoints" / "best.pt")
+            z = torch.randn(H.GRID_N, int(cfg["model"]["nz"]), generator=torch.Generator().manual_seed(H.GRID_SEED))
+            with torch.no_grad():
+                grid = H.tile(np.asarray(to_uint8(G(z))))
+            panels.append((name, f"FID {r['best_fid']:.0f} at {r['best_kimg']:g} kimg", grid))
+        H.compose_figure(panels, out / f"samples_{data}.png", f"{data}: best checkpoint of each batch size")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", nargs="+", default=["celeba"], choices=sorted(H.ZIPS))
+    p.add_argument("--rows", nargs="+", default=["b128", "b512"], choices=sorted(ROWS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--resolution", type=int, default=32, choices=(32, 64))
+    p.add_argument("--budget-kimg", type=float, default=40.0, help="kimg of batch 128; the others get its GPU time")
+    p.add_argument("--fid-n", type=int, default=2000, help="samples per FID (log.fid_n)")
+    p.add_argument("--fid-points", type=int, default=4, help="FID measurements per run (log.fid_kimg = kimg / this)")
+    p.add_argument("--detect-n", type=int, default=1000, help="samples (and reals) for the face detector")
+    p.add_argument("--limit", type=int, default=None, help="pack only the first N images (smoke runs)")
+    p.add_argument("--work", type=Path, default=Path(os.environ.get("DIST_GAN_BENCH_CACHE", Path.home() / ".cache" / "dist_gan_bench")) / "batch_scaling")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--merge", action="store_true", help="keep the runs already in OUT/results.json")
+    a = p.parse_args(argv)
+    from benchmarks.quickstart_quality import machine
+
+    results: Dict[str, Any] = {"resolution": a.resolution, "fid_n": a.fid_n, "fid_points": a.fid_points,
+                               "budget_kimg": a.budget_kimg, "limit": a.limit, "machine": machine(), "gpu_img_per_s": {b: round(gpu_img_per_s(b)) for b in sorted({r["batch"] for r in ROWS.values()})},
+                               "runs": {}}
+    previous = a.out / "results.json"
+    if a.merge and previous.is_file():
+        kept = json.loads(previous.read_text())
+        same = ("resolution", "fid_n", "fid_points", "budget_kimg", "limit")
+        if any(kept[k] != results[k] for k in same):
+            raise SystemExit(f"--merge: {previous} was measured with other {', '.join(same)}")
+        results["runs"], results["notes"] = kept["runs"], kept.get("notes", [])
+    shards = {d: H.pack_once(H.shared_zip(d), a.work / (f"shards-{d}-{a.resolution}" + (f"-{a.limit}" if a.limit else "")),
+                             crop="auto", limit=a.limit,
+                             resolution=a.resolution) for d in a.data}
+    a.out.mkdir(parents=True, exist_ok=True)
+    for data in a.data:
+        for seed in a.seeds:
+            for name in a.rows:
+                r = run_row(name, data, shards[data], a.work, a.resolution, a.budget_kimg, seed, a.fid_n, a.fid_points, a.detect_n)
+                results["runs"][key(r)] = r
+                print(f"{key(r)}: best FID {r['best_fid']:.1f} at {r['best_kimg']} kimg, final {r['final_fid']:.1f}, "
+                      f"{r['cpu_wall_s'] / 60:.0f} CPU min", flush=True)
+                H.write_tables(a.out, "results", results, render(results), [x["command"] for x in results["runs"].values()])
+                plot(results, a.out)
+    figure(results, a.out, shards)
+    print(f"wrote {a.out / 'results.md'}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
