@@ -18,6 +18,7 @@ Rows (``--rows``; overrides on ``recipe=bigbatch`` at ``--resolution``):
 - ``b64``, ``b128``: the recipe at global batch 64 / 128, its rates unchanged;
 - ``b512``: the recipe as it stands;
 - ``b512_sqrt`` / ``b512_linear``: its rates scaled from batch 128 by sqrt(4) / 4, with a warm-up;
+- ``b512_img`` / ``b512_sqrt_img``: equal images instead: batch 512 for batch 128's kimg;
 - ``textbook512``: the textbook DCGAN (recipe ``dcgan64``: Adam 2e-4 (0.5, 0.999), no smoothing,
   no noise) at batch 512 for bigbatch's kimg, its G_ema set to follow G (``train.ema_kimg=0.001``:
   the textbook has no average).
@@ -61,6 +62,10 @@ ROWS: Dict[str, Dict[str, Any]] = {
     "b512_sqrt": {"batch": 512, "overrides": ["optim.lr_scaling=sqrt", "optim.ref_batch=128", "optim.warmup_kimg=5"]},
     "b512_linear": {"batch": 512, "overrides": ["optim.lr_scaling=linear", "optim.ref_batch=128", "optim.warmup_kimg=10"]},
     "textbook512": {"batch": 512, "recipe": "dcgan64", "overrides": ["train.batch=512", "train.ema_kimg=0.001", "train.ema_rampup=0"]},
+    # equal images: batch 512 given only batch 128's kimg (a prefix of the long run: no rate depends on the length)
+    "b512_img": {"batch": 512, "overrides": [], "equal_images": True},
+    "b512_sqrt_img": {"batch": 512, "overrides": ["optim.lr_scaling=sqrt", "optim.ref_batch=128", "optim.warmup_kimg=5"],
+                      "equal_images": True},
 }
 
 
@@ -94,7 +99,7 @@ def run_row(name: str, data: str, shards: Path, work: Path, resolution: int, bud
             fid_n: int, fid_points: int, det_n: int) -> Dict[str, Any]:
     """Train one row on 2 ranks (reused when the same command finished before), then detect faces on best.pt."""
     row = ROWS[name]
-    kimg = row_kimg(row["batch"], budget_kimg)
+    kimg = budget_kimg if row.get("equal_images") else row_kimg(row["batch"], budget_kimg)
     run = work / data / f"{name}-s{seed}"
     recipe = row.get("recipe", "bigbatch")
     args = [f"recipe={recipe}", f"data={shards}", f"run_dir={run}", f"seed={seed}", f"train.kimg={kimg}",
@@ -162,13 +167,13 @@ def render(results: Dict[str, Any]) -> str:
                      f"{100 * d['gen_no_face'] / d['n']:.1f} / {100 * d['ref_no_face'] / d['n']:.1f}",
                      H.fmt(r["cpu_wall_s"] / 60, ".0f"), " ".join(r["overrides"]) or "(as shipped)"))
     lines = ["# Batch 512 against 64 and 128 at equal GPU time, 2 gloo ranks", "",
-             f"Every run: `recipe=bigbatch` (the textbook row: `dcgan64`) plus its overrides, at {results['resolution']} px, "
+             f"Budget: {results['budget_kimg']:g} kimg at batch 128. Every run: `recipe=bigbatch` (the textbook row: `dcgan64`) plus its overrides, at {results['resolution']} px, "
              f"2 gloo ranks. kimg = budget x (H100 img/s at the batch / at batch 128), so each row gets the GPU time batch 128 "
-             f"spends on the budget. FID of G_ema against the training shards, n = {results['fid_n']}, tracked "
+             f"spends on the budget; the `_img` rows instead get batch 128's kimg (equal images). FID of G_ema against the training shards, n = {results['fid_n']}, tracked "
              f"{results['fid_points']} times per run; best = checkpoints/best.pt. No face: detector misses on best.pt's "
-             f"samples / on as many reals (%). Machine: {results['machine']}.", ""]
+             f"samples / on as many reals (%). Wall min: the whole CPU run, FID measurements included. Machine: {results['machine']}.", ""]
     lines += H.md_table(("data", "row", "seed", "batch", "kimg", "GPU s (est.)", "best FID", "at kimg", "final FID",
-                         "no face % (gen / real)", "CPU min", "overrides"), rows)
+                         "no face % (gen / real)", "wall min", "overrides"), rows)
     lines += ["", "Commands: `command.txt` (one per run, in table order)."]
     if results.get("notes"):
         lines += ["", *results["notes"]]

@@ -24,6 +24,13 @@ def test_bigbatch_is_what_the_issue_says():
     cfg = load_config(["recipe=bigbatch"])
     assert (cfg.train.batch, cfg.train.precision) == (512, "auto")  # mixed precision wherever it is native
     assert (cfg.optim.g_lr, cfg.optim.d_lr, cfg.loss.real_label, cfg.loss.instance_noise) == (1e-4, 4e-4, 0.9, 0.02)
+    assert cfg.log.fid_kimg > 0 and cfg.log.fid_n >= 2000  # FID tracked by default, at the issue's n
+
+
+def test_fid_tracking_keys_are_validated():
+    for bad in ("log.fid_kimg=-1", "log.fid_n=1"):
+        with pytest.raises(UserError, match="log.fid_kimg must be >= 0"):
+            load_config(["recipe=smoke", bad])
 
 
 def test_unknown_key_names_the_valid_keys():
