@@ -118,3 +118,14 @@ def test_eval_ckpt_best_on_a_run_without_one_names_the_reason(shards32, tmp_path
                                    "--fid", "--out", str(tmp_path / "e")])
     assert res.exit_code == 2
     assert "no best.pt" in res.output and "log.fid_kimg" in res.output
+
+
+def test_the_eval_seed_draws_other_latents_and_seed_0_keeps_its_samples():
+    """torch keeps the low 32 bits of a seed: seed * 2**32 + i made every --seed draw seed 0's latents."""
+    from dist_gan.eval.sampling import latents
+
+    zero, one = latents(0, 4, 8, 0), latents(0, 4, 8, 1)
+    assert not torch.equal(zero, one)
+    g = torch.Generator()
+    assert torch.equal(zero[3], torch.randn(8, generator=g.manual_seed(3)))  # seed 0: sample i's own index, as before
+    assert torch.equal(latents(2, 4, 8, 1), one[2:])  # a sample's latent does not depend on its batch

@@ -2,7 +2,7 @@
 
 Work is split by *global batch*: batch b (samples [b*B, (b+1)*B)) goes to rank
 b % world_size, and sample i's latent comes from its own generator seeded with
-``seed * 2**32 + i``. Each batch therefore holds exactly the same samples, in the
+``latent_seed(seed, i)``. Each batch therefore holds exactly the same samples, in the
 same order, whatever the number of processes, so the gathered features are
 identical to a single-process run (G is in eval mode: no batch statistics).
 Ranks exchange results with ``all_gather_object`` (gloo is enough). ``dist-gan eval``
@@ -26,7 +26,8 @@ from dist_gan.eval.features import InceptionFeatures, cache_dir, extract
 from dist_gan.eval.fid import feature_stats
 from dist_gan.imaging import to_uint8
 
-SEED_RULE = "z_i ~ N(0, I) drawn from torch.Generator().manual_seed(seed * 2**32 + i) for global sample index i"
+SEED_RULE = ("z_i ~ N(0, I) drawn from torch.Generator().manual_seed((seed * 2654435761 + i) mod 2**32) "
+             "for global sample index i")
 
 
 # ------------------------------------------------------------ distribution
@@ -86,12 +87,19 @@ def sharded(n: int, batch: int, fn: Callable[[int, int], Dict[str, np.ndarray]],
     return {k: np.concatenate([merged[s][k] for s in starts]) for k in keys}
 
 
+def latent_seed(seed: int, i: int) -> int:
+    """Sample i's generator seed. torch's CPU generator keeps only the low 32 bits of a seed, so the
+    seed is spread by Knuth's multiplicative constant within them: seed 0 is sample i's own index,
+    and for n well below 2**32 / seeds, different seeds draw disjoint latents."""
+    return (seed * 2654435761 + i) % 2**32
+
+
 def latents(start: int, stop: int, nz: int, seed: int) -> torch.Tensor:
     """Latents of global samples [start, stop): each from its own seeded generator."""
     g = torch.Generator()
     out = torch.empty(stop - start, nz)
     for j, i in enumerate(range(start, stop)):
-        g.manual_seed(seed * 2**32 + i)
+        g.manual_seed(latent_seed(seed, i))
         out[j] = torch.randn(nz, generator=g)
     return out
 
