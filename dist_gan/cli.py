@@ -177,7 +177,7 @@ def eval_cmd(
     bn_recal: bool = _bn_recal_option(),
     detector: Optional[str] = typer.Option(None, "--detector", help="haar | anime | hog | mtcnn (default from the reference layout)."),
     cascade: Optional[str] = typer.Option(None, "--cascade", help="Cascade XML for the anime detector."),
-    batch: int = typer.Option(250, "--batch", help="Images per generator/Inception batch."),
+    batch: int = typer.Option(250, "--batch", help="Images per generator/Inception batch (eval.sampling.BATCH, as the FID tracked during training)."),
     seed: int = typer.Option(0, "--seed", help="Latent seeds: sample i uses (seed * 2654435761 + i) mod 2**32; another seed draws other samples."),
     inception_weights: Optional[str] = typer.Option(None, "--inception-weights", help="NVIDIA's Inception TorchScript or a torch-fidelity state dict."),
     all_checkpoints: bool = typer.Option(False, "--all-checkpoints", help="FID of every checkpoint of the run, fid_vs_kimg.png."),

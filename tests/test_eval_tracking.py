@@ -129,3 +129,16 @@ def test_the_eval_seed_draws_other_latents_and_seed_0_keeps_its_samples():
     g = torch.Generator()
     assert torch.equal(zero[3], torch.randn(8, generator=g.manual_seed(3)))  # seed 0: sample i's own index, as before
     assert torch.equal(latents(2, 4, 8, 1), one[2:])  # a sample's latent does not depend on its batch
+
+
+def test_eval_s_default_batch_is_the_trackers_so_a_rescore_draws_the_same_batches():
+    """The CLI spells its default as a literal (no torch import for --help); it must stay the shared one."""
+    import inspect
+
+    from dist_gan.cli import eval_cmd
+    from dist_gan.eval.run import EvalOptions
+    from dist_gan.eval.sampling import BATCH
+
+    assert inspect.signature(eval_cmd).parameters["batch"].default.default == BATCH
+    assert EvalOptions("run", "ref", Path("out")).batch == BATCH
+    assert FidTracker("data", n=2, resolution=32).batch == BATCH

@@ -23,7 +23,7 @@ from dist_gan.eval.detect import build_detector
 from dist_gan.eval.features import RESIZE_PROTOCOL, InceptionFeatures, resolve_weights
 from dist_gan.eval.fid import fid_to_stats
 from dist_gan.eval.report import plot_fid_curve, save_sample_grid, versions, write_json, write_markdown
-from dist_gan.eval.sampling import SEED_RULE, Dist, generate, init_distributed, load_reference_images, reference_features
+from dist_gan.eval.sampling import BATCH, SEED_RULE, Dist, generate, init_distributed, load_reference_images, reference_features
 from dist_gan.progress import progress_bar
 
 TO_UINT8 = "G output in [-1, 1] -> round((x + 1) * 127.5) clamped to uint8 (dist_gan.imaging.to_uint8)"
@@ -45,7 +45,7 @@ class EvalOptions:
     bn_recal: bool = False  # re-estimate G's BN statistics for the scored weights (ema.recalibrate_bn)
     detector: Optional[str] = None  # default from the reference layout
     cascade: Optional[str] = None
-    batch: int = 250
+    batch: int = BATCH
     seed: int = 0
     inception_weights: Optional[str] = None
     all_checkpoints: bool = False

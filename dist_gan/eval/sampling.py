@@ -26,6 +26,7 @@ from dist_gan.eval.features import InceptionFeatures, cache_dir, extract
 from dist_gan.eval.fid import feature_stats
 from dist_gan.imaging import to_uint8
 
+BATCH = 250  # samples per global batch: dist-gan eval's default --batch and the tracker's, so both draw the same batches
 SEED_RULE = ("z_i ~ N(0, I) drawn from torch.Generator().manual_seed((seed * 2654435761 + i) mod 2**32) "
              "for global sample index i")
 
@@ -105,14 +106,18 @@ def latents(start: int, stop: int, nz: int, seed: int) -> torch.Tensor:
 
 
 def generate(G: nn.Module, nz: int, n: int, seed: int, batch: int, dist: Dist, model: Optional[InceptionFeatures] = None,
-             progress: Any = None, desc: str = "generate", device: Optional[torch.device] = None) -> Dict[str, np.ndarray]:
-    """``n`` images of G (eval mode, fp32) as uint8 NHWC, with their features/logits when a model is given."""
+             progress: Any = None, desc: str = "generate", device: Optional[torch.device] = None,
+             keep_images: bool = True) -> Dict[str, np.ndarray]:
+    """``n`` images of G (eval mode, fp32) as uint8 NHWC, with their features/logits when a model is given.
+
+    ``keep_images=False`` returns the features alone: the images are not gathered over the ranks.
+    """
     device = device or next(G.parameters()).device
 
     def work(start: int, stop: int) -> Dict[str, np.ndarray]:
         with torch.no_grad():
             images = to_uint8(G(latents(start, stop, nz, seed).to(device)))
-        out = {"images": images}
+        out = {"images": images} if keep_images else {}
         if model is not None:
             out.update(extract(model, images, batch=stop - start))
         return out

@@ -23,9 +23,7 @@ from dist_gan.errors import UserError
 from dist_gan.eval import reference as R
 from dist_gan.eval.features import InceptionFeatures, resolve_weights
 from dist_gan.eval.fid import fid_to_stats
-from dist_gan.eval.sampling import Dist, generate, reference_features
-
-BATCH = 250  # dist-gan eval's default --batch: the same global batches, so the same figures
+from dist_gan.eval.sampling import BATCH, Dist, generate, reference_features
 
 
 class FidTracker:
@@ -37,8 +35,6 @@ class FidTracker:
         self.inception_weights = inception_weights
         self.model: Optional[InceptionFeatures] = None
         self.dist = Dist()
-        self.n_ref = 0
-        self.off_reason = ""
 
     def start(self, rank: int, world: int, device: torch.device) -> str:
         """Load Inception and the reference statistics (computed once per data set, then cached); one log line.
@@ -48,18 +44,17 @@ class FidTracker:
         try:
             weights = resolve_weights(self.inception_weights)
         except UserError as exc:
-            self.off_reason = str(exc)
             return f"FID tracking is off, training goes on: {exc}"
         self.dist = Dist(rank, world)
         self.model = InceptionFeatures(weights).to(device)
         ref = R.open_reference(self.data)
-        self.n_ref = min(self.n, ref.count)
+        n_ref = min(self.n, ref.count)
         t0 = time.perf_counter()
-        stats = reference_features(ref, None, self.n_ref, self.resolution, self.model, self.batch, self.dist, None)
+        stats = reference_features(ref, None, n_ref, self.resolution, self.model, self.batch, self.dist, None)
         self.mu, self.sigma = stats["mu"], stats["sigma"]
         how = "cached" if stats["cached"] else f"computed in {time.perf_counter() - t0:.0f} s and cached"
-        fewer = f" (the set holds only {ref.count})" if self.n_ref < self.n else ""
-        return (f"FID of G_ema: {self.n} samples against {self.n_ref} training images{fewer}, "
+        fewer = f" (the set holds only {ref.count})" if n_ref < self.n else ""
+        return (f"FID of G_ema: {self.n} samples against {n_ref} training images{fewer}, "
                 f"reference statistics {how}; re-score with dist-gan eval RUN --ckpt best --fid --ref {self.data} -n {self.n}")
 
     def measure(self, G: nn.Module, nz: int) -> Optional[float]:
@@ -69,7 +64,7 @@ class FidTracker:
         was_training = G.training
         G.eval()
         try:
-            res = generate(G, nz, self.n, self.seed, self.batch, self.dist, self.model)
+            res = generate(G, nz, self.n, self.seed, self.batch, self.dist, self.model, keep_images=False)
         finally:
             G.train(was_training)
         return fid_to_stats(res["feats"], self.mu, self.sigma)
