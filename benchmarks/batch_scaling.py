@@ -38,6 +38,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -113,8 +114,6 @@ def run_row(name: str, data: str, shards: Path, work: Path, resolution: int, bud
         print(f"{data} {name} s{seed}: reusing {run}", flush=True)
     else:
         if run.exists():
-            import shutil
-
             shutil.rmtree(run)
         run.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -145,7 +144,7 @@ def detect_best(run: Path, shards: Path, data: str, n: int) -> Dict[str, Any]:
     out = run / "eval_detect"
     cmd = [sys.executable, "-m", "dist_gan", "eval", str(run), "--ckpt", "best", "--detect", "--ref", str(shards),
            "-n", str(n), "--out", str(out)]
-    cmd += ["--detector", "anime", "--cascade", str(H.ANIME_CASCADE)] if data == "anime" else ["--detector", "haar"]
+    cmd += H.detector_args(data)
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"detect on {run}: {proc.stderr[-2000:]}")
@@ -244,10 +243,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--merge", action="store_true", help="keep the runs already in OUT/results.json")
     a = p.parse_args(argv)
-    from benchmarks.quickstart_quality import machine
-
     results: Dict[str, Any] = {"resolution": a.resolution, "fid_n": a.fid_n, "fid_points": a.fid_points,
-                               "budget_kimg": a.budget_kimg, "limit": a.limit, "machine": machine(), "gpu_img_per_s": {b: round(gpu_img_per_s(b)) for b in sorted({r["batch"] for r in ROWS.values()})},
+                               "budget_kimg": a.budget_kimg, "limit": a.limit, "machine": H.machine(), "gpu_img_per_s": {b: round(gpu_img_per_s(b)) for b in sorted({r["batch"] for r in ROWS.values()})},
                                "runs": {}}
     previous = a.out / "results.json"
     if a.merge and previous.is_file():

@@ -286,11 +286,23 @@ def eval_task(run: Path, ref: Path, out: Path, *, n: int, seed: int, data: str, 
     """
     cmd = [sys.executable, "-m", "dist_gan", "eval", str(run), "--fid", "--kid", "--detect", "--leak",
            "--ref", str(ref), "--n", str(n), "--seed", str(seed), "--out", str(out), "--batch", str(min(n, 250))]
-    if data == "anime":
-        cmd += ["--detector", "anime", "--cascade", str(ANIME_CASCADE)]
-    else:
-        cmd += ["--detector", "haar"]
-    return EvalTask(run, out, cmd + (["--bn-recal"] if bn_recal else []))
+    return EvalTask(run, out, cmd + detector_args(data) + (["--bn-recal"] if bn_recal else []))
+
+
+def detector_args(data: str) -> List[str]:
+    """The eval flags naming the data set's face detector: the anime LBP cascade, else OpenCV's Haar."""
+    return ["--detector", "anime", "--cascade", str(ANIME_CASCADE)] if data == "anime" else ["--detector", "haar"]
+
+
+def machine() -> str:
+    """Cores, CPU model and native bf16, the line a study table names its machine by."""
+    import torch
+
+    from dist_gan.engine.precision import bf16_native
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), "unknown CPU") if Path("/proc/cpuinfo").exists() else "unknown CPU"
+    return f"{os.cpu_count()} cores, {cpu}, native bf16: {bf16_native(torch.device('cpu'))}"
 
 
 def ref_cached(shards: Path, n: int) -> bool:

@@ -109,16 +109,6 @@ def render(results: Dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def machine() -> str:
-    import torch
-
-    from dist_gan.engine.precision import bf16_native
-
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "unknown CPU") if Path("/proc/cpuinfo").exists() else "unknown CPU"
-    return f"{os.cpu_count()} cores, {cpu}, native bf16: {bf16_native(torch.device('cpu'))}"
-
-
 def figure(results: Dict[str, Any], out: Path, panels_max: int = 4) -> None:
     """Drawn faces beside the samples of the last ``panels_max`` rows whose runs are still on disk."""
     runs = [(name, r) for name, r in results["candidates"].items() if (Path(r["run"]) / "checkpoints").is_dir()]
@@ -146,7 +136,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     a = p.parse_args(argv)
     candidates = dict(parse_candidate(c) for c in (a.candidate or ["shipped"]))
     work = a.work or Path(tempfile.mkdtemp(prefix="dg_quickstart_"))
-    results: Dict[str, Any] = {"n": a.n, "n_images": a.n_images, "machine": machine(), "candidates": {}}
+    results: Dict[str, Any] = {"n": a.n, "n_images": a.n_images, "machine": H.machine(), "candidates": {}}
     previous = a.out / "results.json"
     if a.merge and previous.is_file():
         kept = json.loads(previous.read_text())
