@@ -168,6 +168,8 @@ def eval_cmd(
     fid: bool = typer.Option(False, "--fid", help="Frechet Inception Distance."),
     kid: bool = typer.Option(False, "--kid", help="Kernel Inception Distance."),
     inception_score: bool = typer.Option(False, "--is", help="Inception Score (needs weights with the fc head)."),
+    pr: bool = typer.Option(False, "--pr", help="Improved precision and recall (k-NN manifolds in Inception space): realism and coverage."),
+    pr_k: int = typer.Option(3, "--pr-k", help="Nearest neighbours that size each manifold ball (--pr)."),
     detect: bool = typer.Option(False, "--detect", help="Count generated images with no face found (and real ones)."),
     leak: bool = typer.Option(False, "--leak", help="Nearest reference image of each sample (memorisation check)."),
     n: int = typer.Option(10000, "--n", "-n", help="Generated samples (spell it -n under torchrun)."),
@@ -182,19 +184,19 @@ def eval_cmd(
     inception_weights: Optional[str] = typer.Option(None, "--inception-weights", help="NVIDIA's Inception TorchScript or a torch-fidelity state dict."),
     all_checkpoints: bool = typer.Option(False, "--all-checkpoints", help="FID of every checkpoint of the run, fid_vs_kimg.png."),
 ) -> None:
-    """Score a checkpoint: FID/KID/IS offline, face detectability, nearest-neighbour leak check.
+    """Score a checkpoint: FID/KID/IS and precision/recall offline, face detectability, nearest-neighbour leak check.
 
     Several processes: torchrun --nproc_per_node K -m dist_gan eval ... -n N (same flags; torchrun's parser rejects --n as ambiguous, so use -n).
     """
     from dist_gan.eval.run import EvalOptions, evaluate
 
-    picked = [m for m, on in (("fid", fid), ("kid", kid), ("is", inception_score), ("detect", detect), ("leak", leak)) if on]
+    picked = [m for m, on in (("fid", fid), ("kid", kid), ("is", inception_score), ("pr", pr), ("detect", detect), ("leak", leak)) if on]
     report = evaluate(EvalOptions(
         target=target, which=which, ref=ref, out=out, metrics=picked, n=n, n_ref=n_ref, ema=ema, ema_kimg=ema_kimg, bn_recal=bn_recal, detector=detector, cascade=cascade,
-        batch=batch, seed=seed, inception_weights=inception_weights, all_checkpoints=all_checkpoints,
+        batch=batch, seed=seed, inception_weights=inception_weights, all_checkpoints=all_checkpoints, pr_k=pr_k,
     ))
     if report is not None:
-        heads = ("fid", "kid_mean", "kid_std", "is_mean", "detect_gen_no_face_rate", "detect_ref_no_face_rate", "leak_copies")
+        heads = ("fid", "kid_mean", "kid_std", "is_mean", "pr_precision", "pr_recall", "detect_gen_no_face_rate", "detect_ref_no_face_rate", "leak_copies")
         Console().print({k: v for k, v in report["figures"].items() if k in heads})
         if "best_checkpoint" in report:
             console.print(f"best checkpoint: {report['best_checkpoint']['path']} (FID {report['best_checkpoint']['fid']:.4g})")

@@ -49,7 +49,7 @@ def _eval(args, **kw):
 def single(run_dir, celeba, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("eval1")
     res = _eval([run_dir, "--ref", celeba, "--n", N, "--n-ref", N_REF, "--batch", BATCH, "--fid", "--kid",
-                 "--detect", "--leak", "--out", out])
+                 "--pr", "--detect", "--leak", "--out", out])
     assert res.exit_code == 0, res.output + repr(res.exception)
     return {"out": out, "report": json.loads((out / "report.json").read_text())}
 
@@ -77,7 +77,15 @@ def test_end_to_end_report(single):
     assert (out / "no_face.png").is_file() == bool(d["gen_no_face"])
     assert m["leak"]["n_generated"] == N and m["leak"]["png"].endswith("pairs.png")
     assert rep["figures"]["fid"] == m["fid"]["fid"]
+    pr = m["pr"]  # noise-like samples sit outside the faces' manifold
+    assert pr["k"] == 3 and pr["n_gen"] == N and pr["n_ref"] == N_REF and pr["precision"] <= 0.25
+    assert Path(pr["ref_radii_cache"]).is_file() and "pr_recall" in rep["figures"] and "pr" in p
     assert "FID" in (out / "report.md").read_text() or "fid" in (out / "report.md").read_text()
+
+
+def test_pr_k_out_of_range_is_a_clear_error(run_dir, celeba, tmp_path):
+    res = _eval([run_dir, "--ref", celeba, "--n", 8, "--pr", "--pr-k", 8, "--out", tmp_path])
+    assert res.exit_code == 2 and "--pr-k must be >= 1 and below --n" in res.output
 
 
 def test_reference_stats_cached(single):

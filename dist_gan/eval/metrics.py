@@ -19,6 +19,8 @@ from dist_gan.errors import UserError
 from dist_gan.eval.detect import build_detector
 from dist_gan.eval.fid import feature_stats, fid_to_stats, inception_score, kernel_inception_distance
 from dist_gan.eval.leak import leak_report
+from dist_gan.eval.precision_recall import K as PR_K
+from dist_gan.eval.precision_recall import precision_recall, radii_cache_path
 from dist_gan.eval.report import save_sample_grid
 
 
@@ -114,6 +116,14 @@ def inception(ctx: EvalContext) -> Dict[str, Any]:
     if ctx.gen_logits is None:
         raise UserError("Inception Score needs logits; the Inception weights have no classifier head (fc)")
     return inception_score(ctx.gen_logits, splits=ctx.options.get("is_splits", 10))
+
+
+@register_metric("pr", needs=("features",))
+def pr(ctx: EvalContext) -> Dict[str, Any]:
+    """Improved precision and recall (k-NN manifolds in Inception space): realism and coverage apart."""
+    k = int(ctx.options.get("pr_k", PR_K))
+    stats = ctx.options.get("ref_stats_path")
+    return precision_recall(ctx.gen_feats, ctx.ref_feats, k, radii_cache_path(stats, k) if stats else None)
 
 
 NO_FACE_GRID = 64  # generated images drawn in no_face.png (the first ones missed)

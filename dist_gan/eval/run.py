@@ -52,6 +52,7 @@ class EvalOptions:
     kid_subsets: int = 100
     kid_subset_size: int = 1000
     k_pairs: int = 8
+    pr_k: int = 3  # neighbourhood of the precision/recall manifolds (eval.precision_recall.K)
     progress: bool = True
 
 
@@ -80,7 +81,7 @@ def _warn_on_mismatch(ref: R.ReferenceSet, n: int, n_ref: int, resolution: int) 
 
 def _validate(opts: EvalOptions) -> None:
     if not opts.metrics:
-        raise UserError("nothing to evaluate: pass at least one of --fid --kid --is --detect --leak")
+        raise UserError("nothing to evaluate: pass at least one of --fid --kid --is --pr --detect --leak")
     for name in opts.metrics:
         if not M.is_valid_metric(name):
             raise UserError(f"unknown metric {name!r}; valid: {', '.join(M.list_valid_metrics())}")
@@ -88,6 +89,8 @@ def _validate(opts: EvalOptions) -> None:
         raise UserError(f"--n must be >= 2 and --batch >= 1 (got {opts.n}, {opts.batch})")
     if opts.all_checkpoints and "fid" not in opts.metrics:
         raise UserError("--all-checkpoints plots FID against kimg: add --fid")
+    if "pr" in opts.metrics and (opts.pr_k < 1 or opts.n <= opts.pr_k):
+        raise UserError(f"--pr-k must be >= 1 and below --n (got k={opts.pr_k}, n={opts.n})")
     if opts.n_ref is not None and opts.n_ref < 2:
         raise UserError(f"--n-ref must be >= 2 (got {opts.n_ref})")
 
@@ -157,7 +160,8 @@ def evaluate(opts: EvalOptions) -> Optional[Dict[str, Any]]:
                 ref_sigma=ref_stats["sigma"] if ref_stats else None, ref_images=ref_images, out_dir=opts.out,
                 options={"seed": opts.seed, "detector": detector_name, "cascade": opts.cascade, "detector_obj": detector,
                          "kid_subsets": opts.kid_subsets, "kid_subset_size": opts.kid_subset_size,
-                         "k_pairs": opts.k_pairs, "progress": progress},
+                         "k_pairs": opts.k_pairs, "pr_k": opts.pr_k, "progress": progress,
+                         "ref_stats_path": ref_stats["cache_path"] if ref_stats else None},
             )
             results = {name: M.calc_metric(name, ctx) for name in opts.metrics}
             report = _build_report(opts, dist, ckpt, ref, n_ref, weights, ref_stats, results, curve, timing, t_start,
@@ -184,6 +188,9 @@ def _build_report(opts: EvalOptions, dist: Dist, ckpt: Path, ref: R.ReferenceSet
         protocol.update({"resize": RESIZE_PROTOCOL, "feature_extractor": "torch_fidelity FeatureExtractorInceptionV3 (2048)",
                          "weights": weights.describe(),
                          "reference_stats": {"cached": ref_stats["cached"], "cache_path": ref_stats["cache_path"]}})
+    if "pr" in results:
+        protocol["pr"] = (f"improved precision/recall (Kynkaanniemi et al. 2019), k={opts.pr_k} nearest-neighbour balls "
+                          "in the same Inception pool3 features as FID (VGG-16 weights are not offline)")
     if "kid" in results:
         protocol["kid"] = "unbiased MMD^2, k(x,y) = (x.y/2048 + 1)^3, mean/std over subsets (torch-fidelity/StyleGAN)"
     report: Dict[str, Any] = {
