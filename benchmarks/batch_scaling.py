@@ -18,6 +18,8 @@ Rows (``--rows``; overrides on ``recipe=bigbatch`` at ``--resolution``):
 - ``b64``, ``b128``: the recipe at global batch 64 / 128, its rates unchanged;
 - ``b512``: the recipe as it stands;
 - ``b512_sqrt`` / ``b512_linear``: its rates scaled from batch 128 by sqrt(4) / 4, with a warm-up;
+- ``b512_sn_sqrt`` / ``b512_sn_8e4`` / ``b512_sn_hinge``: spectral norm on D (as ``celeba64``) with the rates
+  sqrt-scaled, with both at 8e-4, and with hinge loss at G 1.6e-3 / D 8e-4 (as ``quickstart``), each warmed up;
 - ``b512_img`` / ``b512_sqrt_img``: equal images instead: batch 512 for batch 128's kimg;
 - ``textbook512``: the textbook DCGAN (recipe ``dcgan64``: Adam 2e-4 (0.5, 0.999), no smoothing,
   no noise) at batch 512 for bigbatch's kimg, its G_ema set to follow G (``train.ema_kimg=0.001``:
@@ -62,6 +64,13 @@ ROWS: Dict[str, Dict[str, Any]] = {
     "b512": {"batch": 512, "overrides": []},
     "b512_sqrt": {"batch": 512, "overrides": ["optim.lr_scaling=sqrt", "optim.ref_batch=128", "optim.warmup_kimg=5"]},
     "b512_linear": {"batch": 512, "overrides": ["optim.lr_scaling=linear", "optim.ref_batch=128", "optim.warmup_kimg=10"]},
+    # Spectral norm on D, which lets celeba64 run both nets at 4e-4 (docs/findings.md), at three rate pairs.
+    "b512_sn_sqrt": {"batch": 512, "overrides": ["model.spectral_norm=true", "optim.lr_scaling=sqrt", "optim.ref_batch=128",
+                                                 "optim.warmup_kimg=5"]},
+    "b512_sn_8e4": {"batch": 512, "overrides": ["model.spectral_norm=true", "optim.g_lr=8e-4", "optim.d_lr=8e-4",
+                                                "optim.warmup_kimg=5"]},
+    "b512_sn_hinge": {"batch": 512, "overrides": ["model.spectral_norm=true", "loss.name=hinge", "optim.g_lr=1.6e-3",
+                                                  "optim.d_lr=8e-4", "optim.warmup_kimg=5"]},
     "textbook512": {"batch": 512, "recipe": "dcgan64", "overrides": ["train.batch=512", "train.ema_kimg=0.001", "train.ema_rampup=0"]},
     # equal images: batch 512 given only batch 128's kimg (a prefix of the long run: no rate depends on the length)
     "b512_img": {"batch": 512, "overrides": [], "equal_images": True},
@@ -132,7 +141,7 @@ def run_row(name: str, data: str, shards: Path, work: Path, resolution: int, bud
     best = min(curve, key=lambda p: p["fid"])
     detect = detect_best(run, shards, data, det_n)
     return {"data": data, "row": name, "seed": seed, "batch": row["batch"], "recipe": recipe, "overrides": row["overrides"],
-            "kimg": kimg, "resolution": resolution, "fid_n": fid_n, "best_fid": best["fid"], "best_kimg": best["kimg"],
+            "kimg": kimg, "fid_points": fid_points, "resolution": resolution, "fid_n": fid_n, "best_fid": best["fid"], "best_kimg": best["kimg"],
             "final_fid": curve[-1]["fid"], "curve": curve, "fid_s_each": sum(p["fid_s"] for p in curve) / len(curve),
             "gpu_s_est": kimg * 1000 / gpu_img_per_s(row["batch"]), "cpu_wall_s": wall, "world_size": final["world_size"],
             "train_img_per_s": H.last_metrics(run).get("img_per_s"), "detect": detect, "run": str(run),
@@ -162,16 +171,16 @@ def render(results: Dict[str, Any]) -> str:
     for r in sorted(results["runs"].values(), key=lambda r: (r["data"], r["batch"], r["row"], r["seed"])):
         d = r["detect"]
         rows.append((r["data"], r["row"], r["seed"], r["batch"], H.fmt(r["kimg"], ".1f"), H.fmt(r["gpu_s_est"], ".1f"),
-                     H.fmt(r["best_fid"], ".1f"), H.fmt(r["best_kimg"], ".1f"), H.fmt(r["final_fid"], ".1f"),
+                     H.fmt(r["best_fid"], ".1f"), H.fmt(r["best_kimg"], ".1f"), H.fmt(r["final_fid"], ".1f"), len(r["curve"]),
                      f"{100 * d['gen_no_face'] / d['n']:.1f} / {100 * d['ref_no_face'] / d['n']:.1f}",
                      H.fmt(r["cpu_wall_s"] / 60, ".0f"), " ".join(r["overrides"]) or "(as shipped)"))
     lines = ["# Batch 512 against 64 and 128 at equal GPU time, 2 gloo ranks", "",
              f"Budget: {results['budget_kimg']:g} kimg at batch 128. Every run: `recipe=bigbatch` (the textbook row: `dcgan64`) plus its overrides, at {results['resolution']} px, "
              f"2 gloo ranks. kimg = budget x (H100 img/s at the batch / at batch 128), so each row gets the GPU time batch 128 "
-             f"spends on the budget; the `_img` rows instead get batch 128's kimg (equal images). FID of G_ema against the training shards, n = {results['fid_n']}, tracked "
-             f"{results['fid_points']} times per run; best = checkpoints/best.pt. No face: detector misses on best.pt's "
+             f"spends on the budget; the `_img` rows instead get batch 128's kimg (equal images). FID of G_ema against the training shards, n = {results['fid_n']}, measured "
+             f"at the end and, where FID pts is 2, half way too; best = checkpoints/best.pt. No face: detector misses on best.pt's "
              f"samples / on as many reals (%). Wall min: the whole CPU run, FID measurements included. Machine: {results['machine']}.", ""]
-    lines += H.md_table(("data", "row", "seed", "batch", "kimg", "GPU s (est.)", "best FID", "at kimg", "final FID",
+    lines += H.md_table(("data", "row", "seed", "batch", "kimg", "GPU s (est.)", "best FID", "at kimg", "final FID", "FID pts",
                          "no face % (gen / real)", "wall min", "overrides"), rows)
     lines += ["", "Commands: `command.txt` (one per run, in table order)."]
     if results.get("notes"):
@@ -243,13 +252,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--merge", action="store_true", help="keep the runs already in OUT/results.json")
     a = p.parse_args(argv)
-    results: Dict[str, Any] = {"resolution": a.resolution, "fid_n": a.fid_n, "fid_points": a.fid_points,
+    results: Dict[str, Any] = {"resolution": a.resolution, "fid_n": a.fid_n,
                                "budget_kimg": a.budget_kimg, "limit": a.limit, "machine": H.machine(), "gpu_img_per_s": {b: round(gpu_img_per_s(b)) for b in sorted({r["batch"] for r in ROWS.values()})},
                                "runs": {}}
     previous = a.out / "results.json"
     if a.merge and previous.is_file():
         kept = json.loads(previous.read_text())
-        same = ("resolution", "fid_n", "fid_points", "budget_kimg", "limit")
+        same = ("resolution", "fid_n", "budget_kimg", "limit")
         if any(kept[k] != results[k] for k in same):
             raise SystemExit(f"--merge: {previous} was measured with other {', '.join(same)}")
         results["runs"], results["notes"] = kept["runs"], kept.get("notes", [])
