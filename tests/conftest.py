@@ -18,8 +18,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 @pytest.fixture(scope="session", autouse=True)
 def _session_cache(tmp_path_factory):
     """One dist_gan cache for the whole session, never the user's: Inception weights are
-    converted once and reference statistics reused across the eval tests."""
+    converted once and reference statistics reused across the eval tests. The weight files stay where they are."""
+    from dist_gan.eval.weights import weights_dir
+
     mp = pytest.MonkeyPatch()
+    mp.setenv("DIST_GAN_WEIGHTS", str(weights_dir()))  # the weights `dist-gan weights install` fetched stay found
     mp.setenv("DIST_GAN_CACHE", str(tmp_path_factory.getbasetemp() / "dist_gan_cache"))
     yield
     mp.undo()

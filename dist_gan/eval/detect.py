@@ -15,9 +15,10 @@ Detectors (``build_detector(name)``):
   opencv-python-headless 4.x); the default for human faces.
 - ``anime``: lbpcascade_animeface.xml (nagadomi/lbpcascade_animeface, MIT), a file
   the user provides; for anime faces.
-- ``hog``: dlib's HOG + linear SVM frontal-face detector (optional, ``pip install dlib-bin``).
-- ``mtcnn``: facenet-pytorch's MTCNN on CPU (optional,
-  ``pip install --no-deps facenet-pytorch``); a face counts at probability >= 0.9.
+- ``hog``: dlib's HOG + linear SVM frontal-face detector.
+- ``mmod``: dlib's CNN face detector (weights: ``dist-gan weights install``).
+- ``mtcnn``: MTCNN (``dist_gan.eval.mtcnn``, facenet-pytorch's weights, fetched by
+  ``dist-gan weights install``); a face counts at probability >= 0.9.
   It sees the input as is (no border, no resize): it has its own image pyramid.
 Both cascades use scaleFactor 1.1, minNeighbors 5, minSize 24x24 on
 histogram-equalised grayscale.
@@ -31,9 +32,9 @@ from typing import Any, ClassVar
 
 import cv2
 import numpy as np
-import torch
 
 from dist_gan.errors import UserError
+from dist_gan.eval.weights import locate as locate_weights
 
 WORK_SIZE = 192
 """Side of the working image: the bordered input is resized to this."""
@@ -221,10 +222,8 @@ class HogDetector(Detector):
     def __init__(self, cascade_path: str | None = None) -> None:
         super().__init__()
         _no_cascade(self.name, cascade_path)
-        try:  # an optional extra
-            import dlib
-        except ImportError as exc:
-            raise UserError(f"the hog detector needs dlib: pip install 'dist-gan[detectors]' ({exc})") from exc
+        import dlib
+
         self._detector = dlib.get_frontal_face_detector()
 
     def _detect_one(self, work: np.ndarray) -> bool:
@@ -235,10 +234,10 @@ class HogDetector(Detector):
 
 
 class MtcnnDetector(Detector):
-    """facenet-pytorch MTCNN on CPU; counts a face at probability >= MTCNN_MIN_PROB.
+    """MTCNN (``dist_gan.eval.mtcnn``) on CPU; counts a face at probability >= MTCNN_MIN_PROB.
 
-    MTCNN is a CNN cascade with its own image pyramid (min_face_size 20 px), so it
-    gets the input image as is: at 64 px it already finds ~99% of CelebA crops, and
+    MTCNN is a CNN cascade with its own image pyramid (smallest face 20 px), so it
+    gets the input image as is: at 64 px it already finds ~97% of CelebA crops, and
     the 192-px working image would cost ~9x the compute for nothing.
     """
 
@@ -248,24 +247,15 @@ class MtcnnDetector(Detector):
     def __init__(self, cascade_path: str | None = None) -> None:
         super().__init__()
         _no_cascade(self.name, cascade_path)
-        try:  # optional: its wheel pins an old torch, so it cannot be an extra (install it --no-deps)
-            from facenet_pytorch import MTCNN
-        except ImportError as exc:
-            raise UserError(
-                "the mtcnn detector needs facenet-pytorch: "
-                f"pip install --no-deps facenet-pytorch ({exc})"
-            ) from exc
-        self._mtcnn = MTCNN(keep_all=False, device="cpu")
+        from dist_gan.eval.mtcnn import MTCNN
+
+        self._mtcnn = MTCNN({n: locate_weights(f"mtcnn_{n}") for n in ("pnet", "rnet", "onet")})
 
     def detect(self, images: np.ndarray) -> np.ndarray:
         images = check_images(images)
         self._last_size = int(images.shape[1])
-        best: list[float] = []
-        with torch.no_grad():
-            for start in range(0, len(images), self.BATCH):
-                _, probs = self._mtcnn.detect(images[start : start + self.BATCH])
-                best += [_max_prob(p) for p in probs]
-        return np.array(best, dtype=np.float64) >= MTCNN_MIN_PROB
+        best = [self._mtcnn.face_probability(images[s : s + self.BATCH]) for s in range(0, len(images), self.BATCH)]
+        return np.concatenate(best) >= MTCNN_MIN_PROB if best else np.zeros(0, bool)
 
     def describe(self, image_size: int | None = None) -> dict[str, Any]:
         size = image_size or self._last_size or 64
@@ -277,19 +267,40 @@ class MtcnnDetector(Detector):
         }
 
     def settings(self) -> dict[str, Any]:
-        return {
-            "detector": "facenet_pytorch.MTCNN(keep_all=False, device='cpu')",
-            "min_face_size": 20,
-            "min_probability": MTCNN_MIN_PROB,
-        }
+        from dist_gan.eval import mtcnn
+
+        return {"detector": "dist_gan.eval.mtcnn.MTCNN (facenet-pytorch 2.6.0 weights)", "min_face_size": mtcnn.MIN_FACE,
+                "stage_thresholds": list(mtcnn.THRESHOLDS), "min_probability": MTCNN_MIN_PROB}
 
 
-def _max_prob(probs: Any) -> float:
-    """Highest face probability MTCNN gave one image (None entries = no face)."""
-    if probs is None:
-        return 0.0
-    vals = [float(v) for v in np.ravel(np.asarray(probs, dtype=object)) if v is not None]
-    return max(vals, default=0.0)
+class MmodDetector(Detector):
+    """dlib's CNN face detector (max-margin object detection, ``mmod_human_face_detector.dat``).
+
+    Its window is about 80 px, so the 192-px working image (a 64-px face becomes ~128 px)
+    suits it without dlib's own upsampling.
+    """
+
+    name = "mmod"
+
+    def __init__(self, cascade_path: str | None = None) -> None:
+        super().__init__()
+        _no_cascade(self.name, cascade_path)
+        import dlib
+
+        self._detector = dlib.cnn_face_detection_model_v1(str(locate_weights("dlib_mmod")))
+
+    def detect(self, images: np.ndarray) -> np.ndarray:
+        images = check_images(images)
+        self._last_size = int(images.shape[1])
+        work = [np.ascontiguousarray(to_working(im)) for im in images]
+        found: list[bool] = []
+        for s in range(0, len(work), 32):  # dlib runs a list of equal-size images as one batch
+            found += [len(d) > 0 for d in self._detector(work[s : s + 32], 0, batch_size=32)]
+        return np.array(found, dtype=bool)
+
+    def settings(self) -> dict[str, Any]:
+        return {"detector": "dlib.cnn_face_detection_model_v1(mmod_human_face_detector.dat)", "upsample_num_times": 0,
+                "score_threshold": 0.0}
 
 
 DETECTORS: dict[str, type[Detector]] = {
@@ -297,6 +308,7 @@ DETECTORS: dict[str, type[Detector]] = {
     "anime": AnimeDetector,
     "hog": HogDetector,
     "mtcnn": MtcnnDetector,
+    "mmod": MmodDetector,
 }
 
 

