@@ -210,31 +210,33 @@ def eval_cmd(
     pr_k: int = typer.Option(3, "--pr-k", help="Nearest neighbours that size each manifold ball (--pr)."),
     detect: bool = typer.Option(False, "--detect", help="Count generated images with no face found (and real ones)."),
     leak: bool = typer.Option(False, "--leak", help="Nearest reference image of each sample (memorisation check)."),
+    identity: bool = typer.Option(False, "--identity", help="Nearest training identity of each face (dlib 128-d), against real faces' chance rate."),
     n: int = typer.Option(10000, "--n", "-n", help="Generated samples (spell it -n under torchrun)."),
     n_ref: Optional[int] = typer.Option(None, "--n-ref", help="Reference images (default: min(n, reference size))."),
     ema: bool = _ema_option(),
     ema_kimg: Optional[float] = typer.Option(None, "--ema-kimg", help="Score the EMA with this half-life (kimg): the run's train.ema_kimg or one of its train.ema_probes."),
     bn_recal: bool = _bn_recal_option(),
-    detector: Optional[str] = typer.Option(None, "--detector", help="haar | anime | hog | mtcnn (default from the reference layout)."),
+    detector: Optional[str] = typer.Option(None, "--detector", help="haar | anime | hog | mtcnn | mmod (default from the reference layout)."),
     cascade: Optional[str] = typer.Option(None, "--cascade", help="Cascade XML for the anime detector."),
     batch: int = typer.Option(250, "--batch", help="Images per generator/Inception batch (eval.sampling.BATCH, as the FID tracked during training)."),
     seed: int = typer.Option(0, "--seed", help="Latent seeds: sample i uses (seed * 2654435761 + i) mod 2**32; another seed draws other samples."),
     inception_weights: Optional[str] = typer.Option(None, "--inception-weights", help="NVIDIA's Inception TorchScript or a torch-fidelity state dict."),
     all_checkpoints: bool = typer.Option(False, "--all-checkpoints", help="FID of every checkpoint of the run, fid_vs_kimg.png."),
 ) -> None:
-    """Score a checkpoint: FID/KID/IS and precision/recall offline, face detectability, nearest-neighbour leak check.
+    """Score a checkpoint: FID/KID/IS and precision/recall offline, face detectability, image and identity leak checks.
 
     Several processes: torchrun --nproc_per_node K -m dist_gan eval ... -n N (same flags; torchrun's parser rejects --n as ambiguous, so use -n).
     """
     from dist_gan.eval.run import EvalOptions, evaluate
 
-    picked = [m for m, on in (("fid", fid), ("kid", kid), ("is", inception_score), ("pr", pr), ("detect", detect), ("leak", leak)) if on]
+    picked = [m for m, on in (("fid", fid), ("kid", kid), ("is", inception_score), ("pr", pr), ("detect", detect), ("leak", leak), ("identity", identity)) if on]
     report = evaluate(EvalOptions(
         target=target, which=which, ref=ref, out=out, metrics=picked, n=n, n_ref=n_ref, ema=ema, ema_kimg=ema_kimg, bn_recal=bn_recal, detector=detector, cascade=cascade,
         batch=batch, seed=seed, inception_weights=inception_weights, all_checkpoints=all_checkpoints, pr_k=pr_k,
     ))
     if report is not None:
-        heads = ("fid", "kid_mean", "kid_std", "is_mean", "pr_precision", "pr_recall", "detect_gen_no_face_rate", "detect_ref_no_face_rate", "leak_copies")
+        heads = ("fid", "kid_mean", "kid_std", "is_mean", "pr_precision", "pr_recall", "detect_gen_no_face_rate", "detect_ref_no_face_rate", "leak_copies",
+                 "identity_gen_same_person_rate", "identity_heldout_same_person_rate")
         Console().print({k: v for k, v in report["figures"].items() if k in heads})
         if "best_checkpoint" in report:
             console.print(f"best checkpoint: {report['best_checkpoint']['path']} (FID {report['best_checkpoint']['fid']:.4g})")

@@ -49,7 +49,7 @@ def _eval(args, **kw):
 def single(run_dir, celeba, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("eval1")
     res = _eval([run_dir, "--ref", celeba, "--n", N, "--n-ref", N_REF, "--batch", BATCH, "--fid", "--kid",
-                 "--pr", "--detect", "--leak", "--out", out])
+                 "--pr", "--detect", "--leak", "--identity", "--out", out])
     assert res.exit_code == 0, res.output + repr(res.exception)
     return {"out": out, "report": json.loads((out / "report.json").read_text())}
 
@@ -80,6 +80,10 @@ def test_end_to_end_report(single):
     pr = m["pr"]  # noise-like samples sit outside the faces' manifold
     assert pr["k"] == 3 and pr["n_gen"] == N and pr["n_ref"] == N_REF and pr["precision"] <= 0.25
     assert Path(pr["ref_radii_cache"]).is_file() and "pr_recall" in rep["figures"] and "pr" in p
+    ident = m["identity"]  # every sample and reference image is accounted for: a face embedded, or counted as none
+    assert ident["n_generated"] == N and ident["n_training"] == N_REF and ident["train_no_face"] <= 2
+    assert ident["gen_no_face"] + len(ident["closest_pairs"]) >= min(N, 8) and ident["embed_s_per_1000"] > 0
+    assert rep["files"]["identity_pairs"] == ("identity_pairs.png" if ident["png"] else None)
     assert "FID" in (out / "report.md").read_text() or "fid" in (out / "report.md").read_text()
 
 

@@ -170,6 +170,24 @@ def _detect_batched(det: Any, images: np.ndarray, progress: Any, desc: str, batc
     return np.concatenate(found) if found else np.zeros(0, bool)
 
 
+@register_metric("identity", needs=("ref_images",))
+def identity(ctx: EvalContext) -> Dict[str, Any]:
+    """Identity memorisation: nearest training face (dlib 128-d) of each generated face, against leave-one-out reals."""
+    from dist_gan.eval.identity import FaceEmbedder, cached_embeddings, identity_report
+
+    embedder = ctx.options.get("identity_embedder") or FaceEmbedder()
+    progress = ctx.options.get("progress")
+    t0 = time.perf_counter()
+    gen = embedder.embed(ctx.gen_images, progress, "identity embeddings (generated)")
+    per_1000 = (time.perf_counter() - t0) / len(ctx.gen_images) * 1000
+    ref, cached = cached_embeddings(embedder, ctx.ref_images, ctx.options.get("identity_cache"), progress,
+                                    "identity embeddings (reference)")
+    out_png = ctx.out_dir / "identity_pairs.png" if ctx.out_dir is not None else None
+    report = identity_report(gen, ref, ctx.gen_images, ctx.ref_images, out_png, k_pairs=ctx.options.get("k_pairs", 8))
+    return {**report, "embed_s_per_1000": round(per_1000, 2), "ref_embeddings_cached": cached,
+            "model": embedder.describe()}
+
+
 @register_metric("leak", needs=("features", "ref_images"))
 def leak(ctx: EvalContext) -> Dict[str, Any]:
     """Memorisation check: nearest reference image of each generated one in Inception space."""

@@ -20,7 +20,7 @@ from dist_gan.errors import UserError
 from dist_gan.eval import metrics as M
 from dist_gan.eval import reference as R
 from dist_gan.eval.detect import build_detector
-from dist_gan.eval.features import RESIZE_PROTOCOL, InceptionFeatures, resolve_weights
+from dist_gan.eval.features import RESIZE_PROTOCOL, InceptionFeatures, cache_dir, resolve_weights
 from dist_gan.eval.fid import fid_to_stats
 from dist_gan.eval.report import plot_fid_curve, save_sample_grid, versions, write_json, write_markdown
 from dist_gan.eval.sampling import BATCH, SEED_RULE, Dist, generate, init_distributed, load_reference_images, reference_features
@@ -81,7 +81,7 @@ def _warn_on_mismatch(ref: R.ReferenceSet, n: int, n_ref: int, resolution: int) 
 
 def _validate(opts: EvalOptions) -> None:
     if not opts.metrics:
-        raise UserError("nothing to evaluate: pass at least one of --fid --kid --is --pr --detect --leak")
+        raise UserError("nothing to evaluate: pass at least one of --fid --kid --is --pr --detect --leak --identity")
     for name in opts.metrics:
         if not M.is_valid_metric(name):
             raise UserError(f"unknown metric {name!r}; valid: {', '.join(M.list_valid_metrics())}")
@@ -105,9 +105,9 @@ def evaluate(opts: EvalOptions) -> Optional[Dict[str, Any]]:
     n_ref = min(opts.n, ref.count) if opts.n_ref is None else opts.n_ref
     if n_ref > ref.count:
         raise UserError(f"--n-ref {n_ref} but the reference {ref.path} holds only {ref.count} images")
+    resolution = int(load_checkpoint(ckpt, mmap=True)["cfg"]["model"]["resolution"])  # G itself is loaded once, below
     if dist.main:
-        recipe = load_checkpoint(ckpt, mmap=True)["cfg"]  # the generator itself is loaded once, below
-        _warn_on_mismatch(ref, opts.n, n_ref, int(recipe["model"]["resolution"]))
+        _warn_on_mismatch(ref, opts.n, n_ref, resolution)
     needs = M.needs_of(opts.metrics)
 
     # Fail fast on anything the user must fix, before minutes of work.
@@ -115,6 +115,12 @@ def evaluate(opts: EvalOptions) -> Optional[Dict[str, Any]]:
     detector = None
     if "detect" in opts.metrics:
         detector = build_detector(detector_name, opts.cascade)
+    embedder = identity_cache = None
+    if "identity" in opts.metrics:
+        from dist_gan.eval.identity import FaceEmbedder, cache_key
+
+        embedder = FaceEmbedder()
+        identity_cache = cache_dir() / "identity" / f"ref-{cache_key(ref.data_key, resolution, n_ref)}.npz"
     model: Optional[InceptionFeatures] = None
     weights = None
     if "features" in needs:
@@ -161,6 +167,7 @@ def evaluate(opts: EvalOptions) -> Optional[Dict[str, Any]]:
                 options={"seed": opts.seed, "detector": detector_name, "cascade": opts.cascade, "detector_obj": detector,
                          "kid_subsets": opts.kid_subsets, "kid_subset_size": opts.kid_subset_size,
                          "k_pairs": opts.k_pairs, "pr_k": opts.pr_k, "progress": progress,
+                         "identity_embedder": embedder, "identity_cache": identity_cache,
                          "ref_stats_path": ref_stats["cache_path"] if ref_stats else None},
             )
             results = {name: M.calc_metric(name, ctx) for name in opts.metrics}
@@ -203,6 +210,8 @@ def _build_report(opts: EvalOptions, dist: Dist, ckpt: Path, ref: R.ReferenceSet
         "figures": _flat_figures(results),
     }
     save_sample_grid(gen_images, out / "grid.png")
+    if "identity" in results:
+        files["identity_pairs"] = "identity_pairs.png" if results["identity"].get("png") else None
     if (out / "pairs.png").is_file() and "leak" in results:
         files["pairs"] = "pairs.png"
     else:
