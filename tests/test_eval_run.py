@@ -70,7 +70,7 @@ def test_end_to_end_report(single):
     assert m["fid"]["fid"] > 100  # an untrained G against real faces
     assert m["kid"]["kid_mean"] > 0 and m["kid"]["kid_subset_size"] == N
     d = m["detect"]
-    assert d["detector"]["name"] == "haar" and d["gen_n"] == N and d["ref_n"] == N
+    assert d["detector"]["name"] == "mtcnn" and d["gen_n"] == N  # the strongest installed human detector and d["ref_n"] == N
     assert d["gen_no_face"] >= d["ref_no_face"]  # noise-like samples show fewer faces than real ones
     assert len(d["gen_no_face_index"]) == d["gen_no_face"] and all(0 <= i < N for i in d["gen_no_face_index"])
     assert rep["files"]["no_face"] == ("no_face.png" if d["gen_no_face"] else None)
@@ -156,7 +156,7 @@ def test_shard_reference_equals_zip_reference(celeba, shared_dir, tmp_path):
     assert shards.kind == "shards" and shards.count == 20 and shards.layout == "celeba"
     assert np.array_equal(R.load_images(shards, 20, 64), R.load_images(zipped, 20, 64))
     assert R.stats_key(shards, 64, 20, "x") != R.stats_key(zipped, 64, 20, "x")
-    assert R.default_detector(zipped) == "haar"
+    assert R.default_detector(zipped) == "mtcnn"  # the strongest installed: the README's set-up fetches its weights
     assert R.default_detector(R.open_reference(shared_dir / "data" / "anime-faces-20k.zip")) == "anime"
 
 
