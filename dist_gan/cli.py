@@ -88,6 +88,7 @@ def data_pack(
         "replaces the removed npy).",
     ),
     block_size: int = typer.Option(256, help="Images per array with --format blocks."),
+    holdout: int = typer.Option(0, help="Set N images aside in OUT/holdout (own shards), never trained on: eval scores against both."),
 ) -> None:
     """Pack images into deterministic WebDataset shards; bad files are skipped and counted."""
     from dist_gan.data.pack import pack
@@ -95,7 +96,7 @@ def data_pack(
     pack(
         src, out, resolution=resolution, crop=crop, shard_size=shard_size, progress=progress,
         limit=limit, min_size=min_size, overwrite=overwrite, workers=workers, image_format=image_format,
-        block_size=block_size,
+        block_size=block_size, holdout=holdout,
     )
 
 
@@ -211,6 +212,7 @@ def eval_cmd(
     detect: bool = typer.Option(False, "--detect", help="Count generated images with no face found (and real ones)."),
     leak: bool = typer.Option(False, "--leak", help="Nearest reference image of each sample (memorisation check)."),
     identity: bool = typer.Option(False, "--identity", help="Nearest training identity of each face (dlib 128-d), against real faces' chance rate."),
+    holdout_ref: Optional[str] = typer.Option(None, "--holdout-ref", help="Real images never trained on: FID/KID/P&R against them too, and the FID gap (default: REF/holdout of a pack made with --holdout)."),
     n: int = typer.Option(10000, "--n", "-n", help="Generated samples (spell it -n under torchrun)."),
     n_ref: Optional[int] = typer.Option(None, "--n-ref", help="Reference images (default: min(n, reference size))."),
     ema: bool = _ema_option(),
@@ -232,11 +234,12 @@ def eval_cmd(
     picked = [m for m, on in (("fid", fid), ("kid", kid), ("is", inception_score), ("pr", pr), ("detect", detect), ("leak", leak), ("identity", identity)) if on]
     report = evaluate(EvalOptions(
         target=target, which=which, ref=ref, out=out, metrics=picked, n=n, n_ref=n_ref, ema=ema, ema_kimg=ema_kimg, bn_recal=bn_recal, detector=detector, cascade=cascade,
-        batch=batch, seed=seed, inception_weights=inception_weights, all_checkpoints=all_checkpoints, pr_k=pr_k,
+        batch=batch, seed=seed, inception_weights=inception_weights, all_checkpoints=all_checkpoints, pr_k=pr_k, holdout_ref=holdout_ref,
     ))
     if report is not None:
         heads = ("fid", "kid_mean", "kid_std", "is_mean", "pr_precision", "pr_recall", "detect_gen_no_face_rate", "detect_ref_no_face_rate", "leak_copies",
-                 "identity_gen_same_person_rate", "identity_heldout_same_person_rate")
+                 "identity_gen_same_person_rate", "identity_heldout_same_person_rate",
+                 "holdout_fid", "holdout_fid_gap", "holdout_precision", "holdout_recall")
         Console().print({k: v for k, v in report["figures"].items() if k in heads})
         if "best_checkpoint" in report:
             console.print(f"best checkpoint: {report['best_checkpoint']['path']} (FID {report['best_checkpoint']['fid']:.4g})")

@@ -24,7 +24,7 @@ from dist_gan.errors import UserError
 
 MANIFEST_KEYS = {
     "format", "source", "layout", "resolution", "crop", "min_size", "shard_size", "limit", "image_format", "block_size",
-    "counts", "shards", "num_samples", "content_hash", "dist_gan_version",
+    "holdout", "counts", "shards", "num_samples", "content_hash", "dist_gan_version",
 }
 
 
@@ -349,3 +349,38 @@ def test_blocks_format_holds_every_image_once_in_arrays(tmp_path):
     assert again["content_hash"] == blk["content_hash"]
     with pytest.raises(UserError, match="block size"):
         pack(faces, tmp_path / "bad", resolution=32, progress=False, image_format="blocks", block_size=0)
+
+
+# ------------------------------------------------------------------ held-out images
+def _srcs(folder: Path) -> set:
+    out = set()
+    for shard in sorted(folder.glob("shard-*.tar")):
+        with tarfile.open(shard) as tar:
+            out |= {json.loads(tar.extractfile(m).read())["src"] for m in tar.getmembers() if m.name.endswith(META_EXT)}
+    return out
+
+
+def test_holdout_sets_images_aside_that_training_never_reads(tmp_path):
+    files = {f"img/{i:03d}.png": encode(noise(200 + i, 40, 40), "PNG") for i in range(30)}
+    files["img/zz_copy.png"] = files["img/000.png"]  # one image twice: it must not land on both sides
+    src = write_folder(tmp_path / "src", files)
+    m = pack(src, tmp_path / "out", resolution=32, shard_size=8, progress=False, holdout=6)
+    side = json.loads((tmp_path / "out/holdout/manifest.json").read_text())
+    train, held = _srcs(tmp_path / "out"), _srcs(tmp_path / "out/holdout")
+    assert len(held) == side["num_samples"] == m["holdout_set"]["num_samples"] == 6 and not train & held
+    assert len(train) + len(held) == 30 and m["num_samples"] == len(train)  # the copy is skipped once, as a duplicate
+    assert m["counts"]["skipped"] == {"duplicate": 1} and m["holdout"] == 6
+    assert side["content_hash"] == m["holdout_set"]["content_hash"] and side["holdout_of"] == str((tmp_path / "out").resolve())
+    again = pack(src, tmp_path / "b", resolution=32, shard_size=8, progress=False, holdout=6)
+    assert _srcs(tmp_path / "b/holdout") == held and again["content_hash"] == m["content_hash"]  # the same split anywhere
+    with pytest.raises(UserError, match="different settings.*holdout 6 -> 0"):
+        pack(src, tmp_path / "out", resolution=32, shard_size=8, progress=False)
+    pack(src, tmp_path / "out", resolution=32, shard_size=8, progress=False, overwrite=True)
+    assert not (tmp_path / "out/holdout").exists() and len(_srcs(tmp_path / "out")) == 30  # no stale held-out folder
+
+
+@pytest.mark.parametrize("holdout,match", [(-1, "holdout must be >= 0"), (30, "leaves no training images")])
+def test_holdout_errors(tmp_path, holdout, match):
+    src = write_folder(tmp_path / "src", {f"img/{i}.png": encode(noise(i, 40, 40), "PNG") for i in range(30)})
+    with pytest.raises(UserError, match=match):
+        pack(src, tmp_path / "out", resolution=32, progress=False, holdout=holdout)

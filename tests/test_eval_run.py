@@ -233,3 +233,21 @@ def test_a_small_or_other_resolution_reference_is_named_before_the_work(shards32
     assert res.exit_code == 0, res.output
     out = " ".join(res.output.split())
     assert "holds 37 images, fewer than --n 40" in out and "shards are 32 px and the generator makes 64 px" in out
+
+
+def test_a_pack_with_a_holdout_is_scored_against_both_and_the_gap_reported(run_dir, celeba, tmp_path):
+    from dist_gan.data.pack import pack
+
+    pack(Path(celeba), tmp_path / "shards", resolution=64, shard_size=16, progress=False, limit=48, holdout=16, workers=1)
+    res = _eval([run_dir, "--ref", tmp_path / "shards", "-n", 16, "--batch", 8, "--fid", "--pr", "--out", tmp_path / "e"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    rep = json.loads((tmp_path / "e" / "report.json").read_text())
+    h, f = rep["metrics"]["holdout"], rep["figures"]
+    assert h["ref"] == str(tmp_path / "shards" / "holdout") and h["n_ref"] == 16
+    assert f["holdout_fid"] > 0 and f["holdout_fid_gap"] == pytest.approx(h["fid"] - rep["metrics"]["fid"]["fid"])
+    assert 0 <= f["holdout_recall"] <= 1 and "holdout" in rep["protocol"]
+    # Another reference named by hand; detection alone needs no held-out score
+    res = _eval([run_dir, "--ref", tmp_path / "shards", "-n", 16, "--batch", 8, "--fid", "--holdout-ref", celeba,
+                 "--out", tmp_path / "z"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "z" / "report.json").read_text())["metrics"]["holdout"]["ref"] == celeba

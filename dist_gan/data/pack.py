@@ -30,6 +30,7 @@ import json
 import multiprocessing
 import os
 import re
+import shutil
 import tarfile
 import zipfile
 from dataclasses import dataclass
@@ -49,7 +50,10 @@ from dist_gan.progress import progress_bar
 
 IGNORED_NAMES = {"thumbs.db", "desktop.ini"}
 # Settings that must match for an existing OUT to be rewritten without --overwrite.
-SETTING_KEYS = ("format", "source", "layout", "resolution", "crop", "min_size", "shard_size", "limit", "image_format", "block_size")
+SETTING_KEYS = ("format", "source", "layout", "resolution", "crop", "min_size", "shard_size", "limit", "image_format", "block_size",
+                "holdout")
+HOLDOUT_DIR = "holdout"
+"""Sub-folder of a pack holding the images set aside with ``holdout``: its own shards and manifest."""
 DEFAULT_BLOCK_SIZE = 256
 POOL_MIN_FILES = 256  # below this a process pool costs more than it saves
 
@@ -261,7 +265,8 @@ def _prepare_out(out: Path, settings: dict, overwrite: bool) -> None:
                 "pass --overwrite or choose another output folder"
             )
     if not overwrite:
-        foreign = sorted(p.name for p in out.iterdir() if p.name != MANIFEST and not SHARD_RE.match(p.name) and not _is_our_temp(p.name))
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in (MANIFEST, HOLDOUT_DIR) and not SHARD_RE.match(p.name)
+                         and not _is_our_temp(p.name))
         if foreign:
             raise UserError(
                 f"output {out} is not empty ({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); "
@@ -316,6 +321,7 @@ def pack(
     workers: Optional[int] = None,
     image_format: str = PNG,
     block_size: int = DEFAULT_BLOCK_SIZE,
+    holdout: int = 0,
 ) -> dict:
     """Pack ``src`` (folder or zip) into ``out/shard-*.tar`` + ``out/manifest.json``; return the manifest.
 
@@ -332,6 +338,10 @@ def pack(
     output does not depend on it.
     ``image_format``: ``png`` or ``blocks`` (``block_size`` images per array); the
     removed ``npy`` is refused with a pointer to ``blocks``, which replaces it.
+    ``holdout``: set this many images aside in ``out/holdout`` (its own shards and manifest,
+    which training never reads), for FID against images the generator never saw. They are
+    the files with the lowest sha256 of their path (spread over the set, the same on every
+    machine); an image identical to a held-out one is skipped from training as a duplicate.
     """
     src, out = Path(src), Path(out)
     check_image_format(image_format)
@@ -345,6 +355,8 @@ def pack(
         raise UserError(f"shard size must be at least 1, got {shard_size}")
     if limit is not None and limit < 1:
         raise UserError(f"limit must be at least 1, got {limit}")
+    if holdout < 0:
+        raise UserError(f"holdout must be >= 0 (0 = none), got {holdout}")
     min_size = resolution // 2 if min_size is None else min_size
     if min_size < 1:
         raise UserError(f"min size must be at least 1, got {min_size}")
@@ -368,14 +380,41 @@ def pack(
             "limit": limit,
             "image_format": image_format,
             "block_size": block_size if image_format == BLOCKS else None,
+            "holdout": holdout,
         }
+        train, held = split_holdout(entries, holdout)
         _prepare_out(out, settings, overwrite)
-        return _pack_entries(source, entries, out, settings, progress, workers)
+        seen: set = set()
+        if held:
+            side_settings = {**settings, "holdout": 0, "holdout_of": str(out.resolve())}
+            _prepare_out(out / HOLDOUT_DIR, side_settings, overwrite=True)  # the pack's own sub-folder: checked above
+            side = _pack_entries(source, held, out / HOLDOUT_DIR, side_settings, progress, workers, seen, label="held out")
+            settings["holdout_set"] = {"path": HOLDOUT_DIR, "num_samples": side["num_samples"],
+                                       "content_hash": side["content_hash"], "rule": HOLDOUT_RULE}
+        elif (out / HOLDOUT_DIR).is_dir():
+            shutil.rmtree(out / HOLDOUT_DIR)  # a pack without one must not leave an earlier pack's behind
+        return _pack_entries(source, train, out, settings, progress, workers, seen)
     finally:
         source.close()
 
 
-def _pack_entries(source: Source, entries: List[Entry], out: Path, settings: dict, progress: bool, workers: int) -> dict:
+HOLDOUT_RULE = "the files with the lowest sha256 of their relative path; duplicates of them are skipped from training"
+
+
+def split_holdout(entries: List[Entry], n: int) -> tuple[List[Entry], List[Entry]]:
+    """(training entries, held-out entries): the ``n`` safe files with the lowest sha256 of their path, in path order."""
+    if n <= 0:
+        return entries, []
+    safe = [e for e in entries if e.safe]
+    if n >= len(safe):
+        raise UserError(f"--holdout {n} leaves no training images: the source holds {len(safe)} files")
+    picked = set(sorted((hashlib.sha256(e.path.encode()).hexdigest(), e.path) for e in safe)[:n])
+    held = {p for _, p in picked}
+    return [e for e in entries if e.path not in held], [e for e in entries if e.path in held]
+
+
+def _pack_entries(source: Source, entries: List[Entry], out: Path, settings: dict, progress: bool, workers: int,
+                  seen_hashes: Optional[set] = None, label: str = "packed") -> dict:
     res, crop, min_size = settings["resolution"], settings["crop"], settings["min_size"]
     safe = [e for e in entries if e.safe]
     blocks = settings["image_format"] == BLOCKS
@@ -383,7 +422,7 @@ def _pack_entries(source: Source, entries: List[Entry], out: Path, settings: dic
     jobs = ((source.try_read(e.path), res, crop, min_size, encoding) for e in safe)
     skipped: Dict[str, int] = {}
     written = 0
-    seen_hashes: set = set()
+    seen_hashes = set() if seen_hashes is None else seen_hashes  # shared with the held-out pack: no image in both
     writer = ShardWriter(out, settings["shard_size"], block_size=settings.get("block_size"))
     console = Console(stderr=True, highlight=False)
     results, pool = _results(jobs, workers, len(safe))  # pool before the progress thread starts
@@ -439,6 +478,6 @@ def _pack_entries(source: Source, entries: List[Entry], out: Path, settings: dic
         }
     )
     atomic_write_json(out / MANIFEST, manifest, indent=2, sort_keys=True)  # last: a manifest means a finished pack
-    console.print(f"[green]packed[/] {settings['layout']}: {summary}", soft_wrap=True)
+    console.print(f"[green]{label}[/] {settings['layout']}: {summary}", soft_wrap=True)
     return manifest
 

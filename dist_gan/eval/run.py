@@ -53,6 +53,7 @@ class EvalOptions:
     kid_subset_size: int = 1000
     k_pairs: int = 8
     pr_k: int = 3  # neighbourhood of the precision/recall manifolds (eval.precision_recall.K)
+    holdout_ref: Optional[str] = None  # images never trained on; default: REF/holdout of a pack made with --holdout
     progress: bool = True
 
 
@@ -109,6 +110,7 @@ def evaluate(opts: EvalOptions) -> Optional[Dict[str, Any]]:
     if dist.main:
         _warn_on_mismatch(ref, opts.n, n_ref, resolution)
     needs = M.needs_of(opts.metrics)
+    holdout = _holdout_reference(opts, ref)
 
     # Fail fast on anything the user must fix, before minutes of work.
     detector_name = opts.detector or R.default_detector(ref)
@@ -144,6 +146,13 @@ def evaluate(opts: EvalOptions) -> Optional[Dict[str, Any]]:
         ref_images = load_reference_images(ref, n_ref, resolution, progress) if "ref_images" in needs else None
         ref_stats = reference_features(ref, ref_images, n_ref, resolution, model, opts.batch, dist, progress) if model else None
         timing["reference"] = time.perf_counter() - t0
+        held = None
+        if holdout is not None and model is not None:
+            t0 = time.perf_counter()
+            n_held = min(n_ref, holdout.count)
+            held = {"ref": holdout, "n": n_held, "stats": reference_features(holdout, None, n_held, resolution, model,
+                                                                             opts.batch, dist, progress)}
+            timing["holdout_reference"] = time.perf_counter() - t0
 
         curve: List[Dict[str, Any]] = []
         if len(ckpts) > 1:
@@ -171,10 +180,40 @@ def evaluate(opts: EvalOptions) -> Optional[Dict[str, Any]]:
                          "ref_stats_path": ref_stats["cache_path"] if ref_stats else None},
             )
             results = {name: M.calc_metric(name, ctx) for name in opts.metrics}
+            if held is not None:
+                results["holdout"] = _against_holdout(ctx, held, results)
             report = _build_report(opts, dist, ckpt, ref, n_ref, weights, ref_stats, results, curve, timing, t_start,
                                    gen["images"])
     dist.barrier()
     return report
+
+
+HOLDOUT_METRICS = ("fid", "kid", "pr")
+"""The metrics that are also scored against the held-out images (the others do not depend on them)."""
+
+
+def _holdout_reference(opts: EvalOptions, ref: R.ReferenceSet) -> Optional[R.ReferenceSet]:
+    """``--holdout-ref``, else the ``holdout`` folder of a pack made with ``--holdout``; None when neither."""
+    if not any(m in HOLDOUT_METRICS for m in opts.metrics):
+        return None
+    if opts.holdout_ref is not None:
+        return R.open_reference(opts.holdout_ref)
+    side = (ref.shards.manifest.get("holdout_set") or {}).get("path") if ref.shards is not None else None
+    return R.open_reference(ref.path / side) if side else None
+
+
+def _against_holdout(ctx: M.EvalContext, held: Dict[str, Any], results: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+    """FID/KID/P&R of the same samples against images never trained on, and the FID gap to the training set."""
+    stats = held["stats"]
+    hctx = M.EvalContext(gen_images=ctx.gen_images, gen_feats=ctx.gen_feats, ref_feats=stats["feats"], ref_mu=stats["mu"],
+                         ref_sigma=stats["sigma"], options={**ctx.options, "ref_stats_path": stats["cache_path"]})
+    out: Dict[str, Any] = {"ref": str(held["ref"].path), "n_ref": held["n"]}
+    for name in (m for m in HOLDOUT_METRICS if m in results):
+        figs = M.calc_metric(name, hctx)
+        out.update({k: v for k, v in figs.items() if k in ("fid", "kid_mean", "kid_std", "precision", "recall")})
+    if "fid" in out:
+        out["fid_gap"] = out["fid"] - results["fid"]["fid"]  # > 0: closer to what it trained on than to new faces
+    return out
 
 
 def _build_report(opts: EvalOptions, dist: Dist, ckpt: Path, ref: R.ReferenceSet, n_ref: int, weights: Any,
@@ -195,6 +234,10 @@ def _build_report(opts: EvalOptions, dist: Dist, ckpt: Path, ref: R.ReferenceSet
         protocol.update({"resize": RESIZE_PROTOCOL, "feature_extractor": "torch_fidelity FeatureExtractorInceptionV3 (2048)",
                          "weights": weights.describe(),
                          "reference_stats": {"cached": ref_stats["cached"], "cache_path": ref_stats["cache_path"]}})
+    if "holdout" in results:
+        protocol["holdout"] = (f"FID/KID/P&R also against {results['holdout']['ref']} ({results['holdout']['n_ref']} images "
+                               "never trained on); fid_gap = FID(held out) - FID(training reference), comparable when "
+                               "both references hold the same number of images")
     if "pr" in results:
         protocol["pr"] = (f"improved precision/recall (Kynkaanniemi et al. 2019), k={opts.pr_k} nearest-neighbour balls "
                           "in the same Inception pool3 features as FID (VGG-16 weights are not offline)")
