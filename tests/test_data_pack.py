@@ -384,3 +384,19 @@ def test_holdout_errors(tmp_path, holdout, match):
     src = write_folder(tmp_path / "src", {f"img/{i}.png": encode(noise(i, 40, 40), "PNG") for i in range(30)})
     with pytest.raises(UserError, match=match):
         pack(src, tmp_path / "out", resolution=32, progress=False, holdout=holdout)
+
+
+def test_a_folder_named_holdout_that_is_not_ours_is_foreign_and_old_manifests_mean_no_holdout(tmp_path):
+    src = write_folder(tmp_path / "src", {f"img/{i}.png": encode(noise(i, 40, 40), "PNG") for i in range(12)})
+    pack(src, tmp_path / "out", resolution=32, progress=False)
+    (tmp_path / "out/holdout").mkdir()
+    (tmp_path / "out/holdout/mine.txt").write_text("a user's file")
+    with pytest.raises(UserError, match="not empty \\(holdout\\)"):
+        pack(src, tmp_path / "out", resolution=32, progress=False)
+    assert (tmp_path / "out/holdout/mine.txt").is_file()
+    (tmp_path / "out/holdout/mine.txt").unlink()
+    (tmp_path / "out/holdout").rmdir()
+    manifest = json.loads((tmp_path / "out/manifest.json").read_text())
+    del manifest["holdout"]  # as written before the setting existed
+    (tmp_path / "out/manifest.json").write_text(json.dumps(manifest))
+    assert pack(src, tmp_path / "out", resolution=32, progress=False)["num_samples"] == 12

@@ -155,11 +155,11 @@ def test_missing_weights_say_where_they_were_looked_for_and_what_to_run(
         build_detector(name, "x.xml")
 
 
-def test_the_default_human_detector_is_the_strongest_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_default_human_detector_is_the_first_installed_of_mtcnn_mmod_haar(monkeypatch: pytest.MonkeyPatch) -> None:
     from dist_gan.eval import weights
 
-    assert detect_mod.strongest_human_detector() == "mtcnn"
+    assert detect_mod.default_human_detector() == "mtcnn"
     monkeypatch.setattr(weights, "find", lambda name: None if name.startswith("mtcnn") else Path("x"))
-    assert detect_mod.strongest_human_detector() == "mmod"
+    assert detect_mod.default_human_detector() == "mmod"
     monkeypatch.setattr(weights, "find", lambda name: None)
-    assert detect_mod.strongest_human_detector() == "haar"
+    assert detect_mod.default_human_detector() == "haar"

@@ -57,7 +57,7 @@ def test_reference_radii_are_cached_beside_the_statistics(tmp_path):
     rng = np.random.default_rng(5)
     ref, gen = rng.normal(size=(200, 8)), rng.normal(size=(200, 8))
     cache = radii_cache_path(tmp_path / "ref-abc.npz", 3)
-    assert cache.name == "ref-abc.radii-k3.npy"
+    assert cache.name == "ref-abc.radii-v1-k3.npy"
     first = precision_recall(gen, ref, ref_cache=cache)
     assert first["ref_radii_cached"] is False and cache.is_file()
     second = precision_recall(gen, ref, ref_cache=cache)

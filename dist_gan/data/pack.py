@@ -52,6 +52,8 @@ IGNORED_NAMES = {"thumbs.db", "desktop.ini"}
 # Settings that must match for an existing OUT to be rewritten without --overwrite.
 SETTING_KEYS = ("format", "source", "layout", "resolution", "crop", "min_size", "shard_size", "limit", "image_format", "block_size",
                 "holdout")
+SETTING_DEFAULTS = {"holdout": 0}
+"""What a manifest written before a setting existed meant by it."""
 HOLDOUT_DIR = "holdout"
 """Sub-folder of a pack holding the images set aside with ``holdout``: its own shards and manifest."""
 DEFAULT_BLOCK_SIZE = 256
@@ -238,8 +240,17 @@ def _is_our_temp(name: str) -> bool:
 
 
 def _describe_diff(old: dict, new: dict) -> str:
-    diffs = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in SETTING_KEYS if old.get(k) != new.get(k)]
+    diffs = [f"{k} {old.get(k, SETTING_DEFAULTS.get(k))!r} -> {new.get(k)!r}" for k in SETTING_KEYS
+             if old.get(k, SETTING_DEFAULTS.get(k)) != new.get(k)]
     return ", ".join(diffs)
+
+
+def _is_our_holdout(path: Path) -> bool:
+    """``OUT/holdout`` written by ``pack(holdout=N)`` (its manifest names the pack it was set aside from)."""
+    try:
+        return path.name == HOLDOUT_DIR and "holdout_of" in json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
 
 
 def _prepare_out(out: Path, settings: dict, overwrite: bool) -> None:
@@ -259,14 +270,14 @@ def _prepare_out(out: Path, settings: dict, overwrite: bool) -> None:
             old = None
         if not isinstance(old, dict) or old.get("format") != FORMAT:
             raise UserError(f"{manifest_path} is not a dist_gan shard manifest; pass --overwrite to replace it")
-        if any(old.get(k) != settings.get(k) for k in SETTING_KEYS):
+        if any(old.get(k, SETTING_DEFAULTS.get(k)) != settings.get(k) for k in SETTING_KEYS):
             raise UserError(
                 f"{out} already holds shards packed with different settings ({_describe_diff(old, settings)}); "
                 "pass --overwrite or choose another output folder"
             )
     if not overwrite:
-        foreign = sorted(p.name for p in out.iterdir() if p.name not in (MANIFEST, HOLDOUT_DIR) and not SHARD_RE.match(p.name)
-                         and not _is_our_temp(p.name))
+        foreign = sorted(p.name for p in out.iterdir() if p.name != MANIFEST and not SHARD_RE.match(p.name)
+                         and not _is_our_temp(p.name) and not _is_our_holdout(p))
         if foreign:
             raise UserError(
                 f"output {out} is not empty ({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); "
@@ -391,7 +402,7 @@ def pack(
             side = _pack_entries(source, held, out / HOLDOUT_DIR, side_settings, progress, workers, seen, label="held out")
             settings["holdout_set"] = {"path": HOLDOUT_DIR, "num_samples": side["num_samples"],
                                        "content_hash": side["content_hash"], "rule": HOLDOUT_RULE}
-        elif (out / HOLDOUT_DIR).is_dir():
+        elif _is_our_holdout(out / HOLDOUT_DIR):
             shutil.rmtree(out / HOLDOUT_DIR)  # a pack without one must not leave an earlier pack's behind
         return _pack_entries(source, train, out, settings, progress, workers, seen)
     finally:

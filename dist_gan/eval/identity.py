@@ -39,6 +39,8 @@ P_VALUE_LEVEL = 1e-3
 """One-sided binomial p-value under which an excess of same-person matches is flagged."""
 BATCH = 32
 EMBED_DIM = 128
+CACHE_VERSION = 1
+"""Part of the embedding cache key: bump it when the detection, working image or alignment changes."""
 
 
 class FaceEmbedder:
@@ -96,7 +98,7 @@ def cached_embeddings(embedder: FaceEmbedder, images: np.ndarray, cache: Optiona
 
 def cache_key(data_key: str, resolution: int, n: int) -> str:
     """The first ``n`` reference images of one data set at one resolution, embedded by these weights."""
-    spec = {"data": data_key, "resolution": resolution, "n": n,
+    spec = {"v": CACHE_VERSION, "data": data_key, "resolution": resolution, "n": n,
             "weights": [FILES[n].sha256 for n in ("dlib_mmod", "dlib_landmarks5", "dlib_identity")]}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]
 
@@ -121,16 +123,16 @@ def identity_report(gen_emb: np.ndarray, train_emb: np.ndarray,
     """Nearest training identity of each generated face, against the leave-one-out rate of the training faces."""
     has = {k: ~np.isnan(e).any(axis=1) for k, e in (("gen", gen_emb), ("train", train_emb))}
     train_rows = np.flatnonzero(has["train"])
-    if len(train_rows) < 2:
-        raise ValueError("faces were found in fewer than 2 training images: no identities to match against")
     train = train_emb[train_rows]
-    gen_rows = np.flatnonzero(has["gen"])
+    gen_rows = np.flatnonzero(has["gen"]) if len(train_rows) >= 2 else np.zeros(0, np.int64)
     gd, gi = _nearest(gen_emb[gen_rows], train)
-    hd, _ = nearest_neighbours(train, train, exclude_self=True)
+    hd = nearest_neighbours(train, train, exclude_self=True)[0] if len(train_rows) >= 2 else np.zeros(0)
     n_gen, n_hold = len(gd), len(hd)
     gen_same, hold_same = int((gd < threshold).sum()), int((hd < threshold).sum())
     base = hold_same / n_hold if n_hold else None
-    if base is None or not n_gen:
+    if base is None:
+        p_value, verdict = None, "no verdict: faces were found in fewer than 2 training images"
+    elif not n_gen:
         p_value, verdict = None, "no verdict: no face was found in any generated image"
     else:
         # A baseline of 0 (or 1) makes any (or no) excess certain; keep the test defined with a 0.5-count floor.

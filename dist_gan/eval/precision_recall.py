@@ -28,6 +28,9 @@ from dist_gan.files import atomic_write
 K = 3
 """Neighbourhood size of the manifold balls (the paper's and stylegan2-ada's choice)."""
 
+RADII_VERSION = 1
+"""Part of the radii cache name: bump it when the estimator changes."""
+
 CHUNK = 1024
 """Query rows per distance block: a block is CHUNK x n floats."""
 
@@ -51,7 +54,9 @@ def knn_radii(feats: np.ndarray, k: int = K, chunk: int = CHUNK) -> np.ndarray:
     out = np.empty(len(f), dtype=np.float64)
     for start in range(0, len(f), chunk):
         d2 = _sq_dists(x[start : start + chunk], x, x_sq)
-        # The row itself is at distance ~0, so the k-th other neighbour is the (k+1)-th smallest.
+        rows = torch.arange(len(d2))
+        d2[rows, rows + start] = 0.0  # exactly, whatever float32 rounding made of it
+        # The row itself is at distance 0, so the k-th other neighbour is the (k+1)-th smallest.
         out[start : start + chunk] = d2.kthvalue(k + 1, dim=1).values.sqrt().double().numpy()
     return out
 
@@ -74,7 +79,7 @@ def inside_manifold(query: np.ndarray, support: np.ndarray, radii: np.ndarray, c
 def radii_cache_path(stats_path: str | Path, k: int) -> Path:
     """Where the reference radii live: beside the reference statistics they were computed from."""
     p = Path(stats_path)
-    return p.with_name(f"{p.stem}.radii-k{k}.npy")
+    return p.with_name(f"{p.stem}.radii-v{RADII_VERSION}-k{k}.npy")
 
 
 def reference_radii(ref_feats: np.ndarray, k: int, cache: Optional[Path]) -> tuple[np.ndarray, bool]:

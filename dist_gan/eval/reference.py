@@ -33,7 +33,7 @@ from dist_gan.data.format import MANIFEST, ShardSet, open_shards
 from dist_gan.data.format import iter_images as iter_shard_images
 from dist_gan.data.images import AUTO_CROP, IMAGE_EXTS, crop_box, detect_layout
 from dist_gan.errors import UserError
-from dist_gan.eval.detect import strongest_human_detector
+from dist_gan.eval.detect import default_human_detector
 from dist_gan.eval.features import hash_file
 from dist_gan.files import atomic_write
 
@@ -168,5 +168,5 @@ def save_stats(path: Path, stats: Dict[str, np.ndarray]) -> None:
 
 
 def default_detector(ref: ReferenceSet) -> str:
-    """"anime" for the anime layout, else the strongest human-face detector whose weights are installed."""
-    return "anime" if ref.layout == "anime" else strongest_human_detector()
+    """"anime" for the anime layout, else the first human-face detector (MTCNN, MMOD, Haar) whose weights are installed."""
+    return "anime" if ref.layout == "anime" else default_human_detector()

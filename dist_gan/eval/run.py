@@ -21,7 +21,7 @@ from dist_gan.eval import metrics as M
 from dist_gan.eval import reference as R
 from dist_gan.eval.detect import build_detector
 from dist_gan.eval.features import RESIZE_PROTOCOL, InceptionFeatures, cache_dir, resolve_weights
-from dist_gan.eval.fid import fid_to_stats
+from dist_gan.eval.fid import feature_stats, fid_to_stats
 from dist_gan.eval.report import plot_fid_curve, save_sample_grid, versions, write_json, write_markdown
 from dist_gan.eval.sampling import BATCH, SEED_RULE, Dist, generate, init_distributed, load_reference_images, reference_features
 from dist_gan.progress import progress_bar
@@ -92,6 +92,10 @@ def _validate(opts: EvalOptions) -> None:
         raise UserError("--all-checkpoints plots FID against kimg: add --fid")
     if "pr" in opts.metrics and (opts.pr_k < 1 or opts.n <= opts.pr_k):
         raise UserError(f"--pr-k must be >= 1 and below --n (got k={opts.pr_k}, n={opts.n})")
+    if "pr" in opts.metrics and opts.n_ref is not None and opts.n_ref <= opts.pr_k:
+        raise UserError(f"--pr needs more than --pr-k {opts.pr_k} reference images, got --n-ref {opts.n_ref}")
+    if opts.holdout_ref is not None and not any(m in HOLDOUT_METRICS for m in opts.metrics):
+        raise UserError("--holdout-ref scores FID, KID or precision/recall against held-out images: add --fid, --kid or --pr")
     if opts.n_ref is not None and opts.n_ref < 2:
         raise UserError(f"--n-ref must be >= 2 (got {opts.n_ref})")
 
@@ -106,6 +110,8 @@ def evaluate(opts: EvalOptions) -> Optional[Dict[str, Any]]:
     n_ref = min(opts.n, ref.count) if opts.n_ref is None else opts.n_ref
     if n_ref > ref.count:
         raise UserError(f"--n-ref {n_ref} but the reference {ref.path} holds only {ref.count} images")
+    if "pr" in opts.metrics and n_ref <= opts.pr_k:
+        raise UserError(f"--pr needs more than --pr-k {opts.pr_k} reference images; this evaluation uses {n_ref}")
     resolution = int(load_checkpoint(ckpt, mmap=True)["cfg"]["model"]["resolution"])  # G itself is loaded once, below
     if dist.main:
         _warn_on_mismatch(ref, opts.n, n_ref, resolution)
@@ -197,7 +203,10 @@ def _holdout_reference(opts: EvalOptions, ref: R.ReferenceSet) -> Optional[R.Ref
     if not any(m in HOLDOUT_METRICS for m in opts.metrics):
         return None
     if opts.holdout_ref is not None:
-        return R.open_reference(opts.holdout_ref)
+        try:
+            return R.open_reference(opts.holdout_ref)
+        except UserError as exc:
+            raise UserError(str(exc).replace("--ref", "--holdout-ref", 1)) from None
     side = (ref.shards.manifest.get("holdout_set") or {}).get("path") if ref.shards is not None else None
     return R.open_reference(ref.path / side) if side else None
 
@@ -209,10 +218,17 @@ def _against_holdout(ctx: M.EvalContext, held: Dict[str, Any], results: Dict[str
                          ref_sigma=stats["sigma"], options={**ctx.options, "ref_stats_path": stats["cache_path"]})
     out: Dict[str, Any] = {"ref": str(held["ref"].path), "n_ref": held["n"]}
     for name in (m for m in HOLDOUT_METRICS if m in results):
+        if name == "pr" and held["n"] <= ctx.options.get("pr_k", 3):
+            out["pr_note"] = f"precision/recall needs more than k held-out images, the set holds {held['n']}"
+            continue
         figs = M.calc_metric(name, hctx)
         out.update({k: v for k, v in figs.items() if k in ("fid", "kid_mean", "kid_std", "precision", "recall")})
     if "fid" in out:
-        out["fid_gap"] = out["fid"] - results["fid"]["fid"]  # > 0: closer to what it trained on than to new faces
+        # FID is biased upwards at small n, so the gap compares equal counts: the training reference cut to n_ref.
+        n, train = held["n"], ctx.ref_feats
+        same_n = train is not None and len(train) > n
+        out["fid_train_same_n"] = fid_to_stats(ctx.gen_feats, *feature_stats(train[:n])) if same_n else results["fid"]["fid"]
+        out["fid_gap"] = out["fid"] - out["fid_train_same_n"]  # > 0: closer to what it trained on than to new faces
     return out
 
 
@@ -236,8 +252,8 @@ def _build_report(opts: EvalOptions, dist: Dist, ckpt: Path, ref: R.ReferenceSet
                          "reference_stats": {"cached": ref_stats["cached"], "cache_path": ref_stats["cache_path"]}})
     if "holdout" in results:
         protocol["holdout"] = (f"FID/KID/P&R also against {results['holdout']['ref']} ({results['holdout']['n_ref']} images "
-                               "never trained on); fid_gap = FID(held out) - FID(training reference), comparable when "
-                               "both references hold the same number of images")
+                               "never trained on); fid_gap = FID(held out) - FID(the first n_ref training reference images), at equal "
+                               "counts because FID is biased upwards at small n")
     if "pr" in results:
         protocol["pr"] = (f"improved precision/recall (Kynkaanniemi et al. 2019), k={opts.pr_k} nearest-neighbour balls "
                           "in the same Inception pool3 features as FID (VGG-16 weights are not offline)")

