@@ -19,7 +19,7 @@ Rows (``--rows``; overrides on ``recipe=bigbatch`` at ``--resolution``):
 - ``b512``: the recipe as it stands;
 - ``b512_sqrt`` / ``b512_linear``: its rates scaled from batch 128 by sqrt(4) / 4, with a warm-up;
 - ``b512_sn_sqrt`` / ``b512_sn_8e4`` / ``b512_sn_hinge``: spectral norm on D (as ``celeba64``) with the rates
-  sqrt-scaled, with both at 8e-4, and with hinge loss at G 1.6e-3 / D 8e-4 (as ``quickstart``), each warmed up;
+  sqrt-scaled, with both at 8e-4 (``b512_sn_16e4``: 1.6e-3), and with hinge loss at G 1.6e-3 / D 8e-4 (as ``quickstart``), each warmed up;
 - ``b512_img`` / ``b512_sqrt_img``: equal images instead: batch 512 for batch 128's kimg;
 - ``textbook512``: the textbook DCGAN (recipe ``dcgan64``: Adam 2e-4 (0.5, 0.999), no smoothing,
   no noise) at batch 512 for bigbatch's kimg, its G_ema set to follow G (``train.ema_kimg=0.001``:
@@ -69,6 +69,8 @@ ROWS: Dict[str, Dict[str, Any]] = {
                                                  "optim.warmup_kimg=5"]},
     "b512_sn_8e4": {"batch": 512, "overrides": ["model.spectral_norm=true", "optim.g_lr=8e-4", "optim.d_lr=8e-4",
                                                 "optim.warmup_kimg=5"]},
+    "b512_sn_16e4": {"batch": 512, "overrides": ["model.spectral_norm=true", "optim.g_lr=1.6e-3", "optim.d_lr=1.6e-3",
+                                                 "optim.warmup_kimg=5"]},
     "b512_sn_hinge": {"batch": 512, "overrides": ["model.spectral_norm=true", "loss.name=hinge", "optim.g_lr=1.6e-3",
                                                   "optim.d_lr=8e-4", "optim.warmup_kimg=5"]},
     "textbook512": {"batch": 512, "recipe": "dcgan64", "overrides": ["train.batch=512", "train.ema_kimg=0.001", "train.ema_rampup=0"]},

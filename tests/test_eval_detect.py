@@ -130,12 +130,12 @@ def test_anime_cascade_lookup(
     assert build_detector("anime").describe()["name"] == "anime"
 
 
-@pytest.mark.parametrize("name,floor", [("mtcnn", 0.95), ("mmod", 0.95)])
-def test_cnn_detectors_find_celeba_faces_not_noise(name: str, floor: float, celeba: np.ndarray, noise: np.ndarray) -> None:
+@pytest.mark.parametrize("name,n", [("mtcnn", 100), ("mmod", 50)])  # MMOD costs 16x MTCNN's time per image
+def test_cnn_detectors_find_celeba_faces_not_noise(name: str, n: int, celeba: np.ndarray, noise: np.ndarray) -> None:
     det = build_detector(name)
-    found = det.detect(celeba[:100])
-    assert found.shape == (100,) and found.mean() >= floor  # measured: mtcnn 97/100, mmod 99/100
-    assert det.detect(noise[:50]).mean() == 0.0
+    found = det.detect(celeba[:n])
+    assert found.shape == (n,) and found.mean() >= 0.95  # measured: mtcnn 97/100, mmod 50/50
+    assert det.detect(noise[:20]).mean() == 0.0
     np.testing.assert_array_equal(det.detect(celeba[:8]), found[:8])  # deterministic, batch-independent
     assert det.describe()["name"] == name
 
