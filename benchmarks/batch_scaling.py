@@ -13,14 +13,16 @@ and keeps ``checkpoints/best.pt``. The best checkpoint is then scored for face d
 (``dist-gan eval --ckpt best --detect``, Haar for CelebA, the anime LBP cascade for anime),
 against the same detector's misses on as many real images.
 
-Rows (``--rows``; overrides on ``recipe=bigbatch`` at ``--resolution``):
+Rows (``--rows``; overrides on ``recipe=bigbatch`` at ``--resolution``; each row spells out what it
+changes, so it keeps its meaning when the recipe moves on):
 
-- ``b64``, ``b128``: the recipe at global batch 64 / 128, its rates unchanged;
-- ``b512``: the recipe as it stands;
-- ``b512_sqrt`` / ``b512_linear``: its rates scaled from batch 128 by sqrt(4) / 4, with a warm-up;
-- ``b512_sn_sqrt`` / ``b512_sn_8e4`` / ``b512_sn_hinge``: spectral norm on D (as ``celeba64``) with the rates
-  sqrt-scaled, with both at 8e-4 (``b512_sn_16e4``: 1.6e-3), and with hinge loss at G 1.6e-3 / D 8e-4 (as ``quickstart``), each warmed up;
-- ``b512_img`` / ``b512_sqrt_img``: equal images instead: batch 512 for batch 128's kimg;
+- ``b512``, ``b128_sn``, ``b64_sn``: bigbatch as shipped (spectral norm on D, G and D at 8e-4, a 5-kimg
+  warm-up: the winner of the rows below) at global batch 512, 128 and 64;
+- ``b512_ttur``, ``b128``, ``b64``: bigbatch's earlier settings (TTUR G 1e-4 / D 4e-4, no spectral norm);
+- ``b512_sqrt`` / ``b512_linear``: those rates scaled from batch 128 by sqrt(4) / 4, with a warm-up;
+- ``b512_sn_sqrt`` / ``b512_sn_16e4`` / ``b512_sn_hinge``: spectral norm on D with the TTUR rates
+  sqrt-scaled, with both rates at 1.6e-3, and with hinge loss at G 1.6e-3 / D 8e-4 (as ``quickstart``);
+- ``b512_img`` / ``b512_ttur_img``: equal images instead: batch 512 for batch 128's kimg;
 - ``textbook512``: the textbook DCGAN (recipe ``dcgan64``: Adam 2e-4 (0.5, 0.999), no smoothing,
   no noise) at batch 512 for bigbatch's kimg, its G_ema set to follow G (``train.ema_kimg=0.001``:
   the textbook has no average).
@@ -58,17 +60,32 @@ STEP_JSON = H.REPO / "benchmarks" / "results" / "nvidia-h100-80gb-hbm3.json"
 SWEEP_JSON = H.REPO / "benchmarks" / "results" / "scaling_gpu.json"
 REF_BATCH = 128  # the batch that gets --budget-kimg; the others get the same GPU time
 
+TTUR = {"model.spectral_norm": "false", "optim.g_lr": "1e-4", "optim.d_lr": "4e-4", "optim.warmup_kimg": "0"}
+"""``bigbatch``'s settings before this study: TTUR G 1e-4 / D 4e-4, no spectral norm, no warm-up."""
+
+
+def _ttur(*over: str) -> List[str]:
+    """The earlier bigbatch settings spelled out, then ``over`` (later keys win), so a row means one thing forever."""
+    keys = dict(TTUR)
+    keys.update(o.split("=", 1) for o in over)
+    return [f"{k}={v}" for k, v in keys.items()]
+
+
 ROWS: Dict[str, Dict[str, Any]] = {
-    "b64": {"batch": 64, "overrides": ["train.batch=64"]},
-    "b128": {"batch": 128, "overrides": ["train.batch=128"]},
-    "b512": {"batch": 512, "overrides": []},
-    "b512_sqrt": {"batch": 512, "overrides": ["optim.lr_scaling=sqrt", "optim.ref_batch=128", "optim.warmup_kimg=5"]},
-    "b512_linear": {"batch": 512, "overrides": ["optim.lr_scaling=linear", "optim.ref_batch=128", "optim.warmup_kimg=10"]},
-    # Spectral norm on D, which lets celeba64 run both nets at 4e-4 (docs/findings.md), at three rate pairs.
-    "b512_sn_sqrt": {"batch": 512, "overrides": ["model.spectral_norm=true", "optim.lr_scaling=sqrt", "optim.ref_batch=128",
-                                                 "optim.warmup_kimg=5"]},
-    "b512_sn_8e4": {"batch": 512, "overrides": ["model.spectral_norm=true", "optim.g_lr=8e-4", "optim.d_lr=8e-4",
-                                                "optim.warmup_kimg=5"]},
+    # bigbatch as shipped (spectral norm on D, G and D at 8e-4, 5-kimg warm-up), at three batch sizes
+    "b64_sn": {"batch": 64, "overrides": ["train.batch=64"]},
+    "b128_sn": {"batch": 128, "overrides": ["train.batch=128"]},
+    "b512": {"batch": 512, "overrides": ["model.spectral_norm=true", "optim.g_lr=8e-4", "optim.d_lr=8e-4",
+                                         "optim.warmup_kimg=5"]},
+    # the earlier settings (TTUR), and the rules tried on them
+    "b64": {"batch": 64, "overrides": _ttur("train.batch=64")},
+    "b128": {"batch": 128, "overrides": _ttur("train.batch=128")},
+    "b512_ttur": {"batch": 512, "overrides": _ttur()},
+    "b512_sqrt": {"batch": 512, "overrides": _ttur("optim.lr_scaling=sqrt", "optim.ref_batch=128", "optim.warmup_kimg=5")},
+    "b512_linear": {"batch": 512, "overrides": _ttur("optim.lr_scaling=linear", "optim.ref_batch=128", "optim.warmup_kimg=10")},
+    # spectral norm on D, which lets celeba64 run both nets at 4e-4 (docs/findings.md), at four rate settings
+    "b512_sn_sqrt": {"batch": 512, "overrides": _ttur("model.spectral_norm=true", "optim.lr_scaling=sqrt", "optim.ref_batch=128",
+                                                      "optim.warmup_kimg=5")},
     "b512_sn_16e4": {"batch": 512, "overrides": ["model.spectral_norm=true", "optim.g_lr=1.6e-3", "optim.d_lr=1.6e-3",
                                                  "optim.warmup_kimg=5"]},
     "b512_sn_hinge": {"batch": 512, "overrides": ["model.spectral_norm=true", "loss.name=hinge", "optim.g_lr=1.6e-3",
@@ -76,8 +93,7 @@ ROWS: Dict[str, Dict[str, Any]] = {
     "textbook512": {"batch": 512, "recipe": "dcgan64", "overrides": ["train.batch=512", "train.ema_kimg=0.001", "train.ema_rampup=0"]},
     # equal images: batch 512 given only batch 128's kimg (a prefix of the long run: no rate depends on the length)
     "b512_img": {"batch": 512, "overrides": [], "equal_images": True},
-    "b512_sqrt_img": {"batch": 512, "overrides": ["optim.lr_scaling=sqrt", "optim.ref_batch=128", "optim.warmup_kimg=5"],
-                      "equal_images": True},
+    "b512_ttur_img": {"batch": 512, "overrides": _ttur(), "equal_images": True},
 }
 
 
