@@ -13,9 +13,8 @@ median and about 1% under the real-real 1st percentile. So being under the media
 is not evidence on its own; a clear excess under the 1st percentile, or features
 identical to a reference image, is. The exact rule is returned in the report.
 
-Not done here: identity matching with face descriptors (dlib's
-face_recognition_resnet_model_v1 needs model files that the dlib-bin wheel does not
-ship), so "leak" means near-duplicates in the given feature space, not same person.
+"Leak" here means near-duplicate images in the given feature space. Whether a generated
+face is the same *person* as a training face is ``identity.py``'s question (``--identity``).
 """
 
 from __future__ import annotations
