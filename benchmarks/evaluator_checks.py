@@ -194,6 +194,7 @@ def render(res: Dict[str, Any]) -> str:
              H.fmt(p["repeated"]["precision"], ".3f"), H.fmt(p["repeated"]["recall"], ".3f"))])
         lines += ["", f"Inception features: {p['features_s_per_1000']:.0f} s / 1000 images; precision and recall of "
                       f"{p['half']} against {p['half']}: {p['pr_s']:.1f} s.", ""]
+    lines += res.get("notes", [])
     return "\n".join(lines) + "\n"
 
 
