@@ -8,6 +8,7 @@ reader never sees half a file under the real name.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from contextlib import contextmanager
@@ -83,3 +84,12 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2, sort_keys: bool = False) -> Path:
     """JSON with a trailing newline, written atomically."""
     return atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=sort_keys) + "\n")
+
+
+def hash_file(path: str | Path, algorithm: str = "sha1", chunk: int = 1 << 20) -> str:
+    """Hex digest of a file, streamed (sha1 names the Inception weights, sha256 keys zips and pins weight files)."""
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()

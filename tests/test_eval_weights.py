@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from dist_gan.cli import app
 from dist_gan.errors import UserError
 from dist_gan.eval import weights as W
+from dist_gan.files import hash_file
 
 FAKE_PIP = '''
 import shutil, sys
@@ -117,7 +118,7 @@ def test_unknown_names_list_the_valid_ones():
 def test_the_fetched_weights_are_the_pinned_files():
     """What `dist-gan weights install` (the README's set-up) put in place, byte for byte."""
     for name, w in W.FILES.items():
-        assert W.sha256_file(W.locate(name)) == w.sha256, name
+        assert hash_file(W.locate(name), "sha256") == w.sha256, name
 
 
 def test_weights_list_shows_every_file_and_where():

@@ -289,14 +289,21 @@ class MmodDetector(Detector):
 
         self._detector = dlib.cnn_face_detection_model_v1(str(locate_weights("dlib_mmod")))
 
+    BATCH = 32  # dlib runs a list of equal-size images as one batch
+
+    def faces(self, images: np.ndarray) -> tuple[list[np.ndarray], list[Any]]:
+        """The working images, and each one's most confident face rectangle (None where none is found)."""
+        work = [np.ascontiguousarray(to_working(im)) for im in check_images(images)]
+        best: list[Any] = []
+        for s in range(0, len(work), self.BATCH):
+            for dets in self._detector(work[s : s + self.BATCH], 0, batch_size=self.BATCH):
+                best.append(max(dets, key=lambda d: d.confidence).rect if len(dets) else None)
+        return work, best
+
     def detect(self, images: np.ndarray) -> np.ndarray:
         images = check_images(images)
         self._last_size = int(images.shape[1])
-        work = [np.ascontiguousarray(to_working(im)) for im in images]
-        found: list[bool] = []
-        for s in range(0, len(work), 32):  # dlib runs a list of equal-size images as one batch
-            found += [len(d) > 0 for d in self._detector(work[s : s + 32], 0, batch_size=32)]
-        return np.array(found, dtype=bool)
+        return np.array([r is not None for r in self.faces(images)[1]], dtype=bool)
 
     def settings(self) -> dict[str, Any]:
         return {"detector": "dlib.cnn_face_detection_model_v1(mmod_human_face_detector.dat)", "upsample_num_times": 0,

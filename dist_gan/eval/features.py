@@ -21,7 +21,6 @@ any use of it gives NaN, never a made-up Inception Score; ``has_fc`` tells.
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from torch import nn
 from dist_gan.errors import UserError
 from dist_gan.eval.weights import INSTALL_HINT, cache_dir
 from dist_gan.eval.weights import find as find_weights
-from dist_gan.files import atomic_write
+from dist_gan.files import atomic_write, hash_file
 
 SOURCE_NAME = "default_1.pt"
 SOURCE_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
@@ -52,15 +51,6 @@ HOW_TO_GET = (
     f"or pass `--inception-weights PATH` (NVIDIA's TorchScript {SOURCE_NAME}, sha1 {SOURCE_SHA1}, "
     "or a torch-fidelity-format InceptionV3 state dict)"
 )
-
-
-def hash_file(path: Path, algorithm: str = "sha1", chunk: int = 1 << 20) -> str:
-    """Hex digest of a file, streamed (sha1 names the weights, sha256 keys reference zips)."""
-    h = hashlib.new(algorithm)
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def sha1_file(path: Path) -> str:

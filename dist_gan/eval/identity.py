@@ -28,7 +28,7 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
-from dist_gan.eval.detect import check_images, to_working
+from dist_gan.eval.detect import MmodDetector, check_images
 from dist_gan.eval.leak import binomial_sf, nearest_neighbours, save_pairs_png
 from dist_gan.eval.weights import FILES, locate
 from dist_gan.files import atomic_write
@@ -50,7 +50,7 @@ class FaceEmbedder:
         import dlib
 
         self._dlib = dlib
-        self._detector = dlib.cnn_face_detection_model_v1(str(locate("dlib_mmod")))
+        self._detector = MmodDetector()
         self._landmarks = dlib.shape_predictor(str(locate("dlib_landmarks5")))
         self._embed = dlib.face_recognition_model_v1(str(locate("dlib_identity")))
 
@@ -65,13 +65,12 @@ class FaceEmbedder:
         out = np.full((len(images), EMBED_DIM), np.nan, dtype=np.float32)
         task = progress.add_task(desc, total=len(images)) if progress is not None else None
         for s in range(0, len(images), BATCH):
-            work = [np.ascontiguousarray(to_working(im)) for im in images[s : s + BATCH]]
+            work, rects = self._detector.faces(images[s : s + BATCH])
             found, shapes, rows = [], [], []
-            for i, dets in enumerate(self._detector(work, 0, batch_size=BATCH)):
-                if len(dets):
-                    best = max(dets, key=lambda d: d.confidence)
+            for i, rect in enumerate(rects):
+                if rect is not None:
                     faces = self._dlib.full_object_detections()
-                    faces.append(self._landmarks(work[i], best.rect))
+                    faces.append(self._landmarks(work[i], rect))
                     found.append(work[i])
                     shapes.append(faces)
                     rows.append(s + i)

@@ -34,8 +34,7 @@ from dist_gan.data.format import iter_images as iter_shard_images
 from dist_gan.data.images import AUTO_CROP, IMAGE_EXTS, crop_box, detect_layout
 from dist_gan.errors import UserError
 from dist_gan.eval.detect import default_human_detector
-from dist_gan.eval.features import hash_file
-from dist_gan.files import atomic_write
+from dist_gan.files import atomic_write, hash_file
 
 STATS_VERSION = 1
 

