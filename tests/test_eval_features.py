@@ -63,6 +63,19 @@ def test_features_equal_torchscript_on_real_faces(weights, model, celeba16):
     assert abs(fid_to_stats(f, *feature_stats(f))) < 1e-4  # a set against itself (rounding only)
 
 
+def test_cpu_chunks_give_each_image_its_own_features(model, celeba16):
+    """On a CPU the batch is fed ``CPU_CHUNK`` at a time (channels_last): a ragged batch keeps every row, in order."""
+    assert model.net.Conv2d_1a_3x3.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    n = F.CPU_CHUNK + 3
+    x = F.to_uint8_nchw(celeba16[:n])
+    batched = model(x)
+    alone = torch.cat([model(x[i : i + 1]) for i in range(n)])
+    assert batched.shape == (n, 2048)
+    assert torch.allclose(batched, alone, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(batched[0], batched[1])  # distinct faces, distinct rows
+    assert model(x[:0]).shape == (0, 2048)
+
+
 class _Leading(torch.nn.Module):
     """Our extractor's first ``k`` pool3 dims: torchmetrics' non-symmetric 2048^2 eig takes a minute on a busy CPU."""
 
