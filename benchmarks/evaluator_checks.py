@@ -97,7 +97,7 @@ def identity(n_ref: int, work: Path, kimg: float, out: Path, n_planted: int = 50
              limit: Optional[int] = None) -> Dict[str, Any]:
     """The planted-copies check: ``n_planted`` disguised training faces among ``n_mixed`` images in all."""
     from dist_gan.engine.checkpoint import load_generator, resolve_checkpoint
-    from dist_gan.eval.identity import FaceEmbedder, identity_report
+    from dist_gan.eval.identity import SAME_PERSON, FaceEmbedder, identity_report
     from dist_gan.eval.leak import nearest_neighbours
     from dist_gan.eval.sampling import Dist, generate
 
@@ -120,21 +120,24 @@ def identity(n_ref: int, work: Path, kimg: float, out: Path, n_planted: int = 50
     t0 = time.perf_counter()
     r = identity_report(gen_emb, train_emb, mixed, train, out / "identity_pairs.png", k_pairs=10)
     match_s = time.perf_counter() - t0
-    flagged = set(r["gen_same_person_index"])
-    planted_flagged = sum(int(i) in flagged for i in planted_at)
     rest_faces = int((~np.isnan(gen_emb[rest]).any(axis=1)).sum())
-    rest_flagged = sum(int(i) in flagged for i in rest)
+
+    def flagged_by(report: Dict[str, Any]) -> Dict[str, Any]:
+        flagged = set(report["gen_same_person_index"])
+        n = sum(int(i) in flagged for i in rest)
+        return {"threshold": report["threshold"], "planted_flagged": sum(int(i) in flagged for i in planted_at),
+                "rest_flagged": n, "rest_flagged_rate": n / rest_faces if rest_faces else None,
+                "heldout_rate": report["heldout_same_person_rate"], "p_value": report["p_value"], "verdict": report["verdict"]}
+
+    calibrated, dlib = flagged_by(r), flagged_by(identity_report(gen_emb, train_emb, threshold=SAME_PERSON))
     # Of the copies, how many find the very image they were made from as their nearest training face.
     q, train_rows = gen_emb[planted_at], np.flatnonzero(~np.isnan(train_emb).any(axis=1))
     ok = ~np.isnan(q).any(axis=1)
     _, idx = nearest_neighbours(q[ok], train_emb[train_rows]) if ok.any() else (None, np.zeros(0, np.int64))
     planted_to_own = int((train_rows[idx] == sources[ok]).sum())
-    return {"n_ref": n_ref, "kimg": kimg, "run": str(run), "planted": n_planted, "planted_flagged": planted_flagged,
+    return {"n_ref": n_ref, "kimg": kimg, "run": str(run), "planted": n_planted, "calibrated": calibrated, "dlib": dlib,
             "planted_no_face": int(np.isnan(q).any(axis=1).sum()), "planted_nearest_is_source": planted_to_own,
-            "rest": len(rest), "rest_faces": rest_faces, "rest_flagged": rest_flagged,
-            "rest_flagged_rate": rest_flagged / rest_faces if rest_faces else None,
-            "heldout_rate": r["heldout_same_person_rate"], "train_no_face": r["train_no_face"],
-            "gen_no_face": r["gen_no_face"], "p_value": r["p_value"], "verdict": r["verdict"],
+            "rest": len(rest), "rest_faces": rest_faces, "train_no_face": r["train_no_face"], "gen_no_face": r["gen_no_face"],
             "embed_s_per_1000": per_1000, "match_s": match_s, "heldout_to_train": r["heldout_to_train"],
             "gen_to_train": r["gen_to_train"], "planted_index": planted_at.tolist(), "sources": sources.tolist()}
 
@@ -172,17 +175,25 @@ def render(res: Dict[str, Any]) -> str:
                   f"{i['planted']} training images (mirrored, shifted 1-3 px, JPEG q75) among {i['rest']} samples of "
                   f"`celeba64` trained {i['kimg']:g} kimg, matched against the first {i['n_ref']} CelebA faces "
                   f"({i['train_no_face']} with no face found).", ""]
-        lines += H.md_table(("", "value"), [
-            ("planted copies flagged (nearest training face < 0.6)", f"{i['planted_flagged']} / {i['planted']}"),
-            ("... whose nearest training face is their source image", f"{i['planted_nearest_is_source']} / {i['planted']}"),
-            ("planted copies with no face found", i["planted_no_face"]),
-            ("other samples flagged", f"{i['rest_flagged']} / {i['rest_faces']} with a face "
-                                     f"({H.fmt(100 * (i['rest_flagged_rate'] or 0), '.1f')}%)"),
-            ("leave-one-out rate of the training faces (the baseline)", f"{H.fmt(100 * i['heldout_rate'], '.1f')}%"),
-            ("samples with no face found", i["gen_no_face"]),
-            (f"verdict on all {i['planted'] + i['rest']} (binomial against the baseline)", f"{i['verdict']} (p = {i['p_value']:.2g})"),
-            ("dlib detect + align + embed, s / 1000 images", H.fmt(i["embed_s_per_1000"], ".1f")),
+        c, d = i["calibrated"], i["dlib"]
+
+        def both(fn) -> tuple:
+            return fn(c), fn(d)
+
+        lines += H.md_table(("", f"calibrated threshold ({c['threshold']:.3f}, the default)", "dlib's 0.6"), [
+            ("planted copies flagged", *both(lambda t: f"{t['planted_flagged']} / {i['planted']}")),
+            ("other samples flagged", *both(lambda t: f"{t['rest_flagged']} / {i['rest_faces']} with a face "
+                                                      f"({H.fmt(100 * (t['rest_flagged_rate'] or 0), '.1f')}%)")),
+            ("leave-one-out rate of the training faces (the baseline)", *both(lambda t: f"{H.fmt(100 * t['heldout_rate'], '.1f')}%")),
+            (f"verdict on all {i['planted'] + i['rest']} (binomial against the baseline)",
+             *both(lambda t: f"{t['verdict']} (p = {t['p_value']:.2g})")),
         ])
+        lines += ["", *H.md_table(("", "value"), [
+            ("planted copies whose nearest training face is their source image", f"{i['planted_nearest_is_source']} / {i['planted']}"),
+            ("planted copies with no face found", i["planted_no_face"]),
+            ("samples with no face found", i["gen_no_face"]),
+            ("dlib detect + align + embed, s / 1000 images", H.fmt(i["embed_s_per_1000"], ".1f")),
+        ])]
         lines += ["", "`identity_pairs.png`: the closest sample / training pairs (the planted copies first).", ""]
     if res.get("pr"):
         p = res["pr"]

@@ -238,7 +238,7 @@ def eval_cmd(
     ))
     if report is not None:
         heads = ("fid", "kid_mean", "kid_std", "is_mean", "pr_precision", "pr_recall", "detect_gen_no_face_rate", "detect_ref_no_face_rate", "leak_copies",
-                 "identity_gen_same_person_rate", "identity_heldout_same_person_rate",
+                 "identity_threshold", "identity_gen_same_person_rate", "identity_heldout_same_person_rate",
                  "holdout_fid", "holdout_fid_gap", "holdout_precision", "holdout_recall")
         Console().print({k: v for k, v in report["figures"].items() if k in heads})
         if "best_checkpoint" in report:

@@ -233,7 +233,9 @@ def recipe_path(name: str, near: Optional[Path] = None) -> Path:
     for folder in ([near.parent] if near is not None else []) + [recipes_dir()]:
         if (folder / f"{name}.yaml").is_file():
             return folder / f"{name}.yaml"
-    raise UserError(f"unknown recipe {name!r}; available: {', '.join(available_recipes())}")
+    close = difflib.get_close_matches(name, available_recipes(), n=1)
+    hint = f" Did you mean {close[0]}?" if close else ""
+    raise UserError(f"unknown recipe {name!r}.{hint} Available: {', '.join(available_recipes())}")
 
 
 def read_recipe(path: Path, _chain: Sequence[Path] = ()) -> Dict[str, Any]:

@@ -22,7 +22,9 @@ def test_evaluator_checks_run_each_section_and_write_the_table(tmp_path):
     assert all(r["n"] == 8 and r["noise_n"] == 8 and 0 <= r["missed"] <= 8 for r in res["floors"])
     i = res["identity"]
     assert i["planted"] == 4 and i["rest"] == 6 and len(set(i["planted_index"])) == 4
-    assert i["planted_flagged"] >= 3  # mirrored, shifted, re-compressed copies of real faces stay the same people
+    c, d = i["calibrated"], i["dlib"]
+    assert d["threshold"] == 0.6 and d["planted_flagged"] >= 3  # mirrored, shifted, re-compressed copies stay the same people
+    assert c["threshold"] <= 0.6 and c["planted_flagged"] <= d["planted_flagged"] and c["rest_flagged"] <= d["rest_flagged"]
     p = res["pr"]
     assert p["half"] == 12 and 0 <= p["halves"]["recall"] <= 1 and p["repeated"]["recall"] <= 1 / 12 + 1e-9
     for name in ("results.md", "command.txt", "identity_pairs.png"):

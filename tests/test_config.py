@@ -127,6 +127,8 @@ def test_recipe_defaults_errors_are_one_line(tmp_path):
     (tmp_path / "c.yaml").write_text("defaults: [no_such_recipe]\n")
     with pytest.raises(UserError, match="unknown recipe 'no_such_recipe'"):
         load_config([f"recipe={tmp_path / 'c.yaml'}"])
+    with pytest.raises(UserError, match="unknown recipe 'anme64'. Did you mean anime64[?] Available: anime64, "):
+        load_config(["recipe=anme64"])
     (tmp_path / "d.yaml").write_text("defaults: 3\n")
     with pytest.raises(UserError, match="defaults must be a list"):
         load_config([f"recipe={tmp_path / 'd.yaml'}"])

@@ -32,6 +32,25 @@ def test_copies_are_flagged_against_a_leave_one_out_baseline():
     assert {p["ref_index"] for p in r["closest_pairs"]} <= set(range(10, 20))
 
 
+def test_threshold_calibrates_below_dlib_where_every_real_face_is_near_someone():
+    """Small crops put every real face within 0.6 of another: 0.6 flags everyone, the calibrated threshold only copies."""
+    rng = np.random.default_rng(3)
+    crowd = lambda n: rng.normal(size=(n, 128)).astype(np.float32) / np.sqrt(2 * 128) * 0.55  # noqa: E731
+    train = crowd(300)
+    copies = train[:10] + rng.normal(scale=0.005, size=(10, 128)).astype(np.float32)
+    gen = np.concatenate([crowd(190), copies])
+    fixed = identity_report(gen, train, threshold=0.6)
+    assert fixed["heldout_same_person_rate"] == 1.0 and fixed["gen_same_person"] == 200  # no discrimination
+    assert fixed["verdict"] == "no identity memorisation signal" and not fixed["threshold_calibrated"]
+    r = identity_report(gen, train)
+    assert r["threshold_calibrated"] and r["threshold"] == pytest.approx(r["heldout_to_train"]["p1"])
+    assert r["threshold"] < 0.6
+    assert r["heldout_same_person"] <= 3  # ~1% of 300 by construction
+    assert set(range(190, 200)) <= set(r["gen_same_person_index"]) and r["gen_same_person"] <= 13
+    assert r["p_value"] < 1e-3 and r["verdict"] == "possible identity memorisation"
+    assert r["heldout_under_dlib_threshold"] == 300 and r["gen_under_dlib_threshold"] == 200
+
+
 def test_new_people_give_no_signal_and_faceless_images_are_counted():
     rng = np.random.default_rng(1)
     train, gen = _people(150, rng), _people(60, rng)
