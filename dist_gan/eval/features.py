@@ -42,8 +42,8 @@ SOURCE_SIZE = 87_335_461
 FEATURE_DIM = 2048
 # On a CPU, Inception is fed this many images at a time, its weights in channels_last.
 # A batch of 250 makes every 299-px activation a fresh multi-GB allocation that the kernel
-# maps and zeroes (system time dominates): 8.7 img/s on 2 cores, against 24 img/s for 8 at
-# a time in channels_last (benchmarks/eval_throughput.py). The features agree to 1e-5.
+# maps and zeroes (system time dominates): 5.6 img/s on 2 cores, against 22.5 img/s for 8 at
+# a time in channels_last (benchmarks/eval_throughput.py --n 500). The features agree to 3e-5.
 CPU_CHUNK = 8
 RESIZE_PROTOCOL = (
     "torch-fidelity InceptionV3: uint8 RGB -> float, bilinear resize to 299x299 as TensorFlow 1.x "
@@ -225,8 +225,8 @@ class InceptionFeatures(nn.Module):
         chunk = CPU_CHUNK if images.device.type == "cpu" else max(len(images), 1)
         with torch.no_grad():
             parts = [list(self.net(images[i : i + chunk])) for i in range(0, len(images), chunk)]
-        if not parts:
-            return list(self.net(images))
+            if not parts:  # no images: the network's own empty outputs, with their shapes
+                return list(self.net(images))
         return [torch.cat(outs) for outs in zip(*parts)]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
