@@ -173,8 +173,8 @@ def identity_report(gen_emb: np.ndarray, train_emb: np.ndarray,
         "gen_same_person_index": [int(gen_rows[j]) for j in np.flatnonzero(gd < threshold)],
         "closest_pairs": pairs, "png": None,
         "rule": (f"same person: descriptor distance < {threshold:.3f} "
-                 + (f"(the smaller of dlib's {SAME_PERSON} and the training faces' leave-one-out {CALIBRATION_PERCENTILE:g}st "
-                    "percentile); " if calibrated else "(given); ")
+                 + (f"(the smaller of dlib's {SAME_PERSON} and percentile {CALIBRATION_PERCENTILE:g} of the training faces' "
+                    "leave-one-out distances); " if calibrated else "(given); ")
                  + "baseline: each training face held out in turn "
                  f"against the other training faces (leave-one-out); 'possible identity memorisation' if the generated rate exceeds it with one-sided "
                  f"binomial p < {P_VALUE_LEVEL:g}; faces with no detection are counted and left out"),
