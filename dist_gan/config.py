@@ -30,7 +30,7 @@ from dist_gan.engine.schedule import LR_DECAY_NETS, LR_SCALINGS
 from dist_gan.engine.state import NAN_POLICIES
 from dist_gan.errors import UserError
 from dist_gan.losses import LOSSES, BEGANLoss
-from dist_gan.models import ARCHS, D_NORMS, RESOLUTIONS
+from dist_gan.models import ARCHS, D_NORMS, G_INITS, RESOLUTIONS
 from dist_gan.models.fastconv import SWAP_WGRAD_MODES
 from dist_gan.recipes import available_recipes, recipes_dir
 
@@ -44,6 +44,7 @@ class ModelCfg:
     ndf: int = 64  # D's width (channels of its first layer)
     spectral_norm: bool = False  # spectral normalisation on every D conv/linear
     d_norm: str = "batch"  # D's normalisation: batch (as the arch builds it) | layer | none (batch norms swapped out)
+    g_init: str = "dcgan"  # dcgan: N(0, 0.02) | nearest: G's stride-2 transposed convs start as upsample + 3x3 conv (no checkerboard)
 
 
 @dataclass
@@ -138,6 +139,7 @@ CHOICES: Dict[str, Collection[Any]] = {
     "model.arch": ARCHS.keys(),  # live views: an arch or loss registered later is valid too
     "model.resolution": RESOLUTIONS,
     "model.d_norm": D_NORMS,
+    "model.g_init": G_INITS,
     "loss.name": LOSSES.keys(),
     "train.precision": PRECISION_MODES,
     "train.compile": COMPILE_MODES,

@@ -10,17 +10,17 @@ from typing import Any, Callable, Dict, Mapping, Tuple
 
 from torch import nn
 
-from dist_gan.models.dcgan import SUPPORTED_RESOLUTIONS, Discriminator, Generator
+from dist_gan.models.dcgan import G_INITS, SUPPORTED_RESOLUTIONS, Discriminator, Generator
 from dist_gan.models.variants import (D_NORMS, BeganDiscriminator, KerasDiscriminator, KerasGenerator, apply_d_options,
                                       began_generator)
 
 RESOLUTIONS = SUPPORTED_RESOLUTIONS  # model.resolution: every arch is built for these
-__all__ = ["ARCHS", "D_NORMS", "RESOLUTIONS", "build_discriminator", "build_generator"]
+__all__ = ["ARCHS", "D_NORMS", "G_INITS", "RESOLUTIONS", "build_discriminator", "build_generator"]
 
 # name -> (make_G(cfg), make_D(cfg)); cfg is the ``model`` section plus ``resolution``.
 ARCHS: Dict[str, Tuple[Callable[[Mapping[str, Any]], nn.Module], Callable[[Mapping[str, Any]], nn.Module]]] = {
     "dcgan": (
-        lambda c: Generator(c["resolution"], c["nz"], c["ngf"]),
+        lambda c: Generator(c["resolution"], c["nz"], c["ngf"], init=c.get("g_init", "dcgan")),
         lambda c: Discriminator(c["resolution"], c["ndf"]),
     ),
     "keras_improved": (

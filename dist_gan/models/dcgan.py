@@ -12,9 +12,11 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 SUPPORTED_RESOLUTIONS = (32, 64, 128)
+G_INITS = ("dcgan", "nearest")  # model.g_init: how G's stride-2 transposed convs start
 
 
 def num_blocks(resolution: int) -> int:
@@ -36,11 +38,34 @@ def dcgan_init(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+def nearest_upsample_init(module: nn.Module, std: float = 0.02) -> None:
+    """Start every stride-2, 4x4 transposed conv as nearest-neighbour upsampling then a 3x3 conv.
+
+    Why: a randomly drawn 4x4 kernel gives each of the four output pixel phases its own
+    2x2 sub-kernel, so G starts with a period-2 checkerboard that short runs never train
+    away (Odena et al. 2016). A kernel that is a 3x3 kernel convolved with a 2x2 box gives
+    all four phases the same response: the layer is then exactly upsample + conv
+    (Aitken et al. 2017, "checkerboard artifact free sub-pixel convolution"), and keeps
+    the transposed conv's speed and its freedom to learn away from it.
+    """
+    box = torch.ones(1, 1, 2, 2)
+    for m in module.modules():
+        if isinstance(m, nn.ConvTranspose2d) and m.stride == (2, 2) and m.kernel_size == (4, 4):
+            cin, cout = m.weight.shape[:2]
+            with torch.no_grad():
+                k3 = torch.randn(cin * cout, 1, 3, 3) * std
+                # each 4x4 entry sums up to four 3x3 entries: halve it to keep the entries' std at ``std``
+                m.weight.copy_(F.conv2d(k3, box, padding=1).reshape(cin, cout, 4, 4) / 2)
+
+
 class Generator(nn.Module):
     """DCGAN generator: (N, nz) or (N, nz, 1, 1) latents -> (N, 3, R, R) images in [-1, 1]."""
 
-    def __init__(self, resolution: int = 64, nz: int = 100, ngf: int = 64, channels: int = 3) -> None:
+    def __init__(self, resolution: int = 64, nz: int = 100, ngf: int = 64, channels: int = 3,
+                 init: str = "dcgan") -> None:
         super().__init__()
+        if init not in G_INITS:
+            raise ValueError(f"model.g_init must be one of {list(G_INITS)}, got {init!r}")
         self.resolution, self.nz = resolution, nz
         n = num_blocks(resolution)
         widths = [ngf * 2 ** (n - 1 - i) for i in range(n)]  # e.g. 64 px: 8,4,2,1 x ngf
@@ -54,6 +79,8 @@ class Generator(nn.Module):
         layers += [nn.ConvTranspose2d(widths[-1], channels, 4, 2, 1, bias=False), nn.Tanh()]
         self.net = nn.Sequential(*layers)
         dcgan_init(self)
+        if init == "nearest":
+            nearest_upsample_init(self)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if z.dim() == 2:
