@@ -202,7 +202,7 @@ def weights_list() -> None:
 def eval_cmd(
     target: str = typer.Argument(..., metavar="RUN_OR_CHECKPOINT", help="A ckpt-*.pt file or a run directory (newest checkpoint, or see --ckpt)."),
     which: str = typer.Option("latest", "--ckpt", help="From a run directory: latest (newest ckpt-*.pt) | best (checkpoints/best.pt, lowest FID during training)."),
-    ref: str = typer.Option(..., "--ref", help="Reference set: a shard folder (manifest.json) or a zip/folder of images."),
+    ref: str = typer.Option(..., "--ref", help="Reference set: a shard folder (manifest.json) or its URL (http(s)://, pipe:CMD with {name}, s3://, gs://), or a zip/folder of images."),
     out: Path = typer.Option(..., "--out", help="Folder for report.json, report.md, grid.png, pairs.png, no_face.png."),
     fid: bool = typer.Option(False, "--fid", help="Frechet Inception Distance."),
     kid: bool = typer.Option(False, "--kid", help="Kernel Inception Distance."),

@@ -103,6 +103,10 @@ class LoaderCfg:
     shuffle: int = 1000  # shuffle-buffer size in samples, per worker
     xflip: bool = False  # random horizontal flips of the reals
     chunk_batches: int = 500  # batches per rank between re-seedings of the resampled stream
+    retries: int = 4  # a shard read that fails (refused, reset, truncated, HTTP 5xx) is retried this often, then skipped and counted
+    timeout_s: float = 30.0  # seconds a remote read may stall before it counts as failed
+    cache_dir: str = ""  # shards fetched from a URL are kept here and read from disk afterwards ("" = no cache)
+    cache_gb: float = 50.0  # the cache's size bound; least recently used shards go first
 
 
 @dataclass
@@ -303,6 +307,9 @@ def validate(cfg: DictConfig) -> None:
     if cfg.log.fid_kimg < 0 or cfg.log.fid_n < 2:
         raise UserError(f"log.fid_kimg must be >= 0 (0 = no FID during training) and log.fid_n >= 2, "
                         f"got {cfg.log.fid_kimg} and {cfg.log.fid_n}")
+    if cfg.loader.retries < 0 or not cfg.loader.timeout_s > 0 or not cfg.loader.cache_gb > 0:
+        raise UserError(f"loader.retries must be >= 0, loader.timeout_s and loader.cache_gb positive, "
+                        f"got {cfg.loader.retries}, {cfg.loader.timeout_s} and {cfg.loader.cache_gb}")
     if cfg.optim.d_steps <= 0 or cfg.optim.g_steps <= 0:
         raise UserError("optim.d_steps and optim.g_steps must be positive (e.g. 4 and 3 for a 4:3 schedule)")
     if not 0.0 < cfg.loss.real_label <= 1.0:

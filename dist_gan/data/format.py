@@ -36,11 +36,12 @@ import tarfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
 
+from dist_gan.data.remote import HashingReader, RetryPolicy, is_remote, member_url, open_url, read_small
 from dist_gan.errors import UserError
 
 SCHEMA = "dist_gan.shards"
@@ -185,11 +186,17 @@ def block_size_hint(sample: dict) -> int:
 class ShardSet:
     """A packed data set: its shard files and what the manifest says about them."""
 
-    root: Path
+    root: Path | str  # the folder, or the URL / pipe: command the shards are read from
     urls: List[str]
     counts: List[int]
     resolution: int
     manifest: dict
+    sha256: Tuple[Optional[str], ...] = ()  # per shard, where the manifest has it
+    names: Tuple[str, ...] = ()  # per shard: its file name (shard-NNNNNN.tar)
+
+    @property
+    def remote(self) -> bool:
+        return is_remote(str(self.root))
 
     @property
     def num_samples(self) -> int:
@@ -209,10 +216,16 @@ def repack_command(root: Path, manifest: dict, image_format: str = BLOCKS) -> st
     return f"dist-gan data pack {manifest.get('source') or 'SRC'} {root} --format {image_format} --overwrite"
 
 
-def open_shards(path: str | Path) -> ShardSet:
-    """Read ``manifest.json`` of a shard folder made by ``dist-gan data pack``; a UserError if it is not one we read."""
+def open_shards(path: str | Path, policy: RetryPolicy = RetryPolicy()) -> ShardSet:
+    """Read ``manifest.json`` of a shard folder made by ``dist-gan data pack``, or of one behind a URL
+    (``http(s)://``, ``pipe:COMMAND`` with ``{name}``, ``s3://``, ``gs://``); a UserError if it is not one we read."""
     if not str(path):
         raise UserError("no data given: pass data=<shard folder> (make one with `dist-gan data pack SRC OUT`)")
+    if is_remote(str(path)):
+        location = str(path)
+        manifest_url = member_url(location, MANIFEST)
+        text = read_small(manifest_url, policy, what="shard manifest")
+        return _from_manifest(location, manifest_url, lambda: text.decode("utf-8"), check_files=False)
     root = Path(path)
     if not root.exists():
         raise UserError(f"{root} does not exist; give a shard folder made by `dist-gan data pack SRC OUT`")
@@ -222,12 +235,18 @@ def open_shards(path: str | Path) -> ShardSet:
     manifest_path = root / MANIFEST if root.is_dir() else root
     if not manifest_path.is_file():
         raise UserError(f"{root} has no {MANIFEST}: it is not a shard folder; make one with `dist-gan data pack {root} OUT`")
-    root = manifest_path.parent
+    what = "is not a readable shard manifest" if manifest_path.name == MANIFEST else "is neither a shard folder nor a manifest"
+    return _from_manifest(manifest_path.parent, str(manifest_path), lambda: manifest_path.read_text(encoding="utf-8"),
+                          check_files=True, unreadable=what)
+
+
+def _from_manifest(root: Path | str, manifest_path: str, read: Callable[[], str], check_files: bool,
+                   unreadable: str = "is not a readable shard manifest") -> ShardSet:
+    """Parse and check a manifest's text: the one place that decides what a valid pack is, local or remote."""
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        manifest = json.loads(read())
     except (OSError, ValueError) as exc:
-        what = "is not a readable shard manifest" if manifest_path.name == MANIFEST else "is neither a shard folder nor a manifest"
-        raise UserError(f"{manifest_path} {what} ({type(exc).__name__}); "
+        raise UserError(f"{manifest_path} {unreadable} ({type(exc).__name__}); "
                         "make shards with `dist-gan data pack SRC OUT` and pass data=OUT") from None
     if not isinstance(manifest, dict):
         raise UserError(f"{manifest_path} is not a shard manifest; repack with `dist-gan data pack`")
@@ -237,26 +256,32 @@ def open_shards(path: str | Path) -> ShardSet:
     if image_format in REMOVED_FORMATS:
         raise UserError(
             f"{root} was packed with --format {image_format}, which dist_gan no longer reads; "
-            f"repack it: `{repack_command(root, manifest, REMOVED_FORMATS[image_format])}`"
+            f"repack it: `{repack_command(Path(str(root)), manifest, REMOVED_FORMATS[image_format])}`"
         )
     if image_format not in IMAGE_FORMATS:
         raise UserError(f"{manifest_path} has unknown image_format {image_format!r}; expected one of {', '.join(IMAGE_FORMATS)}")
     try:
-        shards = [(str(s["name"]), int(s["count"])) for s in manifest.get("shards", []) if s.get("count", 0) > 0]
+        shards = [(str(s["name"]), int(s["count"]), s.get("sha256")) for s in manifest.get("shards", []) if s.get("count", 0) > 0]
         resolution = int(manifest["resolution"])
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise UserError(f"{manifest_path} is not a valid shard manifest (bad or missing {exc}); repack it") from None
     if not shards:
         raise UserError(f"{manifest_path} lists no non-empty shards")
-    missing = [name for name, _ in shards if not (root / name).is_file()]
-    if missing:
-        raise UserError(f"shards listed in {manifest_path} are missing: {', '.join(missing[:5])}")
+    bad_names = [name for name, _, _ in shards if shard_index(name) is None]
+    if bad_names:  # names become paths and URLs: never let a manifest point outside its pack
+        raise UserError(f"{manifest_path} lists shards not named shard-NNNNNN.tar: {', '.join(bad_names[:3])}")
+    if check_files:
+        missing = [name for name, _, _ in shards if not (Path(root) / name).is_file()]
+        if missing:
+            raise UserError(f"shards listed in {manifest_path} are missing: {', '.join(missing[:5])}")
     return ShardSet(
         root=root,
-        urls=[str(root / name) for name, _ in shards],
-        counts=[count for _, count in shards],
+        urls=[member_url(str(root), name) for name, _, _ in shards],
+        counts=[count for _, count, _ in shards],
         resolution=resolution,
         manifest=manifest,
+        sha256=tuple(str(sha) if sha else None for _, _, sha in shards),
+        names=tuple(name for name, _, _ in shards),
     )
 
 
@@ -283,9 +308,12 @@ def iter_images(shards: ShardSet, limit: Optional[int] = None) -> Iterator[np.nd
     if limit is not None and limit <= 0:
         return
     n = 0
-    for url in shards.urls:
+    for url, sha in zip(shards.urls, shards.sha256 or [None] * len(shards.urls)):
         try:
-            with tarfile.open(url, mode="r|") as tar:  # streaming: members in order, no index built
+            stream = open_url(url, RetryPolicy())
+            if sha:  # checked when the shard is read to its end
+                stream = io.BufferedReader(HashingReader(stream, sha, url))
+            with stream, tarfile.open(fileobj=stream, mode="r|") as tar:  # streaming: members in order, no index
                 for member in tar:
                     if not member.isfile():
                         continue
@@ -295,5 +323,6 @@ def iter_images(shards: ShardSet, limit: Optional[int] = None) -> Iterator[np.nd
                         n += 1
                         if limit is not None and n >= limit:
                             return
+                stream.read()  # past the tar's end-of-archive blocks, so the hash covers the whole file
         except (tarfile.TarError, OSError) as exc:
-            raise UserError(f"cannot read shard {url} ({exc}); it is corrupt or truncated, repack it") from None
+            raise UserError(f"cannot read shard {url} ({exc}); it is corrupt, truncated or unreachable; repack or re-publish it") from None

@@ -25,7 +25,7 @@ from __future__ import annotations
 import random
 import warnings
 from collections import deque
-from typing import Deque, Dict, Iterator, List, Sequence
+from typing import Deque, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -33,6 +33,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from dist_gan.data.format import ShardSet, block_size_hint, decode_block_sample, decode_sample
+from dist_gan.data.remote import FetchStats, RetryPolicy, ShardCache, describe, open_url
 from dist_gan.errors import UserError
 
 MAX_BAD_RUN = 1000  # this many unreadable samples or shards in a row: the shards are broken, not a few bad files
@@ -64,9 +65,17 @@ class ResampledShardStream(IterableDataset):
         shuffle: int = 1000,
         xflip: bool = False,
         blocks: bool = False,
+        policy: RetryPolicy = RetryPolicy(),
+        cache: Optional[Tuple[str, int]] = None,
+        sha256: Sequence[Optional[str]] = (),
+        names: Sequence[str] = (),
     ) -> None:
         super().__init__()
         self.urls = list(urls)
+        self.policy, self.cache = policy, cache  # cache: (folder, max bytes); the ShardCache is made per worker
+        self.sha256 = dict(zip(self.urls, sha256))
+        self.names = dict(zip(self.urls, names))  # url -> shard file name, the cache's key
+        self.fetch = FetchStats()  # retried reads and bytes fetched by this worker
         self.batch_size, self.batches_per_worker = batch_size, batches_per_worker
         self.seed, self.chunk, self.rank, self.world_size = seed, chunk, rank, world_size
         self.shuffle, self.xflip, self.blocks = shuffle, xflip, blocks
@@ -100,7 +109,8 @@ class ResampledShardStream(IterableDataset):
 
     def _item(self, images: torch.Tensor, worker: int) -> dict:
         """A batch for the loader, with this worker's running counts of what it skipped."""
-        return {"images": images, "worker": worker, "bad": self.bad_samples, "failed": dict(self.failed_shards)}
+        return {"images": images, "worker": worker, "bad": self.bad_samples, "failed": dict(self.failed_shards),
+                "retries": self.fetch.retries, "fetched": self.fetch.bytes}
 
     def _rng(self, worker: int) -> random.Random:
         return random.Random(f"{self.seed}/{self.chunk}/{self.rank}/{worker}")
@@ -108,6 +118,35 @@ class ResampledShardStream(IterableDataset):
     def _shard_urls(self, rng: random.Random, urls: List[str]) -> Iterator[dict]:
         while True:  # resampled: draw shards with replacement, forever
             yield {"url": rng.choice(urls)}
+
+    def _open(self, sources: Iterator[dict]) -> Iterator[dict]:
+        """Shard URLs -> open byte streams (through the cache if there is one); a shard that cannot be
+        opened after the retry policy's attempts is counted and skipped. Each stream is closed when
+        the next is asked for: WebDataset's tar expander reads a shard to its end before that."""
+        cache = ShardCache(*self.cache) if self.cache else None
+        previous = None
+        for source in sources:
+            if previous is not None:
+                previous.close()
+                previous = None
+            url = source["url"]
+            try:
+                if cache is not None:
+                    stream = open(cache.fetch(url, self.names[url], self.sha256.get(url), self.policy, self.fetch), "rb")
+                else:
+                    stream = open_url(url, self.policy, self.fetch)
+            except Exception as exn:  # noqa: BLE001 - network, command and disk errors all mean: skip this shard
+                self._shard_failed(OSError(describe(exn), url))
+                continue
+            previous = stream
+            yield {"url": url, "stream": stream}
+        if previous is not None:
+            previous.close()
+
+    def _samples(self, sources: Iterator[dict]) -> Iterator[dict]:
+        """WebDataset's own tar reading and grouping by key, after our opener."""
+        files = wds.tariterators.tar_file_expander(self._open(sources), handler=self._shard_failed)
+        return wds.tariterators.group_by_keys(files, handler=self._shard_failed)
 
     def _decode(self, samples: Iterator[dict], rng: random.Random) -> Iterator[np.ndarray]:
         for sample in samples:
@@ -191,7 +230,7 @@ class ResampledShardStream(IterableDataset):
             ]
         pipeline = wds.DataPipeline(
             lambda: self._shard_urls(rng, mine),
-            wds.tarfile_to_samples(handler=self._shard_failed),
+            self._samples,
             *stages,
         ).with_epoch(nbatches=self.batches_per_worker)
         yield from pipeline
@@ -212,6 +251,9 @@ class StreamLoader:
         xflip: bool = False,
         chunk_batches: int = 500,
         pin_memory: bool = False,
+        policy: RetryPolicy = RetryPolicy(),
+        cache_dir: str = "",
+        cache_bytes: int = 0,
     ) -> None:
         if local_batch <= 0:
             raise UserError(f"per-rank batch must be positive, got {local_batch}")
@@ -222,11 +264,16 @@ class StreamLoader:
         self.chunk_batches = self.batches_per_worker * max(1, workers)
         self.bad_samples = 0  # corrupt samples skipped so far, summed over chunks and workers
         self.failed_shards: Dict[str, str] = {}  # shards that could not be read, each reported once
+        self.retries = 0  # reads retried after a network or command fault, summed over chunks and workers
+        self.fetched_bytes = 0  # bytes read from the shards' location (a cache hit reads none)
+        self.policy = policy
+        self.cache = (cache_dir, cache_bytes) if cache_dir else None
 
     def _chunk_loader(self, chunk: int) -> DataLoader:
         dataset = ResampledShardStream(
             self.shards.urls, self.local_batch, self.batches_per_worker, self.seed, chunk,
             self.rank, self.world_size, self.shuffle, self.xflip, self.shards.blocks,
+            self.policy, self.cache, self.shards.sha256, self.shards.names,
         )
         return DataLoader(
             dataset,
@@ -243,11 +290,12 @@ class StreamLoader:
         """Endless uint8 (B, 3, R, R) batches starting at global step ``start_step``."""
         chunk, skip = divmod(start_step, self.chunk_batches)
         while True:
-            bad_per_worker: dict = {}
-            done_before = self.bad_samples
+            per_worker: Dict[int, Tuple[int, int, int]] = {}  # worker -> its running (bad, retries, bytes) this chunk
+            before = (self.bad_samples, self.retries, self.fetched_bytes)
             for i, item in enumerate(_worker_errors(self._chunk_loader(chunk))):
-                bad_per_worker[item["worker"]] = item["bad"]
-                self.bad_samples = done_before + sum(bad_per_worker.values())
+                per_worker[item["worker"]] = (item["bad"], item["retries"], item["fetched"])
+                self.bad_samples, self.retries, self.fetched_bytes = (
+                    b + sum(w[k] for w in per_worker.values()) for k, b in enumerate(before))
                 for url, why in item["failed"].items():
                     if url not in self.failed_shards:
                         self.failed_shards[url] = why

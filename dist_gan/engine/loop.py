@@ -36,6 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from dist_gan.data.format import open_shards
+from dist_gan.data.remote import RetryPolicy
 from dist_gan.data.stream import StreamLoader, to_model_range
 from dist_gan.engine import checkpoint as ckpt
 from dist_gan.engine.ema import stale_ema_message
@@ -119,7 +120,8 @@ def _train(cfg: DictConfig, preempt: PreemptionFlag, fid: Optional[FidProbe]) ->
         raise UserError(f"train.batch={batch} must divide evenly over {world} ranks x {accum} accumulation rounds")
     local_batch = batch // (world * accum)
 
-    shards = open_shards(cfg.data)
+    policy = RetryPolicy(retries=int(cfg.loader.retries), timeout_s=float(cfg.loader.timeout_s))
+    shards = open_shards(cfg.data, policy)
     if shards.resolution != cfg.model.resolution:
         raise UserError(
             f"shards in {cfg.data} are {shards.resolution}px but model.resolution={cfg.model.resolution}; "
@@ -146,6 +148,7 @@ def _train(cfg: DictConfig, preempt: PreemptionFlag, fid: Optional[FidProbe]) ->
         shards, local_batch, rank, world, seed=cfg.seed, workers=cfg.loader.workers,
         shuffle=cfg.loader.shuffle, xflip=cfg.loader.xflip, chunk_batches=cfg.loader.chunk_batches,
         pin_memory=device.type == "cuda",
+        policy=policy, cache_dir=str(cfg.loader.cache_dir), cache_bytes=int(float(cfg.loader.cache_gb) * 2**30),
     )
     batches = loader.batches(start_step=run.data_step)
     grid_z = torch.randn(GRID_LATENTS, cfg.model.nz, generator=torch.Generator().manual_seed(cfg.seed)).to(device)
@@ -259,7 +262,8 @@ def _train(cfg: DictConfig, preempt: PreemptionFlag, fid: Optional[FidProbe]) ->
         finite = all(math.isfinite(v) for v in record.values())
         stop = preempt.agreed(accelerator)
         record.update(step=run.iteration, kimg=run.nimg / 1000, img_per_s=meter.tick(run.nimg),
-                      noise_sigma=ctx.noise_sigma, lr_scale=lr_scale, time=time.perf_counter() - tick_start)
+                      noise_sigma=ctx.noise_sigma, lr_scale=lr_scale, time=time.perf_counter() - tick_start,
+                      **_data_faults(accelerator, loader))
         if not finite:
             last = ckpt.list_checkpoints(run_dir / "checkpoints")
             if cfg.train.nan_policy == "rollback" and last and run.rollbacks < cfg.train.max_rollbacks:
@@ -298,7 +302,8 @@ def _train(cfg: DictConfig, preempt: PreemptionFlag, fid: Optional[FidProbe]) ->
             break
 
     summary = _rank_summary(accelerator, backend, nimg=run.nimg, iteration=run.iteration, data_step=run.data_step,
-                            bad_samples=loader.bad_samples, failed_shards=sorted(loader.failed_shards))
+                            bad_samples=loader.bad_samples, failed_shards=sorted(loader.failed_shards),
+                            shard_retries=loader.retries, fetched_bytes=loader.fetched_bytes)
     if monitor:
         (run_dir / "final.json").write_text(json.dumps(summary, indent=2))
         if not summary["ranks_in_sync"]:
@@ -309,6 +314,16 @@ def _train(cfg: DictConfig, preempt: PreemptionFlag, fid: Optional[FidProbe]) ->
     backend.close()
     accelerator.end_training()
     return run_dir
+
+
+def _data_faults(accelerator: Accelerator, loader: StreamLoader) -> Dict[str, float]:
+    """Skipped samples, unreadable shards and retried reads so far, summed over the ranks (one small all-reduce)."""
+    counts = torch.tensor([loader.bad_samples, len(loader.failed_shards), loader.retries], dtype=torch.float64,
+                          device=accelerator.device)
+    if accelerator.num_processes > 1:
+        counts = accelerator.reduce(counts, reduction="sum")
+    bad, failed, retries = (int(v) for v in counts.tolist())
+    return {"bad_samples": bad, "shards_failed": failed, "shard_retries": retries}
 
 
 def _rank_summary(accelerator: Accelerator, backend, **counters: int) -> Dict[str, Any]:

@@ -32,6 +32,7 @@ from PIL import Image
 from dist_gan.data.format import MANIFEST, ShardSet, open_shards
 from dist_gan.data.format import iter_images as iter_shard_images
 from dist_gan.data.images import AUTO_CROP, IMAGE_EXTS, crop_box, detect_layout
+from dist_gan.data.remote import is_remote
 from dist_gan.errors import UserError
 from dist_gan.eval.detect import default_human_detector
 from dist_gan.files import atomic_write, hash_file
@@ -43,7 +44,7 @@ STATS_VERSION = 1
 class ReferenceSet:
     """Where reference images come from and what identifies their content."""
 
-    path: Path
+    path: Path | str  # a folder or zip, or the URL of a shard set
     kind: str  # "shards" | "zip" | "folder"
     layout: str  # "anime" | "celeba" | "ffhq" | "folder" (the packer's layout names)
     data_key: str  # content identity for the cache
@@ -64,7 +65,16 @@ class ReferenceSet:
 
 
 def open_reference(path: str | Path) -> ReferenceSet:
-    """Inspect a shard folder, image zip or image folder; a UserError if it is none of these."""
+    """Inspect a shard folder (or a shard set's URL), image zip or image folder; a UserError if it is none of these."""
+    if is_remote(str(path)):  # content identity: the manifest's hash of the shards, wherever they are served
+        try:
+            shards = open_shards(str(path))
+        except UserError as exc:
+            raise UserError(f"--ref {path}: {exc}") from None
+        man = shards.manifest
+        key = str(man.get("content_hash") or hashlib.sha256(json.dumps(man, sort_keys=True).encode()).hexdigest())
+        return ReferenceSet(str(path), "shards", str(man.get("layout", "folder")), f"shards:{key}", list(shards.names),
+                            shards.num_samples, native_resolution=shards.resolution, shards=shards)
     p = Path(path).expanduser()
     if not p.exists():
         raise UserError(f"--ref {p}: not found (give a shard folder with manifest.json, or a zip/folder of images)")

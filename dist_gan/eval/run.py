@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from dist_gan.engine.checkpoint import list_checkpoints, load_checkpoint, load_generator, nimg_of, resolve_checkpoint
+from dist_gan.data.remote import sub_location
 from dist_gan.errors import UserError
 from dist_gan.eval import metrics as M
 from dist_gan.eval import reference as R
@@ -208,7 +209,7 @@ def _holdout_reference(opts: EvalOptions, ref: R.ReferenceSet) -> Optional[R.Ref
         except UserError as exc:
             raise UserError(str(exc).replace("--ref", "--holdout-ref", 1)) from None
     side = (ref.shards.manifest.get("holdout_set") or {}).get("path") if ref.shards is not None else None
-    return R.open_reference(ref.path / side) if side else None
+    return R.open_reference(sub_location(str(ref.path), side)) if side else None
 
 
 def _against_holdout(ctx: M.EvalContext, held: Dict[str, Any], results: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
