@@ -129,6 +129,7 @@ def slurm_submit(
     partition: Optional[str] = typer.Option(None, "--partition", help="SLURM partition."),
     time: str = typer.Option("24:00:00", "--time", help="Time limit per job (HH:MM:SS); preempted/timed-out jobs requeue and resume."),
     setup: str = typer.Option("", "--setup", help='Shell lines run before launch, e.g. "source ~/venv/bin/activate".'),
+    cpu_procs: int = typer.Option(0, "--cpu-procs", help="Train with this many CPU processes (gloo) per node and ask for no GPUs, instead of --gpus-per-node."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the script; write and submit nothing."),
 ) -> None:
     """Render a training script: dist-gan slurm submit recipe=bigbatch data=SHARDS run_dir=runs/x --nodes 2.
@@ -136,26 +137,70 @@ def slurm_submit(
     The recipe and its key=value overrides are validated first. Without --dry-run the script is
     written next to the run directory (runs/x.sbatch) and submitted with sbatch.
     """
-    from rich.syntax import Syntax
-
     from dist_gan import slurm
 
-    job, _, run_dir = slurm.prepare(list(ctx.args), nodes, gpus_per_node, partition=partition, time=time, setup=setup)
+    if cpu_procs < 0:
+        raise UserError(f"--cpu-procs must be >= 0 (0 = GPUs), got {cpu_procs}")
+    procs = cpu_procs or gpus_per_node
+    job, _, run_dir = slurm.prepare(list(ctx.args), nodes, procs, partition=partition, time=time, setup=setup,
+                                    cpu=cpu_procs > 0)
     script = slurm.render_train(job)
     if dry_run:
-        import sys
-
-        if sys.stdout.isatty():  # highlighted, never wrapped (a wrapped line would break the script)
-            width = max(Console().width, max(len(line) for line in script.splitlines()) + 8)
-            Console(width=width).print(Syntax(script, "bash", theme="ansi_dark"))
-        else:  # piped: the plain script, ready for `> job.sbatch`
-            typer.echo(script, nl=False)
+        _print_script(script)
         return
     path = slurm.script_path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)  # SLURM writes the job log there
     path.write_text(script)
     job_id = slurm.submit(path)
-    console.print(f"[green]submitted[/] job {job_id}: {nodes} node(s) x {gpus_per_node} GPU(s), script {path}, log {run_dir}/slurm-{job_id}.out")
+    what = f"{procs} CPU process(es)" if cpu_procs else f"{procs} GPU(s)"
+    console.print(f"[green]submitted[/] job {job_id}: {nodes} node(s) x {what}, script {path}, log {run_dir}/slurm-{job_id}.out")
+
+
+def _print_script(script: str) -> None:
+    """A rendered batch script on stdout: highlighted on a terminal, plain when piped (ready for `> job.sbatch`)."""
+    import sys
+
+    from rich.syntax import Syntax
+
+    if sys.stdout.isatty():  # never wrapped: a wrapped line would break the script
+        width = max(Console().width, max(len(line) for line in script.splitlines()) + 8)
+        Console(width=width).print(Syntax(script, "bash", theme="ansi_dark"))
+    else:
+        typer.echo(script, nl=False)
+
+
+@slurm_app.command("eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@friendly
+def slurm_eval(
+    ctx: typer.Context,
+    out: Path = typer.Option(..., "--out", help="Report folder; the job's log is written there too."),
+    procs: int = typer.Option(1, "--procs", help="Evaluation processes (GPUs, or CPU processes with --cpu); the samples are split over them."),
+    cpu: bool = typer.Option(False, "--cpu", help="Ask for no GPUs: the processes run on CPU cores."),
+    partition: Optional[str] = typer.Option(None, "--partition", help="SLURM partition."),
+    time: str = typer.Option("04:00:00", "--time", help="Time limit (HH:MM:SS)."),
+    setup: str = typer.Option("", "--setup", help='Shell lines run before the evaluator, e.g. "source ~/venv/bin/activate".'),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the script; write and submit nothing."),
+) -> None:
+    """Submit an evaluation: dist-gan slurm eval RUN --ref SHARDS --fid --kid -n 10000 --out RUN/eval.
+
+    Everything but the options above goes to `dist-gan eval` unchanged; the script is written to
+    OUT.sbatch and submitted with sbatch.
+    """
+    from dist_gan import slurm
+
+    if not ctx.args:
+        raise UserError("give the evaluator's arguments: dist-gan slurm eval RUN --ref SHARDS --fid --out OUT")
+    job = slurm.prepare_eval(list(ctx.args), out, procs=procs, partition=partition, time=time, setup=setup, cpu=cpu)
+    script = slurm.render_eval(job)
+    if dry_run:
+        _print_script(script)
+        return
+    out_dir = Path(job.eval_args[-1])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir.with_name(out_dir.name + ".sbatch")
+    path.write_text(script)
+    job_id = slurm.submit(path)
+    console.print(f"[green]submitted[/] eval job {job_id}: {procs} process(es), script {path}, log {out_dir}/slurm-{job_id}.out")
 
 
 # ---------------------------------------------------------------- weights

@@ -43,6 +43,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from omegaconf import DictConfig
 
 from dist_gan.config import load_config, parse_overrides
+from dist_gan.data.remote import is_remote
 from dist_gan.errors import UserError
 
 PREEMPT_NOTICE_S = 120  # SIGUSR1 this long before the time limit
@@ -64,6 +65,7 @@ class TrainJob:
     chdir: Optional[str] = None
     setup: str = ""
     train_args: List[str] = field(default_factory=list)
+    cpu: bool = False  # processes on CPU cores (gloo), no GPUs asked for: gpus_per_node counts processes
 
 
 _HEADER = """\
@@ -72,8 +74,7 @@ _HEADER = """\
 #SBATCH --job-name={job_name}
 #SBATCH --nodes={nodes}
 #SBATCH --ntasks-per-node=1
-#SBATCH --gpus-per-node={gpus_per_node}
-#SBATCH --cpus-per-task={cpus_per_task}
+{gpus}#SBATCH --cpus-per-task={cpus_per_task}
 #SBATCH --time={time}
 {partition}#SBATCH --signal=B:USR1@{notice}
 #SBATCH --requeue
@@ -90,7 +91,7 @@ set -uo pipefail
 {args_block}
 TRAIN_ARGS+=( "$@" resume=auto )
 
-{setup}
+{setup}{cpu}
 export NNODES="${{SLURM_NNODES:-{nodes}}}"
 export GPUS_PER_NODE="${{DIST_GAN_GPUS_PER_NODE:-{gpus_per_node}}}"
 export HEAD_NODE="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)"
@@ -143,20 +144,20 @@ _EVAL = r"""#!/usr/bin/env bash
 #SBATCH --job-name=dist-gan-eval
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=1
-#SBATCH --gpus-per-node=1
-#SBATCH --cpus-per-task=8
-#SBATCH --time=04:00:00
-#SBATCH --output=slurm-%x-%j.out
-set -euo pipefail
+{gpus}#SBATCH --cpus-per-task={cpus}
+#SBATCH --time={time}
+{partition}#SBATCH --output={output}
+{chdir}set -euo pipefail
 
-PROCS="${DIST_GAN_GPUS_PER_NODE:-${SLURM_GPUS_ON_NODE:-1}}"
-PYTHON="${DIST_GAN_PYTHON:-python}"
-echo "dist_gan eval: job ${SLURM_JOB_ID:-?}, $PROCS process(es): $*"
+{setup}{cpu}PROCS="${{DIST_GAN_GPUS_PER_NODE:-${{SLURM_GPUS_ON_NODE:-{procs}}}}}"
+PYTHON="${{DIST_GAN_PYTHON:-python}}"
+{args_block}
+echo "dist_gan eval: job ${{SLURM_JOB_ID:-?}}, $PROCS process(es): ${{EVAL_ARGS[*]}} $*"
 if [ "$PROCS" -gt 1 ]; then
     # torchrun's own parser would take --n: spell the sample count -n.
-    exec srun --ntasks=1 torchrun --standalone --nproc_per_node "$PROCS" -m dist_gan eval "$@"
+    exec srun --ntasks=1 torchrun --standalone --nproc_per_node "$PROCS" -m dist_gan eval "${{EVAL_ARGS[@]}}" "$@"
 fi
-exec srun --ntasks=1 "$PYTHON" -m dist_gan eval "$@"
+exec srun --ntasks=1 "$PYTHON" -m dist_gan eval "${{EVAL_ARGS[@]}}" "$@"
 """
 
 
@@ -183,18 +184,58 @@ def render_train(job: TrainJob) -> str:
     setup = (f"# Environment setup\n{job.setup}\n" if job.setup
              else "# Environment setup (module load ..., source venv/bin/activate) goes here.\n")
     header = _HEADER.format(
-        title=_title(job), job_name=job.job_name, nodes=job.nodes, gpus_per_node=job.gpus_per_node,
+        title=_title(job), job_name=job.job_name, nodes=job.nodes, gpus=_gpu_line(job.cpu, job.gpus_per_node),
         cpus_per_task=job.cpus_per_task, time=job.time, notice=PREEMPT_NOTICE_S, output=job.output,
         partition=f"#SBATCH --partition={job.partition}\n" if job.partition else "",
         chdir=f"#SBATCH --chdir={job.chdir}\n" if job.chdir else "",
     )
     body = _BODY.format(args_block=args_block, setup=setup, nodes=job.nodes, gpus_per_node=job.gpus_per_node,
-                        notice=PREEMPT_NOTICE_S, grace=SHUTDOWN_GRACE_S)
+                        notice=PREEMPT_NOTICE_S, grace=SHUTDOWN_GRACE_S, cpu=_cpu_block(job.cpu, job.gpus_per_node))
     return header + body
 
 
-def render_eval() -> str:
-    return _EVAL
+def _gpu_line(cpu: bool, gpus_per_node: int) -> str:
+    return "" if cpu else f"#SBATCH --gpus-per-node={gpus_per_node}\n"
+
+
+def _cpu_block(cpu: bool, procs: int) -> str:
+    """CPU jobs: gloo ranks, each with its share of the task's cores as torch threads (no oversubscription)."""
+    if not cpu:
+        return ""
+    return ("# CPU processes (gloo), no GPUs: each gets its share of the task's cores as torch threads.\n"
+            "export ACCELERATE_USE_CPU=1\n"
+            f"export OMP_NUM_THREADS=\"$(( ${{SLURM_CPUS_PER_TASK:-{procs}}} / {procs} > 0 ? ${{SLURM_CPUS_PER_TASK:-{procs}}} / {procs} : 1 ))\"\n")
+
+
+@dataclass
+class EvalJob:
+    """One evaluation job; ``eval_args`` empty means "from the sbatch command line"."""
+
+    procs: int = 1
+    cpus_per_task: int = 8
+    time: str = "04:00:00"
+    partition: Optional[str] = None
+    output: str = "slurm-%x-%j.out"
+    chdir: Optional[str] = None
+    setup: str = ""
+    cpu: bool = False
+    eval_args: List[str] = field(default_factory=list)
+
+
+def render_eval(job: EvalJob = EvalJob()) -> str:
+    """The evaluation script (bash); the checked-in ``slurm/eval.sbatch`` is the default job."""
+    if job.eval_args:
+        lines = "\n".join(f"    {shlex.quote(a)}" for a in job.eval_args)
+        args_block = f"# Rendered by `dist-gan slurm eval`; extra arguments after the script name are appended.\nEVAL_ARGS=(\n{lines}\n)"
+    else:
+        args_block = "EVAL_ARGS=()  # the evaluator's arguments come from the sbatch command line"
+    return _EVAL.format(
+        gpus=_gpu_line(job.cpu, job.procs), cpus=job.cpus_per_task, time=job.time,
+        partition=f"#SBATCH --partition={job.partition}\n" if job.partition else "", output=job.output,
+        chdir=f"#SBATCH --chdir={job.chdir}\n" if job.chdir else "",
+        setup=f"{job.setup}\n" if job.setup else "", cpu=_cpu_block(job.cpu, job.procs), procs=job.procs,
+        args_block=args_block,
+    )
 
 
 def cpus_for(cfg: DictConfig, gpus_per_node: int) -> int:
@@ -207,7 +248,7 @@ def static_scripts() -> Dict[str, str]:
     return {
         "train.sbatch": render_train(TrainJob(nodes=1, gpus_per_node=8, cpus_per_task=24, job_name="dist-gan")),
         "train_multinode.sbatch": render_train(TrainJob(nodes=2, gpus_per_node=8, cpus_per_task=24, job_name="dist-gan")),
-        "eval.sbatch": render_eval(),
+        "eval.sbatch": render_eval(EvalJob()),
     }
 
 
@@ -235,7 +276,8 @@ def _check_time(time: str) -> None:
 
 
 def prepare(args: Sequence[str], nodes: int, gpus_per_node: int, partition: Optional[str] = None,
-            time: str = "24:00:00", setup: str = "", cwd: Optional[Path] = None) -> Tuple[TrainJob, DictConfig, Path]:
+            time: str = "24:00:00", setup: str = "", cwd: Optional[Path] = None,
+            cpu: bool = False) -> Tuple[TrainJob, DictConfig, Path]:
     """Validate the recipe (unknown keys, values, divisibility) and build the job; nothing is written."""
     cfg = load_config(list(args))  # unknown keys and bad values fail here, before any rendering
     overrides = parse_overrides(args)
@@ -250,16 +292,29 @@ def prepare(args: Sequence[str], nodes: int, gpus_per_node: int, partition: Opti
     _check_time(time)
     cwd = Path(cwd or os.getcwd()).resolve()
     run_dir = (cwd / cfg.run_dir).resolve()
-    data = (cwd / cfg.data).resolve()
+    data = cfg.data if is_remote(cfg.data) else (cwd / cfg.data).resolve()  # a URL stays a URL
     # Paths are made absolute: the job's working directory is fixed by --chdir, but be explicit.
     baked = [f"recipe={overrides.pop('recipe', cfg.recipe)}", f"data={data}", f"run_dir={run_dir}"]
     baked += [f"{k}={v}" for k, v in overrides.items() if k not in ("data", "run_dir", "resume")]
     job = TrainJob(
         nodes=nodes, gpus_per_node=gpus_per_node, time=time, partition=partition,
         job_name=f"dg-{cfg.recipe}-{run_dir.name}", cpus_per_task=cpus_for(cfg, gpus_per_node),
-        output=str(run_dir / "slurm-%j.out"), chdir=str(cwd), setup=setup, train_args=baked,
+        output=str(run_dir / "slurm-%j.out"), chdir=str(cwd), setup=setup, train_args=baked, cpu=cpu,
     )
     return job, cfg, run_dir
+
+
+def prepare_eval(args: Sequence[str], out: Path, procs: int = 1, partition: Optional[str] = None,
+                 time: str = "04:00:00", setup: str = "", cpu: bool = False, cwd: Optional[Path] = None) -> EvalJob:
+    """An evaluation job for ``dist-gan eval ARGS --out OUT``; the job log goes to OUT/slurm-JOBID.out."""
+    if procs < 1:
+        raise UserError(f"--procs must be at least 1, got {procs}")
+    _check_time(time)
+    cwd = Path(cwd or os.getcwd()).resolve()
+    out = (cwd / out).resolve()
+    return EvalJob(procs=procs, cpus_per_task=max(procs, 2 * procs), time=time, partition=partition,
+                   output=str(out / "slurm-%j.out"), chdir=str(cwd), setup=setup, cpu=cpu,
+                   eval_args=[*args, "--out", str(out)])
 
 
 def script_path(run_dir: Path) -> Path:
