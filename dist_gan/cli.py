@@ -190,12 +190,11 @@ def slurm_eval(
 
     if not ctx.args:
         raise UserError("give the evaluator's arguments: dist-gan slurm eval RUN --ref SHARDS --fid --out OUT")
-    job = slurm.prepare_eval(list(ctx.args), out, procs=procs, partition=partition, time=time, setup=setup, cpu=cpu)
+    job, out_dir = slurm.prepare_eval(list(ctx.args), out, procs=procs, partition=partition, time=time, setup=setup, cpu=cpu)
     script = slurm.render_eval(job)
     if dry_run:
         _print_script(script)
         return
-    out_dir = Path(job.eval_args[-1])
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir.with_name(out_dir.name + ".sbatch")
     path.write_text(script)

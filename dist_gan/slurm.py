@@ -52,20 +52,31 @@ _TIME = re.compile(r"^(\d+-)?\d{1,3}(:\d{2}){0,2}$")
 
 
 @dataclass
-class TrainJob:
-    """What one training script needs; ``train_args`` empty means "from the sbatch command line"."""
+class BatchJob:
+    """What every batch script of ours asks SLURM for, whatever it runs."""
 
-    nodes: int = 1
-    gpus_per_node: int = 8
     time: str = "24:00:00"
     partition: Optional[str] = None
-    job_name: str = "dist-gan"
     cpus_per_task: int = 24
     output: str = "slurm-%x-%j.out"
     chdir: Optional[str] = None
     setup: str = ""
+    cpu: bool = False  # processes on CPU cores (gloo), no GPUs asked for
+
+    def optional_lines(self) -> Dict[str, str]:
+        """The ``#SBATCH`` lines only some jobs have: partition and working directory."""
+        return {"partition": f"#SBATCH --partition={self.partition}\n" if self.partition else "",
+                "chdir": f"#SBATCH --chdir={self.chdir}\n" if self.chdir else ""}
+
+
+@dataclass
+class TrainJob(BatchJob):
+    """What one training script needs; ``train_args`` empty means "from the sbatch command line"."""
+
+    nodes: int = 1
+    gpus_per_node: int = 8  # with ``cpu``: processes per node
+    job_name: str = "dist-gan"
     train_args: List[str] = field(default_factory=list)
-    cpu: bool = False  # processes on CPU cores (gloo), no GPUs asked for: gpus_per_node counts processes
 
 
 _HEADER = """\
@@ -186,8 +197,7 @@ def render_train(job: TrainJob) -> str:
     header = _HEADER.format(
         title=_title(job), job_name=job.job_name, nodes=job.nodes, gpus=_gpu_line(job.cpu, job.gpus_per_node),
         cpus_per_task=job.cpus_per_task, time=job.time, notice=PREEMPT_NOTICE_S, output=job.output,
-        partition=f"#SBATCH --partition={job.partition}\n" if job.partition else "",
-        chdir=f"#SBATCH --chdir={job.chdir}\n" if job.chdir else "",
+        **job.optional_lines(),
     )
     body = _BODY.format(args_block=args_block, setup=setup, nodes=job.nodes, gpus_per_node=job.gpus_per_node,
                         notice=PREEMPT_NOTICE_S, grace=SHUTDOWN_GRACE_S, cpu=_cpu_block(job.cpu, job.gpus_per_node))
@@ -208,17 +218,12 @@ def _cpu_block(cpu: bool, procs: int) -> str:
 
 
 @dataclass
-class EvalJob:
+class EvalJob(BatchJob):
     """One evaluation job; ``eval_args`` empty means "from the sbatch command line"."""
 
-    procs: int = 1
-    cpus_per_task: int = 8
     time: str = "04:00:00"
-    partition: Optional[str] = None
-    output: str = "slurm-%x-%j.out"
-    chdir: Optional[str] = None
-    setup: str = ""
-    cpu: bool = False
+    cpus_per_task: int = 8
+    procs: int = 1
     eval_args: List[str] = field(default_factory=list)
 
 
@@ -230,10 +235,8 @@ def render_eval(job: EvalJob = EvalJob()) -> str:
     else:
         args_block = "EVAL_ARGS=()  # the evaluator's arguments come from the sbatch command line"
     return _EVAL.format(
-        gpus=_gpu_line(job.cpu, job.procs), cpus=job.cpus_per_task, time=job.time,
-        partition=f"#SBATCH --partition={job.partition}\n" if job.partition else "", output=job.output,
-        chdir=f"#SBATCH --chdir={job.chdir}\n" if job.chdir else "",
-        setup=f"{job.setup}\n" if job.setup else "", cpu=_cpu_block(job.cpu, job.procs), procs=job.procs,
+        gpus=_gpu_line(job.cpu, job.procs), cpus=job.cpus_per_task, time=job.time, output=job.output,
+        **job.optional_lines(), setup=f"{job.setup}\n" if job.setup else "", cpu=_cpu_block(job.cpu, job.procs), procs=job.procs,
         args_block=args_block,
     )
 
@@ -305,16 +308,18 @@ def prepare(args: Sequence[str], nodes: int, gpus_per_node: int, partition: Opti
 
 
 def prepare_eval(args: Sequence[str], out: Path, procs: int = 1, partition: Optional[str] = None,
-                 time: str = "04:00:00", setup: str = "", cpu: bool = False, cwd: Optional[Path] = None) -> EvalJob:
-    """An evaluation job for ``dist-gan eval ARGS --out OUT``; the job log goes to OUT/slurm-JOBID.out."""
+                 time: str = "04:00:00", setup: str = "", cpu: bool = False,
+                 cwd: Optional[Path] = None) -> Tuple[EvalJob, Path]:
+    """An evaluation job for ``dist-gan eval ARGS --out OUT``, and OUT made absolute; the job log goes to OUT/slurm-JOBID.out."""
     if procs < 1:
         raise UserError(f"--procs must be at least 1, got {procs}")
     _check_time(time)
     cwd = Path(cwd or os.getcwd()).resolve()
     out = (cwd / out).resolve()
-    return EvalJob(procs=procs, cpus_per_task=max(procs, 2 * procs), time=time, partition=partition,
-                   output=str(out / "slurm-%j.out"), chdir=str(cwd), setup=setup, cpu=cpu,
-                   eval_args=[*args, "--out", str(out)])
+    job = EvalJob(procs=procs, cpus_per_task=2 * procs, time=time, partition=partition,
+                  output=str(out / "slurm-%j.out"), chdir=str(cwd), setup=setup, cpu=cpu,
+                  eval_args=[*args, "--out", str(out)])
+    return job, out
 
 
 def script_path(run_dir: Path) -> Path:

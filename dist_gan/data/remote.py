@@ -2,7 +2,7 @@
 
 Why this module: ``data=`` and ``--ref`` take a folder, a URL or a command, and every reader
 (the training stream, the evaluator's reference, ``iter_images``) opens a shard the same way,
-through ``open_shard``. Three kinds of location:
+through ``open_url``. Three kinds of location:
 
 * a folder: ``shard-000000.tar`` beside ``manifest.json``;
 * ``http://host/prefix/`` or ``https://``: the manifest and shards under that prefix. Read
