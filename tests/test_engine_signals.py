@@ -45,6 +45,17 @@ def test_a_second_signal_ends_it_at_once():
     assert proc.wait(timeout=30) == -signal.SIGUSR1
 
 
+def test_the_same_notice_relayed_twice_at_once_is_one_request():
+    proc = _start(grace=600.0)
+    proc.send_signal(signal.SIGUSR1)  # srun and the launcher both deliver SLURM's notice, milliseconds apart
+    time.sleep(0.05)  # apart enough that the handler runs twice (back to back, the kernel would merge them)
+    proc.send_signal(signal.SIGUSR1)
+    time.sleep(0.5)
+    assert proc.poll() is None  # still stopping cleanly
+    proc.send_signal(signal.SIGUSR1)  # a real second request
+    assert proc.wait(timeout=30) == -signal.SIGUSR1
+
+
 def test_the_flag_records_the_signal_and_restore_puts_the_handler_back():
     from dist_gan.engine.signals import PreemptionFlag
 

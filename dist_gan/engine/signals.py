@@ -26,6 +26,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from typing import Dict, Mapping, Optional
 
 import torch
@@ -60,6 +61,9 @@ class PreemptionFlag:
     """Installs handlers on creation (main thread only); ``restore()`` puts the old ones back."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+    # A repeat this soon after the first is the same notice arriving by a second path, not a second request:
+    # under SLURM, srun signals every process of the step and the launcher forwards the signal to its ranks too.
+    RELAYED_WITHIN_S = 0.25
 
     def __init__(self, grace_s: float = 300.0) -> None:
         self.signal_name = ""
@@ -74,8 +78,11 @@ class PreemptionFlag:
                 self._watching_parent = signal_when_parent_dies(PARENT_DIED)
 
     _watching_parent = False
+    _first_at = 0.0
 
     def _handle(self, signum, _frame) -> None:
+        if self.signal_name and time.monotonic() - self._first_at < self.RELAYED_WITHIN_S:
+            return  # the same notice, relayed
         if self.signal_name:  # asked twice: stop now
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
@@ -89,6 +96,7 @@ class PreemptionFlag:
 
     def _raise(self, name: str, signum: int) -> None:
         self.signal_name = name
+        self._first_at = time.monotonic()
         self._deadline = threading.Timer(self.grace_s, self._expire, args=(signum,))
         self._deadline.daemon = True
         self._deadline.start()
