@@ -176,6 +176,7 @@ def slurm_eval(
     out: Path = typer.Option(..., "--out", help="Report folder; the job's log is written there too."),
     procs: int = typer.Option(1, "--procs", help="Evaluation processes (GPUs, or CPU processes with --cpu); the samples are split over them."),
     cpu: bool = typer.Option(False, "--cpu", help="Ask for no GPUs: the processes run on CPU cores."),
+    cpus: Optional[int] = typer.Option(None, "--cpus", help="Cores for the job (default: 2 per process)."),
     partition: Optional[str] = typer.Option(None, "--partition", help="SLURM partition."),
     time: str = typer.Option("04:00:00", "--time", help="Time limit (HH:MM:SS)."),
     setup: str = typer.Option("", "--setup", help='Shell lines run before the evaluator, e.g. "source ~/venv/bin/activate".'),
@@ -190,7 +191,8 @@ def slurm_eval(
 
     if not ctx.args:
         raise UserError("give the evaluator's arguments: dist-gan slurm eval RUN --ref SHARDS --fid --out OUT")
-    job, out_dir = slurm.prepare_eval(list(ctx.args), out, procs=procs, partition=partition, time=time, setup=setup, cpu=cpu)
+    job, out_dir = slurm.prepare_eval(list(ctx.args), out, procs=procs, partition=partition, time=time, setup=setup, cpu=cpu,
+                                      cpus=cpus)
     script = slurm.render_eval(job)
     if dry_run:
         _print_script(script)

@@ -308,15 +308,20 @@ def prepare(args: Sequence[str], nodes: int, gpus_per_node: int, partition: Opti
 
 
 def prepare_eval(args: Sequence[str], out: Path, procs: int = 1, partition: Optional[str] = None,
-                 time: str = "04:00:00", setup: str = "", cpu: bool = False,
+                 time: str = "04:00:00", setup: str = "", cpu: bool = False, cpus: Optional[int] = None,
                  cwd: Optional[Path] = None) -> Tuple[EvalJob, Path]:
-    """An evaluation job for ``dist-gan eval ARGS --out OUT``, and OUT made absolute; the job log goes to OUT/slurm-JOBID.out."""
+    """An evaluation job for ``dist-gan eval ARGS --out OUT``, and OUT made absolute; the job log goes to OUT/slurm-JOBID.out.
+
+    ``cpus`` (cores for the job) defaults to 2 per process: one for the process, one for decoding the reference."""
     if procs < 1:
         raise UserError(f"--procs must be at least 1, got {procs}")
+    cpus = 2 * procs if cpus is None else cpus
+    if cpus < procs:
+        raise UserError(f"--cpus {cpus} is fewer than --procs {procs}: each process needs at least one core")
     _check_time(time)
     cwd = Path(cwd or os.getcwd()).resolve()
     out = (cwd / out).resolve()
-    job = EvalJob(procs=procs, cpus_per_task=2 * procs, time=time, partition=partition,
+    job = EvalJob(procs=procs, cpus_per_task=cpus, time=time, partition=partition,
                   output=str(out / "slurm-%j.out"), chdir=str(cwd), setup=setup, cpu=cpu,
                   eval_args=[*args, "--out", str(out)])
     return job, out

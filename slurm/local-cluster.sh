@@ -1,29 +1,40 @@
 #!/usr/bin/env bash
 # A real one-node SLURM cluster on this machine, for the tests and for trying dist-gan's SLURM path.
 #
-#   slurm/local-cluster.sh start    # installs slurm-wlm + munge if missing (apt-get), then starts
-#                                   # munged, slurmctld and slurmd on localhost with this machine's CPUs
+#   slurm/local-cluster.sh start    # installs slurm-wlm, slurmdbd, munge and mariadb-server if missing
+#                                   # (apt-get), then starts munged, mariadbd, slurmdbd, slurmctld and
+#                                   # slurmd on localhost with this machine's CPUs
 #   slurm/local-cluster.sh env      # prints `export SLURM_CONF=...`: eval it, then sbatch/squeue/scancel work
 #   slurm/local-cluster.sh status   # sinfo, or exit 1 when the cluster is not up
 #   slurm/local-cluster.sh stop     # ends only the daemons this script started (their pid files)
 #
 # Everything lives under $DIST_GAN_SLURM_DIR (default /tmp/dist-gan-slurm): slurm.conf, state, logs,
 # pid files, a munge socket. No cgroups (proctrack/linuxproc, task/none), so it runs in containers.
-# Job accounting goes to a text file (jobcomp/filetxt): squeue shows live jobs, scontrol the finished
-# ones while MinJobAge keeps them, and $DIST_GAN_SLURM_DIR/jobcomp.txt every job's end state.
+# Job accounting is SLURM's own: slurmdbd over a MariaDB that keeps its files in $DIST_GAN_SLURM_DIR/mysql
+# and listens on 127.0.0.1 only, so squeue shows live jobs and sacct every job's states, requeues included.
+# DIST_GAN_SLURM_PORT_OFFSET moves all four ports (6817 ctld, 6818 slurmd, 6819 dbd, 3307 MariaDB).
 set -euo pipefail
 
 DIR=${DIST_GAN_SLURM_DIR:-/tmp/dist-gan-slurm}
 CONF=$DIR/slurm.conf
 MUNGE_SOCKET=$DIR/munge/munge.socket
+OFFSET=${DIST_GAN_SLURM_PORT_OFFSET:-0}
+DBD_PORT=$((6819 + OFFSET))
+DB_PORT=$((3307 + OFFSET))
+DB_SOCKET=$DIR/mysql.sock
+PACKAGES="slurm-wlm slurmdbd munge mariadb-server"
 
 die() { echo "local-cluster: $*" >&2; exit 1; }
 
 install_if_missing() {
-  command -v slurmctld >/dev/null && command -v munged >/dev/null && return
-  [ "$(id -u)" = 0 ] || die "slurm-wlm and munge are not installed and this is not root: apt-get install slurm-wlm munge"
-  echo "local-cluster: installing slurm-wlm and munge (apt-get)" >&2
-  (apt-get install -y -qq slurm-wlm munge >/dev/null 2>&1) || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null)
+  local cmd missing=0
+  for cmd in slurmctld slurmdbd munged mariadbd; do command -v "$cmd" >/dev/null || missing=1; done
+  [ "$missing" = 0 ] && return
+  [ "$(id -u)" = 0 ] || die "not installed and this is not root: apt-get install $PACKAGES"
+  echo "local-cluster: installing $PACKAGES (apt-get)" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  # shellcheck disable=SC2086
+  (apt-get install -y -qq $PACKAGES >/dev/null 2>&1) || (apt-get update -qq && apt-get install -y -qq $PACKAGES >/dev/null)
 }
 
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
@@ -43,8 +54,8 @@ SlurmdUser=root
 AuthType=auth/munge
 AuthInfo=socket=$MUNGE_SOCKET
 CredType=cred/munge
-SlurmctldPort=$((6817 + ${DIST_GAN_SLURM_PORT_OFFSET:-0}))
-SlurmdPort=$((6818 + ${DIST_GAN_SLURM_PORT_OFFSET:-0}))
+SlurmctldPort=$((6817 + OFFSET))
+SlurmdPort=$((6818 + OFFSET))
 StateSaveLocation=$DIR/state
 SlurmdSpoolDir=$DIR/spool
 SlurmctldPidFile=$DIR/slurmctld.pid
@@ -59,10 +70,11 @@ ReturnToService=2
 SchedulerType=sched/backfill
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
-JobCompType=jobcomp/filetxt
-JobCompLoc=$DIR/jobcomp.txt
 JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
+AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=localhost
+AccountingStoragePort=$DBD_PORT
+AccountingStoragePass=$MUNGE_SOCKET
 MinJobAge=3600
 KillWait=30
 SlurmctldTimeout=30
@@ -71,11 +83,66 @@ InactiveLimit=0
 NodeName=$host CPUs=$cpus RealMemory=$mem State=UNKNOWN
 PartitionName=local Nodes=$host Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 EOF
+  # slurmdbd reads slurmdbd.conf beside SLURM_CONF, and only if it is private to SlurmUser.
+  (umask 077; cat > "$DIR/slurmdbd.conf" <<EOF
+# written by slurm/local-cluster.sh
+AuthType=auth/munge
+AuthInfo=socket=$MUNGE_SOCKET
+DbdHost=localhost
+DbdPort=$DBD_PORT
+SlurmUser=$(id -un)
+PidFile=$DIR/slurmdbd.pid
+LogFile=$DIR/log/slurmdbd.log
+StorageType=accounting_storage/mysql
+StorageHost=127.0.0.1
+StoragePort=$DB_PORT
+StorageUser=slurm
+StoragePass=$(db_password)
+StorageLoc=slurm_acct_db
+EOF
+  )
+}
+
+db_password() {  # made once per cluster folder, private
+  [ -s "$DIR/db.pass" ] || (umask 077; head -c 18 /dev/urandom | base64 | tr -d '/+=' > "$DIR/db.pass")
+  cat "$DIR/db.pass"
+}
+
+db() { mariadb --no-defaults --socket="$DB_SOCKET" -u root "$@"; }
+
+start_db() {  # MariaDB on 127.0.0.1:$DB_PORT, files in $DIR/mysql: slurmdbd's store and nothing else
+  if [ ! -d "$DIR/mysql/mysql" ]; then
+    mariadb-install-db --no-defaults --datadir="$DIR/mysql" --user="$(id -un)" --auth-root-authentication-method=socket \
+      --skip-test-db >"$DIR/log/mariadb-install.log" 2>&1 || die "mariadb-install-db failed (see $DIR/log/mariadb-install.log)"
+  fi
+  if ! alive "$DIR/mariadbd.pid"; then
+    mariadbd --no-defaults --datadir="$DIR/mysql" --user="$(id -un)" --bind-address=127.0.0.1 --port="$DB_PORT" \
+      --socket="$DB_SOCKET" --pid-file="$DIR/mariadbd.pid" --log-error="$DIR/log/mariadbd.log" \
+      --innodb-buffer-pool-size=1024M --innodb-log-file-size=64M --innodb-lock-wait-timeout=900 >/dev/null 2>&1 &
+  fi
+  for _ in $(seq 1 60); do  # up to 30 s to accept connections
+    db -e "SELECT 1" >/dev/null 2>&1 && break
+    sleep 0.5
+  done
+  db -e "CREATE DATABASE IF NOT EXISTS slurm_acct_db;
+         CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1' IDENTIFIED BY '$(db_password)';
+         GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';" 2>"$DIR/log/mariadb-client.log" ||
+    die "MariaDB did not start or refused slurm's database (see $DIR/log/mariadbd.log)"
+}
+
+start_dbd() {  # slurmdbd, and this cluster registered in it (slurmctld only reports to a known cluster)
+  alive "$DIR/slurmdbd.pid" || SLURM_CONF=$CONF slurmdbd || die "slurmdbd did not start (see $DIR/log/slurmdbd.log)"
+  for _ in $(seq 1 60); do  # up to 30 s for slurmdbd to answer
+    SLURM_CONF=$CONF sacctmgr -n show cluster >/dev/null 2>&1 && break
+    sleep 0.5
+  done
+  SLURM_CONF=$CONF sacctmgr -n -P show cluster format=cluster 2>/dev/null | grep -qx distgan ||
+    SLURM_CONF=$CONF sacctmgr -i add cluster distgan >/dev/null || die "slurmdbd does not answer (see $DIR/log/slurmdbd.log)"
 }
 
 start() {
   install_if_missing
-  if alive "$DIR/slurmctld.pid" && alive "$DIR/slurmd.pid"; then
+  if alive "$DIR/slurmctld.pid" && alive "$DIR/slurmd.pid" && alive "$DIR/slurmdbd.pid" && alive "$DIR/mariadbd.pid"; then
     echo "local-cluster: already up ($CONF)" >&2; return
   fi
   write_conf
@@ -84,6 +151,8 @@ start() {
     munged --force --socket="$MUNGE_SOCKET" --pid-file="$DIR/munged.pid" --log-file="$DIR/log/munged.log" \
       --seed-file="$DIR/munge/seed" || die "munged did not start (see $DIR/log/munged.log)"
   fi
+  start_db
+  start_dbd
   SLURM_CONF=$CONF slurmctld -f "$CONF" || die "slurmctld did not start (see $DIR/log/slurmctld.log)"
   SLURM_CONF=$CONF slurmd -f "$CONF" || die "slurmd did not start (see $DIR/log/slurmd.log)"
   for _ in $(seq 1 60); do  # up to 30 s for the node to register as idle
@@ -97,7 +166,7 @@ start() {
 
 stop() {
   local name pid
-  for name in slurmd slurmctld munged; do
+  for name in slurmd slurmctld slurmdbd mariadbd munged; do
     if alive "$DIR/$name.pid"; then
       pid=$(cat "$DIR/$name.pid")
       kill "$pid" 2>/dev/null || true
