@@ -27,16 +27,24 @@ same source by ``dist_gan.data.pack`` into the cache):
   shuffle pool and batched by fancy indexing. (The former per-image ``npy`` format is
   gone: blocks beat it 18.7k to 7.6k img/s at about the same size.)
 
+``--http`` (on by default) adds ``<candidate>_http`` for each format: the same shards streamed
+from ``http://127.0.0.1:PORT/`` (``python -m http.server`` in its own process, as a static file
+server or bucket would serve them), through the same ``StreamLoader``: ``data=URL`` in training.
+
     python benchmarks/loader.py                     # celeba-10k at 64 px, batch 128, 2 workers
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
+import socket
+import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, Optional, Sequence
 
@@ -88,7 +96,7 @@ def ensure_imagefolder(shards: Path) -> Path:
     return root
 
 
-def stream_factory(shards_dir: Path, batch: int, workers: int, device: torch.device, shuffle: int, chunk_batches: int) -> Callable[[], Iterator[torch.Tensor]]:
+def stream_factory(shards_dir: Path | str, batch: int, workers: int, device: torch.device, shuffle: int, chunk_batches: int) -> Callable[[], Iterator[torch.Tensor]]:
     shards = open_shards(shards_dir)
     state = {"seed": 0}
 
@@ -104,6 +112,31 @@ def stream_factory(shards_dir: Path, batch: int, workers: int, device: torch.dev
             batches.close()
 
     return make
+
+
+@contextlib.contextmanager
+def loopback_server(root: Path, timeout_s: float = 30.0) -> Iterator[str]:
+    """``root`` served by ``python -m http.server`` on a free 127.0.0.1 port, in its own process; yields the URL."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(root)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.time() + timeout_s
+        while True:
+            try:
+                urllib.request.urlopen(url + "manifest.json", timeout=2).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise SystemExit(f"the loopback file server on {url} did not start")
+                time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 def imagefolder_factory(root: Path, batch: int, workers: int, device: torch.device) -> Callable[[], Iterator[torch.Tensor]]:
@@ -151,6 +184,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--shuffle", type=int, default=1000, help="StreamLoader shuffle buffer (loader.shuffle)")
     p.add_argument("--chunk-batches", type=int, default=500, help="StreamLoader chunk (loader.chunk_batches)")
     p.add_argument("--formats", nargs="+", choices=FORMATS, default=list(FORMATS), help="shard formats to time (png is always timed)")
+    p.add_argument("--http", action=argparse.BooleanOptionalAction, default=True,
+                   help="also time the png shards streamed from a loopback HTTP server (dist_gan_stream_http)")
     p.add_argument("--step-json", default=None, help="step benchmark JSON to relate to (default results/step_<dev>.json)")
     p.add_argument("--out", default=None)
     return p.parse_args(argv)
@@ -179,16 +214,22 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         "imagefolder": imagefolder_factory(folder, args.batch, args.workers, device),
     }
     extra_formats = [f for f in args.formats if f != "png"]  # png is the always-timed dist_gan_stream
+    packed = {"png": shards}
     for fmt in extra_formats:
-        packed = ensure_shards(src, cache, args.resolution, args.limit, fmt)
-        factories[CANDIDATE[fmt]] = stream_factory(packed, args.batch, args.workers, device, args.shuffle, args.chunk_batches)
-    runs: Dict[str, list] = {k: [] for k in factories}
-    names = list(factories)
-    for r in range(args.repeats):
-        order = names[r % len(names):] + names[: r % len(names)]
-        for name in order:
-            runs[name].append(time_loader(factories[name], warm, args.batches, args.batch, device))
-        print(f"  repeat {r + 1}/{args.repeats}: " + ", ".join(f"{n} {runs[n][-1]:.0f}" for n in names) + " img/s", flush=True)
+        packed[fmt] = ensure_shards(src, cache, args.resolution, args.limit, fmt)
+        factories[CANDIDATE[fmt]] = stream_factory(packed[fmt], args.batch, args.workers, device, args.shuffle, args.chunk_batches)
+    with contextlib.ExitStack() as stack:
+        if args.http:
+            for fmt, folder_ in packed.items():
+                url = stack.enter_context(loopback_server(folder_))
+                factories[f"{CANDIDATE[fmt]}_http"] = stream_factory(url, args.batch, args.workers, device, args.shuffle, args.chunk_batches)
+        runs: Dict[str, list] = {k: [] for k in factories}
+        names = list(factories)
+        for r in range(args.repeats):
+            order = names[r % len(names):] + names[: r % len(names)]
+            for name in order:
+                runs[name].append(time_loader(factories[name], warm, args.batches, args.batch, device))
+            print(f"  repeat {r + 1}/{args.repeats}: " + ", ".join(f"{n} {runs[n][-1]:.0f}" for n in names) + " img/s", flush=True)
     results: Dict[str, Any] = {k: common.summarize(v) for k, v in runs.items()}
     results["ratio_stream_vs_imagefolder"] = results["dist_gan_stream"]["img_per_s"] / results["imagefolder"]["img_per_s"]
     results["ratio_stream_vs_imagefolder_paired"] = common.paired_ratio(results["dist_gan_stream"], results["imagefolder"])
@@ -196,6 +237,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         name = CANDIDATE[fmt]
         results[f"ratio_{fmt}_vs_imagefolder"] = results[name]["img_per_s"] / results["imagefolder"]["img_per_s"]
         results[f"ratio_{fmt}_vs_imagefolder_paired"] = common.paired_ratio(results[name], results["imagefolder"])
+    for fmt in packed if args.http else ():
+        local = CANDIDATE[fmt]
+        results[f"ratio_{fmt}_http_vs_local"] = results[f"{local}_http"]["img_per_s"] / results[local]["img_per_s"]
+        results[f"ratio_{fmt}_http_vs_local_paired"] = common.paired_ratio(results[f"{local}_http"], results[local])
     step_json = Path(args.step_json) if args.step_json else common.default_out("step", device)
     if step_json.is_file():
         step = json.loads(step_json.read_text())["results"]
@@ -207,7 +252,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         results["ratio_best_vs_step"] = {"loader": best, "ratio": results[best]["img_per_s"] / consumed}
     settings = {"src": str(src), "num_images": n_images, "resolution": args.resolution, "batch": args.batch,
                 "workers": args.workers, "batches": args.batches, "warm": warm, "repeats": args.repeats,
-                "shuffle": args.shuffle, "chunk_batches": args.chunk_batches, "device": str(device)}
+                "shuffle": args.shuffle, "chunk_batches": args.chunk_batches, "device": str(device), "http": args.http}
     path = Path(args.out) if args.out else common.default_out("loader", device)
     common.write_json(path, "loader", settings, results, device)
     for name in names:
@@ -215,6 +260,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     print(f"stream / imagefolder: {results['ratio_stream_vs_imagefolder']:.2f}x")
     for fmt in extra_formats:
         print(f"stream ({fmt}) / imagefolder: {results[f'ratio_{fmt}_vs_imagefolder']:.2f}x")
+    for fmt in packed if args.http else ():
+        print(f"stream ({fmt}) over loopback HTTP / local folder: {results[f'ratio_{fmt}_http_vs_local']:.2f}x "
+              f"(paired median {results[f'ratio_{fmt}_http_vs_local_paired']['median']:.2f}x)")
     if "ratio_stream_vs_step" in results:
         print(f"stream / training step ({results['step_img_per_s']:.0f} img/s): {results['ratio_stream_vs_step']:.1f}x")
     print(f"wrote {path}")

@@ -3,7 +3,8 @@
 It serves one folder, honours ``Range: bytes=N-`` (206) unless told not to, and plays a
 queue of faults per file name, one per request: ``503`` (an HTTP 503), ``reset`` (half the
 body, then the socket closed without a word), ``truncate`` (a full Content-Length, half the
-body). It counts requests per file.
+body). ``drop_every=N`` also resets every Nth request for a shard (``.tar``) that has no fault
+queued. It counts requests per file and every fault it served.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from typing import Deque, Dict, List
 
 
 class LoopbackServer:
-    def __init__(self, root: Path, ranges: bool = True) -> None:
-        self.root, self.ranges = Path(root), ranges
+    def __init__(self, root: Path, ranges: bool = True, drop_every: int = 0) -> None:
+        self.root, self.ranges, self.drop_every = Path(root), ranges, drop_every
         self.faults: Dict[str, Deque[str]] = collections.defaultdict(collections.deque)
         self.requests: Dict[str, int] = collections.Counter()
+        self.faults_served = 0
+        self._plain_shard_requests = 0
         self.lock = threading.Lock()
         server = self
 
@@ -34,6 +37,11 @@ class LoopbackServer:
                 with server.lock:
                     server.requests[name] += 1
                     fault = server.faults[name].popleft() if server.faults[name] else None
+                    if fault is None and server.drop_every and name.endswith(".tar"):
+                        server._plain_shard_requests += 1
+                        if server._plain_shard_requests % server.drop_every == 0:
+                            fault = "reset"
+                    server.faults_served += fault is not None
                 path = server.root / name
                 if fault == "503":
                     self.send_error(503, "try later")

@@ -217,3 +217,37 @@ def test_two_ranks_training_from_http_matches_the_folder_bit_for_bit_through_fau
     assert sum(r["fetched_bytes"] for r in remote["ranks"]) > 0
     last = json.loads((tmp_path / "http" / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["shard_retries"] == 5 and last["shards_failed"] == 0
+
+
+def test_two_ranks_through_a_faulty_server_keep_step_parity_and_count_every_fault(shared_dir, tmp_path):
+    """1 shard request in 5 reset, one shard truncated, one never served: every fault is in the counts, exactly."""
+    import json
+    import subprocess
+
+    from conftest import REPO, SMOKE
+    from dist_gan.data.pack import pack
+
+    shards = tmp_path / "faces"
+    pack(shared_dir / "data" / "celeba-10k.zip", shards, resolution=32, shard_size=20, limit=160, progress=False, workers=1)
+    retries = 4
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
+    with LoopbackServer(tmp_path, drop_every=5) as srv:
+        srv.fail("faces/shard-000003.tar", "truncate")
+        srv.fail("faces/shard-000005.tar", *["503"] * 1000)  # down for good: skipped after its retries, each time drawn
+        proc = subprocess.run(
+            ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+             "--dynamo_backend", "no", "--main_process_port", "0", str(REPO / "dist_gan" / "train.py"), *SMOKE,
+             "loader.workers=0", "train.kimg=0.32", f"loader.retries={retries}", f"data={srv.url}faces/",
+             f"run_dir={tmp_path / 'run'}"], capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        dead_requests, served = srv.count("faces/shard-000005.tar"), srv.faults_served
+    final = json.loads((tmp_path / "run" / "final.json").read_text())
+    assert final["world_size"] == 2 and final["ranks_in_sync"] and [r["nimg"] for r in final["ranks"]] == [320, 320]
+    skipped = sum(r["bad_samples"] for r in final["ranks"])  # one per failed open of the dead shard
+    retried = sum(r["shard_retries"] for r in final["ranks"])
+    assert skipped >= 1 and dead_requests == skipped * (retries + 1)
+    assert retried + skipped == served > skipped * (retries + 1)  # the resets and the truncation were retried too
+    assert all(r["failed_shards"] in ([], [f"{srv.url}faces/shard-000005.tar"]) for r in final["ranks"])
+    last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert (last["bad_samples"], last["shard_retries"]) == (skipped, retried)
+
