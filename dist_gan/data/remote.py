@@ -36,7 +36,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Optional
 
@@ -74,11 +74,10 @@ class FetchStats:
 
     retries: int = 0
     bytes: int = 0
-    errors: list = field(default_factory=list)  # the last few retried errors, for the log
 
     def note(self, url: str, exc: BaseException) -> None:
+        """One transient fault, about to be retried (a read that gives up is reported by its caller instead)."""
         self.retries += 1
-        self.errors = (self.errors + [f"{url}: {describe(exc)}"])[-5:]
 
 
 def describe(exc: BaseException) -> str:
