@@ -148,6 +148,31 @@ def test_cache_fetches_once_checks_the_hash_and_stays_bounded(shards32, tmp_path
     assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith(".")]
 
 
+def _read_all_through_cache(args) -> list:
+    """One "rank": open every shard through a shared, tiny cache many times; the sha256 of each read."""
+    url, root, names, shas, max_bytes = args
+    cache = ShardCache(root, max_bytes=max_bytes)
+    got = []
+    for _ in range(6):
+        for name, sha in zip(names, shas):
+            with cache.open(url + name, name, sha, FAST, FetchStats()) as fh:
+                got.append(hashlib.sha256(fh.read()).hexdigest() == sha)
+    return got
+
+
+def test_ranks_on_one_node_share_a_cache_that_evicts_under_them(shards32, tmp_path):
+    import multiprocessing as mp
+
+    shards = open_shards(shards32)
+    smallest = min((shards32 / n).stat().st_size for n in shards.names)
+    with LoopbackServer(shards32) as srv, mp.get_context("spawn").Pool(3) as pool:
+        args = (srv.url, str(tmp_path / "cache"), shards.names, shards.sha256, smallest)  # room for about one shard
+        results = pool.map(_read_all_through_cache, [args] * 3)
+    assert all(all(r) for r in results) and sum(len(r) for r in results) == 3 * 6 * len(shards.names)
+    left = list((tmp_path / "cache").iterdir())
+    assert len(left) <= 2 and not [p for p in left if p.name.startswith(".")]  # whole shards only, no temp files
+
+
 # ------------------------------------------------------------------ the training stream
 def _batches(shards, n, **kw):
     loader = StreamLoader(shards, 8, rank=0, world_size=1, seed=3, workers=0, shuffle=10, chunk_batches=4, **kw)

@@ -354,6 +354,15 @@ class ShardCache:
         self.evict(keep=path)
         return path
 
+    def open(self, url: str, name: str, sha256: Optional[str], policy: RetryPolicy, stats: FetchStats) -> BinaryIO:
+        """The cached shard, open for reading. Another rank may evict it between fetch and open: then fetch again."""
+        for _ in range(3):
+            try:
+                return open(self.fetch(url, name, sha256, policy, stats), "rb")
+            except FileNotFoundError:
+                continue
+        raise OSError(f"{url}: evicted from loader.cache_dir={self.root} as fast as it was fetched; raise loader.cache_gb")
+
     def evict(self, keep: Optional[Path] = None) -> None:
         """Remove least recently used shards until the cache holds at most ``max_bytes`` (``keep`` stays)."""
         files = []

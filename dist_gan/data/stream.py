@@ -132,7 +132,7 @@ class ResampledShardStream(IterableDataset):
             url = source["url"]
             try:
                 if cache is not None:
-                    stream = open(cache.fetch(url, self.names[url], self.sha256.get(url), self.policy, self.fetch), "rb")
+                    stream = cache.open(url, self.names[url], self.sha256.get(url), self.policy, self.fetch)
                 else:
                     stream = open_url(url, self.policy, self.fetch)
             except Exception as exn:  # noqa: BLE001 - network, command and disk errors all mean: skip this shard
