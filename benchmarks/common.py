@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import socket
 import statistics
 import subprocess
 import sys
@@ -82,6 +83,13 @@ def summarize(values: List[float]) -> Dict[str, Any]:
         "min": min(values),
         "max": max(values),
     }
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (for a launcher's rendezvous or a loopback server)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def paired_ratio(a: Dict[str, Any], b: Dict[str, Any]) -> Dict[str, Any]:

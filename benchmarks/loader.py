@@ -40,7 +40,6 @@ import argparse
 import contextlib
 import gc
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -117,9 +116,7 @@ def stream_factory(shards_dir: Path | str, batch: int, workers: int, device: tor
 @contextlib.contextmanager
 def loopback_server(root: Path, timeout_s: float = 30.0) -> Iterator[str]:
     """``root`` served by ``python -m http.server`` on a free 127.0.0.1 port, in its own process; yields the URL."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = common.free_port()
     proc = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(root)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/"
@@ -185,7 +182,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--chunk-batches", type=int, default=500, help="StreamLoader chunk (loader.chunk_batches)")
     p.add_argument("--formats", nargs="+", choices=FORMATS, default=list(FORMATS), help="shard formats to time (png is always timed)")
     p.add_argument("--http", action=argparse.BooleanOptionalAction, default=True,
-                   help="also time the png shards streamed from a loopback HTTP server (dist_gan_stream_http)")
+                   help="also time each format's shards streamed from a loopback HTTP server (<candidate>_http)")
     p.add_argument("--step-json", default=None, help="step benchmark JSON to relate to (default results/step_<dev>.json)")
     p.add_argument("--out", default=None)
     return p.parse_args(argv)

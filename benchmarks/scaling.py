@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -156,12 +155,6 @@ def worker(args: argparse.Namespace) -> None:
 
 
 # ------------------------------------------------------------ CPU driver
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_ranks(world: int, args: argparse.Namespace) -> Dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "rank0.json"
@@ -171,7 +164,7 @@ def run_ranks(world: int, args: argparse.Namespace) -> Dict[str, Any]:
             cmd = [sys.executable, __file__, *worker_args]
         else:
             cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", str(world), "--num_machines", "1",
-                   "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+                   "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(common.free_port()),
                    __file__, *worker_args]
         env = {**os.environ, "ACCELERATE_USE_CPU": "1", "PYTHONPATH": str(common.REPO), "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // world))}
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)

@@ -39,6 +39,11 @@ install_if_missing() {
 
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
+within_30s() {  # run "$@" every 0.5 s until it succeeds, for up to 30 s
+  for _ in $(seq 1 60); do "$@" >/dev/null 2>&1 && return 0; sleep 0.5; done
+  return 1
+}
+
 write_conf() {
   local host cpus mem
   host=$(hostname -s)
@@ -120,10 +125,7 @@ start_db() {  # MariaDB on 127.0.0.1:$DB_PORT, files in $DIR/mysql: slurmdbd's s
       --socket="$DB_SOCKET" --pid-file="$DIR/mariadbd.pid" --log-error="$DIR/log/mariadbd.log" \
       --innodb-buffer-pool-size=1024M --innodb-log-file-size=64M --innodb-lock-wait-timeout=900 >/dev/null 2>&1 &
   fi
-  for _ in $(seq 1 60); do  # up to 30 s to accept connections
-    db -e "SELECT 1" >/dev/null 2>&1 && break
-    sleep 0.5
-  done
+  within_30s db -e "SELECT 1" || true  # the statement below says why, if it never answers
   db -e "CREATE DATABASE IF NOT EXISTS slurm_acct_db;
          CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1' IDENTIFIED BY '$(db_password)';
          GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';" 2>"$DIR/log/mariadb-client.log" ||
@@ -132,13 +134,12 @@ start_db() {  # MariaDB on 127.0.0.1:$DB_PORT, files in $DIR/mysql: slurmdbd's s
 
 start_dbd() {  # slurmdbd, and this cluster registered in it (slurmctld only reports to a known cluster)
   alive "$DIR/slurmdbd.pid" || SLURM_CONF=$CONF slurmdbd || die "slurmdbd did not start (see $DIR/log/slurmdbd.log)"
-  for _ in $(seq 1 60); do  # up to 30 s for slurmdbd to answer
-    SLURM_CONF=$CONF sacctmgr -n show cluster >/dev/null 2>&1 && break
-    sleep 0.5
-  done
+  within_30s env SLURM_CONF="$CONF" sacctmgr -n show cluster || true  # the registration below says why, if it never answers
   SLURM_CONF=$CONF sacctmgr -n -P show cluster format=cluster 2>/dev/null | grep -qx distgan ||
     SLURM_CONF=$CONF sacctmgr -i add cluster distgan >/dev/null || die "slurmdbd does not answer (see $DIR/log/slurmdbd.log)"
 }
+
+node_idle() { SLURM_CONF=$CONF sinfo -h -o %T | grep -qx idle; }
 
 start() {
   install_if_missing
@@ -155,12 +156,9 @@ start() {
   start_dbd
   SLURM_CONF=$CONF slurmctld -f "$CONF" || die "slurmctld did not start (see $DIR/log/slurmctld.log)"
   SLURM_CONF=$CONF slurmd -f "$CONF" || die "slurmd did not start (see $DIR/log/slurmd.log)"
-  for _ in $(seq 1 60); do  # up to 30 s for the node to register as idle
-    if SLURM_CONF=$CONF sinfo -h -o %T 2>/dev/null | grep -qx idle; then
-      echo "local-cluster: up; run: export SLURM_CONF=$CONF" >&2; return
-    fi
-    sleep 0.5
-  done
+  if within_30s node_idle; then
+    echo "local-cluster: up; run: export SLURM_CONF=$CONF" >&2; return
+  fi
   die "the node did not become idle within 30 s: $(SLURM_CONF=$CONF sinfo -h -o '%T %E' 2>&1 | head -1)"
 }
 
