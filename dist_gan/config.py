@@ -54,6 +54,8 @@ class LossCfg:
     instance_noise: float = 0.0  # sigma of Gaussian noise added to D's inputs (real and fake)
     noise_anneal_kimg: float = 0.0  # >0: sigma falls linearly to 0 over this many kimg
     gp_weight: float = 10.0  # wgan_gp only
+    r1_gamma: float = 0.0  # R1 penalty gamma/2 * E||grad D(real)||^2 on any loss; 0 = off
+    r1_every: int = 16  # lazy R1: paid on every r1_every-th D step, weighted by r1_every
     gamma: float = 0.5  # began only: diversity ratio E[L(G(z))] / E[L(x)] the k_t control aims at
     lambda_k: float = 0.001  # began only: learning rate of k_t (clipped to [0, 1])
 
@@ -312,6 +314,9 @@ def validate(cfg: DictConfig) -> None:
                         f"got {cfg.loader.retries}, {cfg.loader.timeout_s} and {cfg.loader.cache_gb}")
     if cfg.optim.d_steps <= 0 or cfg.optim.g_steps <= 0:
         raise UserError("optim.d_steps and optim.g_steps must be positive (e.g. 4 and 3 for a 4:3 schedule)")
+    if not float(cfg.loss.r1_gamma) >= 0 or int(cfg.loss.r1_every) < 1:
+        raise UserError(f"loss.r1_gamma must be >= 0 (0 = no R1) and loss.r1_every >= 1, "
+                        f"got {cfg.loss.r1_gamma} and {cfg.loss.r1_every}")
     if not 0.0 < cfg.loss.real_label <= 1.0:
         raise UserError(f"loss.real_label must be in (0, 1], got {cfg.loss.real_label}")
     for name in ("g_betas", "d_betas"):

@@ -41,6 +41,7 @@ class LossContext:
 
     noise_sigma: float = 0.0
     augment: Callable[[torch.Tensor], torch.Tensor] = _identity
+    r1_weight: float = 0.0  # weight of the R1 penalty on this D step (0 = not due); see ``r1_weight_at``
 
     def d_input(self, x: torch.Tensor) -> torch.Tensor:
         """What D sees of an image batch: augmented, then noised."""
@@ -65,6 +66,27 @@ def augment_at(augment: Callable[[torch.Tensor], torch.Tensor], until_kimg: floa
     if until_kimg <= 0 or nimg < until_kimg * 1000.0:
         return augment
     return _identity
+
+
+def r1_penalty(D: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """R1 (Mescheder et al. 2018): ``E[||grad_x D(x)||^2]`` on real images, the slope of D where the data is.
+
+    Penalising it keeps D from sharpening its edge around each real image, which is what
+    leaves G chasing fine texture; ``create_graph`` keeps it differentiable in D's weights.
+    """
+    x = x.detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(D(x).float().sum(), x, create_graph=True)
+    return grad.float().square().flatten(1).sum(1).mean()
+
+
+def r1_weight_at(gamma: float, every: int, nimg: int, batch: int) -> float:
+    """The weight of R1 on the D step that starts after ``nimg`` images: ``gamma / 2 * every`` on
+    every ``every``-th D step, 0 on the others (StyleGAN2's lazy regularisation: the same expected
+    penalty at ``1/every`` of its cost). A function of the images shown, so a resumed run pays it on
+    the same steps."""
+    if gamma <= 0 or (nimg // batch) % every:
+        return 0.0
+    return gamma / 2.0 * every
 
 
 class BCELoss:

@@ -114,6 +114,19 @@ def test_batch_scaling_and_warmup_set_the_rates_and_resume_bit_for_bit(shards32,
     assert not states_equal(a["G"], plain["G"])  # the rules changed the trajectory
 
 
+def test_lazy_r1_is_paid_on_its_steps_and_resumes_bit_for_bit(shards32, tmp_path):
+    """R1 every 2nd D step: logged where it was paid, cut in two by a resume it ends at the same weights,
+    and it changes where D goes (the penalty really reached D's gradients)."""
+    common = [f"data={shards32}", "train.kimg=0.192", "log.snapshot_kimg=0.096", "log.every=1",
+              "loss.r1_gamma=10", "loss.r1_every=2"]
+    a, _ = straight_and_resumed(tmp_path, *common)
+    records = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert [("r1" in r) for r in records] == [i % 2 == 0 for i in range(len(records))] and len(records) == 12
+    assert all(r["r1"] > 0 for r in records if "r1" in r)
+    plain = load_checkpoint(run_inprocess(*common[:4], f"run_dir={tmp_path / 'c'}"))
+    assert not states_equal(a["D"], plain["D"])
+
+
 def test_nan_stops_with_a_clear_message(shards32, tmp_path):
     with pytest.raises(TrainingDiverged, match="non-finite"):
         run_inprocess(f"data={shards32}", f"run_dir={tmp_path / 'r'}", "loss.instance_noise=1e40")

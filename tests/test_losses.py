@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from dist_gan.config import load_config
-from dist_gan.losses import LOSSES, BEGANLoss, LossContext, build_loss, gradient_penalty
+from dist_gan.errors import UserError
+from dist_gan.losses import LOSSES, BEGANLoss, LossContext, build_loss, gradient_penalty, r1_penalty, r1_weight_at
 
 CTX = LossContext()
 
@@ -106,6 +107,43 @@ def test_wgan_gp_penalty_value_and_gradient():
     assert D.scale.grad.item() == pytest.approx(wdist_grad + 20.0, abs=1e-5)
     g, _ = loss_named("wgan_gp").g_loss(D, fake, CTX)
     assert g.item() == pytest.approx(-2 * fake[:, 0, 0, 0].mean().item(), abs=1e-6)
+
+
+class QuadraticCritic(nn.Module):
+    """D(x) = a * sum(x^2): grad_x D = 2 a x, so R1 = E[4 a^2 ||x||^2] and dR1/da = 8 a E||x||^2."""
+
+    def __init__(self, a: float) -> None:
+        super().__init__()
+        self.a = nn.Parameter(torch.tensor(a))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.a * x.flatten(1).square().sum(1)
+
+
+def test_r1_penalty_value_and_gradient_on_a_known_critic():
+    torch.manual_seed(0)
+    x = torch.randn(6, 3, 4, 4)
+    sq = x.flatten(1).square().sum(1).mean().item()
+    D = QuadraticCritic(1.5)
+    r1 = r1_penalty(D, x)
+    assert r1.item() == pytest.approx(4 * 1.5**2 * sq, rel=1e-5)
+    r1.backward()
+    assert D.a.grad.item() == pytest.approx(8 * 1.5 * sq, rel=1e-5)
+    assert r1_penalty(LinearCritic(48, 3.0), x).item() == pytest.approx(9.0)  # |grad| = 3 everywhere
+
+
+def test_r1_is_lazy_on_the_images_shown():
+    """Due on every 4th D step (batch 8: images 0, 32, 64 ...) with weight gamma/2 * 4, else 0; off at gamma 0."""
+    weights = [r1_weight_at(0.5, 4, nimg, 8) for nimg in range(0, 96, 8)]
+    assert weights == [1.0, 0, 0, 0] * 3
+    assert r1_weight_at(0.0, 4, 0, 8) == 0.0
+    assert sum(r1_weight_at(0.5, 1, nimg, 8) for nimg in range(0, 96, 8)) == pytest.approx(sum(weights))
+
+
+def test_r1_keys_are_checked():
+    for bad in ("loss.r1_gamma=-1", "loss.r1_every=0"):
+        with pytest.raises(UserError, match="loss.r1_gamma must be >= 0"):
+            load_config([bad])
 
 
 class ScaleAE(nn.Module):

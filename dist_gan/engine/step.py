@@ -25,7 +25,7 @@ from torch import nn
 from dist_gan.engine.backends import DDPBackend
 from dist_gan.engine.ema import ema_beta, update_ema
 from dist_gan.engine.precision import Precision, maybe_compile
-from dist_gan.losses import LossContext
+from dist_gan.losses import LossContext, r1_penalty
 
 
 class TrainStep:
@@ -39,7 +39,7 @@ class TrainStep:
         self, *, G_ema: nn.Module, loss_fn, precision: Precision, accelerator, nz: int, local_batch: int,
         accum: int, global_batch: int, ema_kimg: float, ema_rampup: float, backend=None,
         G: nn.Module | None = None, D: nn.Module | None = None, opt_G=None, opt_D=None, scaler_G=None, scaler_D=None,
-        compile: str = "", ema_probes: Optional[Dict[float, nn.Module]] = None,
+        compile: str = "", ema_probes: Optional[Dict[float, nn.Module]] = None, r1_gamma: float = 0.0,
     ) -> None:
         if backend is None:
             backend = DDPBackend(accelerator, G, D, opt_G, opt_D, scaler_G, scaler_D)
@@ -51,7 +51,7 @@ class TrainStep:
         if compile and not self.compile:
             warnings.warn(f"train.compile={compile!r} is ignored with backend={backend.name}: "
                           "its engines own the modules", RuntimeWarning, stacklevel=2)
-        if self.compile and getattr(loss_fn, "gp_weight", 0) > 0:  # compiled graphs have no double backward
+        if self.compile and (getattr(loss_fn, "gp_weight", 0) > 0 or r1_gamma > 0):  # compiled graphs have no double backward
             warnings.warn(f"train.compile={compile!r} is ignored with a gradient penalty (double backward)",
                           RuntimeWarning, stacklevel=2)
             self.compile = ""
@@ -94,6 +94,10 @@ class TrainStep:
                 with contextlib.nullcontext() if keep_fake else torch.no_grad():
                     fake = self.G(self._latents())
                 loss, stats = self.loss_fn.d_loss(self.D, real, fake.detach(), ctx)
+                if ctx.r1_weight > 0:  # lazy R1 on what D sees of the reals
+                    r1 = r1_penalty(self.D, ctx.d_input(real))
+                    loss = loss + ctx.r1_weight * r1
+                    stats = {**stats, "r1": r1.detach()}
             self.backend.backward("D", loss, self.accum, last)
             self._record(stats)
         self.backend.step("D")

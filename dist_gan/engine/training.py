@@ -25,7 +25,7 @@ from dist_gan.engine.precision import Precision, make_adam
 from dist_gan.engine.schedule import lr_factor, scaled_rates, warmup_factor
 from dist_gan.engine.state import RunState
 from dist_gan.engine.step import TrainStep
-from dist_gan.losses import LossContext, augment_at, build_augment, build_loss, instance_noise_sigma
+from dist_gan.losses import LossContext, augment_at, build_augment, build_loss, instance_noise_sigma, r1_weight_at
 from dist_gan.models import build_discriminator, build_generator
 from dist_gan.models.fastconv import use_swap_wgrad
 
@@ -99,10 +99,11 @@ class Training:
         return [net for net in ("G", "D") if self.cfg.optim.lr_decay_nets in ("both", net.lower())]
 
     def context(self, nimg: int) -> LossContext:
-        """Instance noise and DiffAugment as they stand after ``nimg`` images."""
+        """Instance noise, DiffAugment and the R1 weight as they stand after ``nimg`` images."""
         loss, train = self.cfg.loss, self.cfg.train
         return LossContext(noise_sigma=instance_noise_sigma(loss.instance_noise, loss.noise_anneal_kimg, nimg),
-                           augment=augment_at(self.augment, train.diffaug_until_kimg, nimg))
+                           augment=augment_at(self.augment, train.diffaug_until_kimg, nimg),
+                           r1_weight=r1_weight_at(float(loss.r1_gamma), int(loss.r1_every), nimg, self.step.global_batch))
 
     def set_learning_rates(self, nimg: int) -> float:
         """Apply the warm-up and the decay at ``nimg`` (a float per param group, so resume needs no extra
@@ -158,6 +159,7 @@ def build_training(cfg, accelerator: Accelerator, local_batch: int, accum: int =
         backend=backend, G_ema=G_ema, loss_fn=loss_fn, precision=precision, accelerator=accelerator,
         nz=cfg.model.nz, local_batch=local_batch, accum=accum, global_batch=local_batch * world * accum,
         ema_kimg=cfg.train.ema_kimg, ema_rampup=cfg.train.ema_rampup, compile=cfg.train.compile, ema_probes=ema_probes,
+        r1_gamma=float(cfg.loss.r1_gamma),
     )
     augment = build_augment(cfg.train.diffaug, cfg.train.diffaug_p, cfg.train.diffaug_translation)
     return Training(cfg=cfg, step=step, loss_fn=loss_fn, augment=augment, ema_probes=ema_probes)
