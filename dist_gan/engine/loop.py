@@ -223,7 +223,7 @@ def _train(cfg: DictConfig, preempt: PreemptionFlag, fid: Optional[FidProbe]) ->
                               f"{cfg.train.ema_kimg:g}-kimg half-life (train.ema_rampup=0)")
                 told["raw_grid"] = True
             was_training = G.training
-            with torch.no_grad(), training.precision.autocast():
+            with torch.no_grad(), training.precision.autocast(), _rng_untouched():  # a G with noise inputs draws
                 imgs = G.eval()(grid_z)
             G.train(was_training)
             save_grid(imgs, run_dir / "samples" / f"fakes-{run.nimg:09d}.png", nrow=8)

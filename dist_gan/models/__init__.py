@@ -11,6 +11,7 @@ from typing import Any, Callable, Dict, Mapping, Tuple
 from torch import nn
 
 from dist_gan.models.dcgan import G_INITS, SUPPORTED_RESOLUTIONS, Discriminator, Generator
+from dist_gan.models.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator
 from dist_gan.models.variants import (D_NORMS, BeganDiscriminator, KerasDiscriminator, KerasGenerator, apply_d_options,
                                       began_generator)
 
@@ -30,6 +31,13 @@ ARCHS: Dict[str, Tuple[Callable[[Mapping[str, Any]], nn.Module], Callable[[Mappi
     "began": (  # D is an autoencoder (returns reconstructions): pair with loss.name=began
         lambda c: began_generator(c["resolution"], c["nz"], c["ngf"]),
         lambda c: BeganDiscriminator(c["resolution"], c["nz"], c["ndf"]),
+    ),
+    "stylegan2": (  # widths from channel_base/channel_max, not ngf/ndf; no tanh on G (as the paper)
+        lambda c: StyleGAN2Generator(c["resolution"], z_dim=c["nz"], w_dim=c["w_dim"], mapping_depth=c["mapping_depth"],
+                                     channel_base=c["channel_base"], channel_max=c["channel_max"],
+                                     style_mixing_prob=c["style_mixing_prob"]),
+        lambda c: StyleGAN2Discriminator(c["resolution"], channel_base=c["channel_base"], channel_max=c["channel_max"],
+                                         mbstd_group=max(c["mbstd_group"], 1), mbstd_channels=1 if c["mbstd_group"] else 0),
     ),
 }
 
