@@ -259,6 +259,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="also replay each step's convolutions alone: the img/s if nothing but them cost time")
     p.add_argument("--peak-tflops", type=float, default=None, help="peak for MFU (default: looked up by GPU name)")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/step_<cpu|cuda>.json)")
+    p.add_argument("--also", nargs="*", default=[], metavar="RECIPE",
+                   help="other recipes' dist_gan steps, timed in the same alternation at the same batch and switches "
+                        "(e.g. --recipe celeba64 --also stylegan2_64)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more recipe overrides, e.g. model.ngf=16")
     return p.parse_args(argv)
 
@@ -267,13 +270,14 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     args = parse_args(argv)
     common.set_threads(args.threads)
     device = common.pick_device(args.device)
-    overrides = list(args.set) + [f"train.batch={args.batch}"]
+    switches = [f"train.batch={args.batch}"]  # what every recipe timed here shares
     if args.precision is not None:
-        overrides.append(f"train.precision={args.precision}")
+        switches.append(f"train.precision={args.precision}")
     if args.channels_last is not None:
-        overrides.append(f"train.channels_last={bool(int(args.channels_last))}")
+        switches.append(f"train.channels_last={bool(int(args.channels_last))}")
     if args.compile is not None:
-        overrides.append(f"train.compile={args.compile!r}" if args.compile else "train.compile=''")
+        switches.append(f"train.compile={args.compile!r}" if args.compile else "train.compile=''")
+    overrides = list(args.set) + switches
     cfg = load_cfg(args.recipe, overrides)
 
     from accelerate import Accelerator
@@ -292,6 +296,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     }
     configs: Dict[str, Dict[str, Any]] = {"dist_gan": _switches(cfg, device)}
     failed: Dict[str, str] = {}
+    others: Dict[str, int] = {}  # --also: recipe -> its G+D parameter count
+    for name in args.also:
+        c = load_cfg(name, switches)
+        candidates[name] = dist_gan_candidate(c, accelerator, args.batch)
+        configs[name] = _switches(c, device)
+        st = candidates[name].train_step  # type: ignore[attr-defined]
+        others[name] = sum(p.numel() for p in st.G_raw.parameters()) + sum(p.numel() for p in st.D_raw.parameters())
     if args.ablation:
         modes = [m for m in args.compile_modes.split(",") if m]
         for name, c in ablation_cfgs(cfg, modes).items():
@@ -332,7 +343,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         "ratio": ratio,
         "ratio_paired": common.paired_ratio(results["dist_gan"], results["textbook"]),
         "ablation": {k: {**v, "ratio_vs_textbook": v["img_per_s"] / results["textbook"]["img_per_s"], "switches": configs[k]}
-                     for k, v in results.items() if k not in ("textbook", "dist_gan")},
+                     for k, v in results.items() if k not in ("textbook", "dist_gan", *others)},
+        "recipes": {k: {**results[k], "ratio_vs_dist_gan": results[k]["img_per_s"] / results["dist_gan"]["img_per_s"],
+                        "params": n, "switches": configs[k]} for k, n in others.items()},
         "ablation_failed": failed,
         "dist_gan_switches": configs["dist_gan"],
         "params": {"dist_gan": dg_params, "textbook": tb_params},
@@ -365,6 +378,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
     print(f"textbook : {results['textbook']['img_per_s']:8.1f} img/s")
     print(f"dist_gan : {results['dist_gan']['img_per_s']:8.1f} img/s")
+    for k, v in out["recipes"].items():
+        print(f"{k:9s}: {v['img_per_s']:8.1f} img/s  ({v['ratio_vs_dist_gan']:.2f}x of {args.recipe}, params {v['params']:,})")
     for k, v in out["ablation"].items():
         print(f"  {k:40s} {v['img_per_s']:8.1f} img/s  ({v['ratio_vs_textbook']:.2f}x)")
     print(f"ratio    : {ratio:.2f}x of medians, {out['ratio_paired']['median']:.2f}x median of per-repeat ratios "

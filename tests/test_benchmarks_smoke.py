@@ -68,6 +68,18 @@ def test_step_benchmark_writes_its_json(tmp_path):
     assert 0 < ceil["summary"]["dist_gan_conv_share"] and "ceiling" in stdout
 
 
+def test_step_benchmark_times_other_recipes_beside_the_main_one(tmp_path):
+    out = tmp_path / "step.json"
+    stdout = run(["benchmarks/step.py", "--device", "cpu", "--batch", "4", "--iters", "1", "--repeats", "1", "--warmup", "1",
+                  "--threads", "1", "--no-flops", "--recipe", "smoke", "--also", "stylegan2_64", "--precision", "fp32", "--out", str(out)])
+    res = check_envelope(out, "step")["results"]
+    other = res["recipes"]["stylegan2_64"]
+    check_timing(other)
+    assert other["ratio_vs_dist_gan"] == pytest.approx(other["img_per_s"] / res["dist_gan"]["img_per_s"])
+    assert other["params"] > 10 * res["params"]["dist_gan"] and "stylegan2_64" not in res["ablation"]
+    assert other["switches"]["precision"] == res["dist_gan_switches"]["precision"] == "fp32" and "x of smoke" in stdout
+
+
 def test_loader_benchmark_writes_its_json(tmp_path):
     src = tmp_path / "faces"
     src.mkdir()
