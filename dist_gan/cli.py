@@ -375,6 +375,7 @@ def invert_cmd(
     resize: bool = typer.Option(False, "--resize", help=_RESIZE_HELP),
     lpips_weights: Optional[str] = typer.Option(None, help="Local AlexNet ImageNet weights for the lpips losses."),
     out: Path = typer.Option(Path("invert_out"), help="Output folder."),
+    space: str = typer.Option("z", help="Latent optimised: z, or for stylegan2 w (one style) or w+ (one per layer)."),
     ema: bool = _ema_option(),
     device: str = _device_option(),
 ) -> None:
@@ -385,7 +386,7 @@ def invert_cmd(
     from dist_gan.tools.invert import run_invert
 
     r = run_invert(ckpt, target, out, loss=loss, weights=weights, affine=affine, steps=steps, restarts=restarts,
-                   lr=lr, seed=seed, resize=resize, lpips_weights=lpips_weights, device=device, ema=ema)
+                   lr=lr, seed=seed, resize=resize, lpips_weights=lpips_weights, device=device, ema=ema, space=space)
     msg = f"best restart {r.best_restart}: loss {r.losses[-1]:.4g}, PSNR {r.psnr:.2f} dB"
     if r.affine is not None:
         msg += f", affine (tx, ty, log_s, angle) = {[round(v, 4) for v in r.affine.tolist()]}"

@@ -100,3 +100,31 @@ def test_invert_cli_errors(G, target, tmp_path):
     assert res.exit_code == 2 and "not a number" in _text(res)
     res = run(app, ["invert", str(ckpt), str(tpath), "--loss", "nope"])
     assert res.exit_code == 2 and "unknown loss" in _text(res)
+
+
+def test_w_plus_inversion_recovers_a_stylegan2_image_better_than_z():
+    """The target mixes two w's (layers 0-3 from one z, the rest from another): outside W, inside W+.
+    At equal steps and restarts W+ gets closer than z, and W sits in between or near z."""
+    from dist_gan.models.stylegan2 import StyleGAN2Generator
+
+    torch.manual_seed(0)
+    G = StyleGAN2Generator(32, z_dim=16, w_dim=16, mapping_depth=2, channel_base=256, channel_max=16).eval()
+    with torch.no_grad():
+        a, b = G.mapping_ws(torch.randn(2, 16)).chunk(2)
+        target = G.synthesize(torch.cat([a[:, :4], b[:, 4:]], 1), noise_mode="const")
+    errs = {}
+    for space in ("z", "w+"):
+        r = invert(G, target, mse_loss, steps=150, restarts=2, lr=0.05, seed=1, space=space, show_progress=False)
+        errs[space] = float(((r.image - target) ** 2).mean())
+        assert r.space == space and r.tensors()["space"].item() == ("z", "w", "w+").index(space)
+    assert r.z.shape == (1, G.num_ws, 16)
+    assert errs["w+"] < 0.5 * errs["z"], errs
+
+
+def test_invert_space_errors(G, target, tmp_path):
+    ckpt = make_ckpt(G, tmp_path)
+    tpath = save_image(target, tmp_path / "target.png")
+    res = CliRunner().invoke(app, ["invert", str(ckpt), str(tpath), "--space", "w+", "--steps", "2"])
+    assert res.exit_code == 2 and "mapping network" in _text(res)
+    res = CliRunner().invoke(app, ["invert", str(ckpt), str(tpath), "--space", "q"])
+    assert res.exit_code == 2 and "unknown latent space 'q'" in _text(res)

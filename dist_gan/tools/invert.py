@@ -10,7 +10,13 @@ to 1% of it, so the last steps refine instead of bouncing.
 parameters (tx, ty in half-image units, log-scale, angle in radians): the study found
 that the crop position dominated the result, and a few pixels of misalignment cost
 more than any loss choice. Pixels the warp pulls from outside the picture are
-excluded from the loss. Only z is optimised (no extended per-layer latent).
+excluded from the loss.
+
+``space`` picks what is optimised: ``z`` (any generator), or for a generator with a
+mapping network (StyleGAN2) ``w`` (one style vector for every layer) or ``w+`` (one per
+layer, Abdal et al. 2019, "Image2StyleGAN"): W+ reaches images neither z nor w can, which
+is what makes a StyleGAN inversion faithful. Restarts start from the w's of random z's;
+the noise inputs are held fixed (``noise_mode='const'``) so the objective is deterministic.
 
 Masks (used by ``complete``): 1 = known pixel that the loss sees, 0 = hole.
 """
@@ -28,19 +34,43 @@ from rich.progress import TextColumn
 from torch import nn
 
 from dist_gan.engine.checkpoint import load_generator
+from dist_gan.errors import UserError
 from dist_gan.imaging import save_image
 from dist_gan.progress import progress_bar
 from dist_gan.tools.imageio_utils import load_image, psnr, save_curve, save_strip
 from dist_gan.tools.perceptual import build_loss
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
+LATENT_SPACES = ("z", "w", "w+")  # invert(space=...): what the optimiser moves
+
+
+def check_space(space: str) -> None:
+    if space not in LATENT_SPACES:
+        raise UserError(f"unknown latent space {space!r}; valid: {', '.join(LATENT_SPACES)}")
+
+
+def latent_renderer(G: nn.Module, space: str, nz: int, k: int, gen: torch.Generator,
+                    device: torch.device) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+    """``k`` starting latents in ``space`` and the function that draws images from them."""
+    check_space(space)
+    z = torch.randn(k, nz, generator=gen).to(device)
+    if space == "z":
+        return z, G
+    if not hasattr(G, "mapping_ws"):
+        raise UserError(f"latent space {space!r} needs a generator with a mapping network (model.arch=stylegan2); "
+                         f"this one has only z")
+    with torch.no_grad():
+        ws = G.mapping_ws(z)  # (k, num_ws, w_dim), the same w on every layer
+    if space == "w":
+        return ws[:, 0].clone(), lambda w: G.synthesize(w.unsqueeze(1).expand(-1, G.num_ws, -1), noise_mode="const")
+    return ws.clone(), lambda ws_: G.synthesize(ws_, noise_mode="const")
 
 
 @dataclass
 class InversionResult:
     """Best restart: its latent, image, the (aligned) target it was fitted to, and its loss curve."""
 
-    z: torch.Tensor  # (1, nz)
+    z: torch.Tensor  # the latent in ``space``: (1, nz) for z, (1, w_dim) for w, (1, num_ws, w_dim) for w+
     image: torch.Tensor  # (1, 3, R, R) = G(z)
     target: torch.Tensor  # (1, 3, R, R) target as fitted (warped when affine)
     mask: Optional[torch.Tensor]  # (1, 1, R, R) pixels the loss saw, or None for all
@@ -49,6 +79,7 @@ class InversionResult:
     final_losses: List[float] = field(default_factory=list)  # every restart's final objective
     best_restart: int = 0
     blur_until: Optional[int] = None  # last step of the coarse-to-fine blur (loss is not comparable before)
+    space: str = "z"  # the latent space optimised (LATENT_SPACES)
 
     @property
     def psnr(self) -> float:
@@ -63,6 +94,7 @@ class InversionResult:
             "losses": torch.tensor(self.losses),
             "psnr": torch.tensor(self.psnr),
             "best_restart": torch.tensor(self.best_restart),
+            "space": torch.tensor(LATENT_SPACES.index(self.space)),  # an index: the file stays tensors only
         }
         if self.affine is not None:
             out["affine"] = self.affine.detach().cpu()
@@ -119,6 +151,7 @@ def invert(
     nz: Optional[int] = None,
     show_progress: bool = True,
     description: str = "inverting",
+    space: str = "z",
 ) -> InversionResult:
     """Fit ``restarts`` latents to ``target`` (1, 3, R, R) in [-1, 1] and return the best."""
     device = target.device
@@ -127,7 +160,8 @@ def invert(
         raise ValueError("pass nz for a generator without an `nz` attribute")
     gen = torch.Generator().manual_seed(seed)
     k = max(1, int(restarts))
-    z = torch.randn(k, nz, generator=gen).to(device).requires_grad_(True)
+    z, render = latent_renderer(G, space, nz, k, gen, device)
+    z.requires_grad_(True)
     groups = [{"params": [z], "lr": lr}]
     p = None
     if affine:
@@ -144,7 +178,7 @@ def invert(
     sigma = [sigma0]
 
     def objective() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        x = G(z)
+        x = render(z)
         if p is not None:
             t = warp(tgt, p, padding="border")
             m = (warp(known, p, padding="zeros") > 0.999).float()
@@ -187,6 +221,7 @@ def invert(
         final_losses=[float(v) for v in loss],
         best_restart=best,
         blur_until=(steps // 2) if sigma0 > 0 else None,
+        space=space,
     )
 
 
@@ -239,9 +274,12 @@ def run_invert(
     lpips_weights: Optional[str] = None,
     device: str = "cpu",
     ema: bool = True,
+    space: str = "z",
 ) -> InversionResult:
     """The ``dist-gan invert`` command: load G and target, invert, write the outputs."""
+    check_space(space)  # before loading anything
     G, cfg, target, loss_fn = load_inversion_inputs(ckpt, target_path, loss, weights, lpips_weights, resize, device, ema)
-    result = invert(G, target, loss_fn, steps=steps, restarts=restarts, lr=lr, affine=affine, seed=seed, nz=cfg["model"]["nz"])
+    result = invert(G, target, loss_fn, steps=steps, restarts=restarts, lr=lr, affine=affine, seed=seed, nz=cfg["model"]["nz"],
+                    space=space)
     save_inversion(result, Path(out))
     return result
