@@ -64,3 +64,29 @@ def test_mp4_without_ffmpeg_names_the_extra_before_rendering(tmp_path, monkeypat
     res = CliRunner().invoke(app, ["interpolate", str(_ckpt(tmp_path)), "--out", str(tmp_path / "w.mp4"), "--frames", "2"])
     assert res.exit_code == 2 and "dist-gan[tools]" in res.output
     assert not (tmp_path / "w.mp4").exists()
+
+
+def test_stylegan2_walks_in_w(tmp_path, monkeypatch):
+    """A styled G walks a straight line in w: the frames it draws are synthesised from w's that are lerps of
+    the mapped keys (the first frame is exactly the first key's w), and the video has every frame."""
+    from test_tools_sample import stylegan2_ckpt
+
+    from dist_gan.models.stylegan2 import StyleGAN2Generator
+
+    ckpt, G = stylegan2_ckpt(tmp_path / "ck")
+    seen = []
+    real = StyleGAN2Generator.synthesize
+    monkeypatch.setattr(StyleGAN2Generator, "synthesize", lambda self, ws, noise_mode="random": (seen.append(ws), real(self, ws, noise_mode))[1])
+    res = CliRunner().invoke(app, ["interpolate", str(ckpt), "--n-keys", "2", "--frames", "3", "--out", str(tmp_path / "w.gif")])
+    assert res.exit_code == 0, res.output
+    assert len(imageio.mimread(tmp_path / "w.gif")) == 6
+    ws = torch.cat(seen)
+    assert ws.shape == (6, G.num_ws, 16) and torch.equal(ws[:, 0], ws[:, -1])  # one w per frame, every layer
+    from dist_gan.tools.sample import truncated_normal
+
+    with torch.no_grad():
+        keys = G.mapping(truncated_normal(2, 16, 0))
+    assert torch.allclose(ws[0, 0], keys[0], atol=1e-5) and torch.allclose(ws[3, 0], keys[1], atol=1e-5)
+    mid = ws[1, 0]  # between the keys, on the segment: collinear with them
+    t = float((mid - keys[0]).norm() / (keys[1] - keys[0]).norm())
+    assert 0 < t < 1 and torch.allclose(mid, keys[0] + t * (keys[1] - keys[0]), atol=1e-4)

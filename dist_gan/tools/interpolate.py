@@ -24,7 +24,7 @@ import torch
 from dist_gan.errors import UserError
 from dist_gan.imaging import to_uint8
 from dist_gan.progress import progress_bar
-from dist_gan.tools.sample import load_sampler, truncated_normal
+from dist_gan.tools.sample import has_mapping, load_sampler, truncated_normal
 
 VIDEO_EXTS = (".gif", ".mp4")
 
@@ -98,12 +98,19 @@ def run_interpolate(
         raise UserError(f"--n-keys must be at least 2 (got {n_keys})")
     check_writer(out)
     G, cfg, sr = load_sampler(ckpt, superres, device, bn_recal, ema)
-    z = path_latents(truncated_normal(n_keys, cfg["model"]["nz"], seed), frames, use_slerp)
+    keys = truncated_normal(n_keys, cfg["model"]["nz"], seed)
+    draw = G
+    if has_mapping(G):  # StyleGAN2: a straight line in w (the space its styles are linear in), fixed noise
+        with torch.no_grad():
+            keys = G.mapping(keys.to(device)).cpu()
+        use_slerp = False
+        draw = lambda w: G.synthesize(w.unsqueeze(1).expand(-1, G.num_ws, -1), noise_mode="const")  # noqa: E731
+    z = path_latents(keys, frames, use_slerp)
     chunks = []
     with progress_bar() as bar, torch.no_grad():
         task = bar.add_task("rendering frames", total=len(z))
         for i in range(0, len(z), 32):
-            x = G(z[i : i + 32].to(device))
+            x = draw(z[i : i + 32].to(device))
             if sr is not None:
                 x = sr(x).clamp(-1, 1)
             chunks.append(to_uint8(x.cpu()))

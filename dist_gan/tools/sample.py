@@ -6,6 +6,9 @@ device, so the same seed gives the same faces everywhere.
 Truncation trick (``psi``): every latent component with ``|z_i| > psi`` is redrawn
 from N(0, 1) until it falls inside, i.e. z follows a normal truncated to [-psi, psi].
 Smaller psi trades variety for typical, cleaner faces; ``None`` or 0 = no truncation.
+A generator with a mapping network (StyleGAN2) truncates as StyleGAN does instead: z is
+drawn untruncated and w is pulled toward the averaged w, ``w_avg + psi (w - w_avg)``, with
+its noise inputs held fixed, so a seed gives the same faces every time.
 """
 
 from __future__ import annotations
@@ -40,10 +43,27 @@ def truncated_normal(n: int, nz: int, seed: int, psi: Optional[float] = None) ->
 
 
 @torch.no_grad()
-def generate(G: nn.Module, z: torch.Tensor, batch: int = 64) -> torch.Tensor:
-    """G(z) in batches, on G's device, returned on the CPU."""
+def generate(G: nn.Module, z: torch.Tensor, batch: int = 64, style_psi: float = 1.0) -> torch.Tensor:
+    """G(z) in batches, on G's device, returned on the CPU; a styled G (``has_mapping``) with
+    its w truncated by ``style_psi`` and constant noise."""
     dev = next(G.parameters()).device
-    return torch.cat([G(z[i : i + batch].to(dev)).cpu() for i in range(0, len(z), batch)])
+    kw = {"truncation_psi": style_psi, "noise_mode": "const"} if has_mapping(G) else {}
+    with torch.no_grad():
+        return torch.cat([G(z[i : i + batch].to(dev), **kw).cpu() for i in range(0, len(z), batch)])
+
+
+def has_mapping(G: nn.Module) -> bool:
+    """True for a generator with a mapping network z -> w (StyleGAN2): it truncates and interpolates in w."""
+    return hasattr(G, "mapping_ws")
+
+
+def style_psi(psi: Optional[float]) -> float:
+    """``--truncation`` for a styled G: None or 0 = 1 (none), else in [0.05, 1]."""
+    if not psi:
+        return 1.0
+    if not 0.05 <= psi <= 1.0:
+        raise UserError(f"--truncation for a generator with a mapping network is a psi in [0.05, 1] (got {psi}); 0 disables it")
+    return float(psi)
 
 
 def demo_generator(resolution: int = 32, nz: int = 100, ngf: int = 16, seed: int = 0) -> nn.Module:
@@ -96,7 +116,8 @@ def run_sample(
     if n < 1:
         raise UserError(f"--n must be at least 1 (got {n})")
     G, cfg, sr = load_sampler(ckpt, superres, device, bn_recal, ema)
-    z = truncated_normal(n, cfg["model"]["nz"], seed, truncation)
+    psi = style_psi(truncation) if has_mapping(G) else 1.0
+    z = truncated_normal(n, cfg["model"]["nz"], seed, None if has_mapping(G) else truncation)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written: List[Path] = []
@@ -104,7 +125,7 @@ def run_sample(
     with progress_bar() as bar:
         task = bar.add_task("sampling", total=n)
         for i in range(0, n, 32):
-            x = generate(G, z[i : i + 32])
+            x = generate(G, z[i : i + 32], style_psi=psi)
             if sr is not None:
                 with torch.no_grad():
                     x = sr(x.to(device)).cpu()
