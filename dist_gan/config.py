@@ -63,6 +63,8 @@ class LossCfg:
     gp_weight: float = 10.0  # wgan_gp only
     r1_gamma: float = 0.0  # R1 penalty gamma/2 * E||grad D(real)||^2 on any loss; 0 = off
     r1_every: int = 16  # lazy R1: paid on every r1_every-th D step, weighted by r1_every
+    pl_weight: float = 0.0  # stylegan2 only: path-length penalty on G (StyleGAN2 uses 2); 0 = off
+    pl_every: int = 4  # lazy path-length: paid on every pl_every-th G step, weighted by pl_every
     gamma: float = 0.5  # began only: diversity ratio E[L(G(z))] / E[L(x)] the k_t control aims at
     lambda_k: float = 0.001  # began only: learning rate of k_t (clipped to [0, 1])
 
@@ -324,6 +326,12 @@ def validate(cfg: DictConfig) -> None:
     if not float(cfg.loss.r1_gamma) >= 0 or int(cfg.loss.r1_every) < 1:
         raise UserError(f"loss.r1_gamma must be >= 0 (0 = no R1) and loss.r1_every >= 1, "
                         f"got {cfg.loss.r1_gamma} and {cfg.loss.r1_every}")
+    if not float(cfg.loss.pl_weight) >= 0 or int(cfg.loss.pl_every) < 1:
+        raise UserError(f"loss.pl_weight must be >= 0 (0 = off) and loss.pl_every >= 1, "
+                        f"got {cfg.loss.pl_weight} and {cfg.loss.pl_every}")
+    if float(cfg.loss.pl_weight) > 0 and cfg.model.arch != "stylegan2":
+        raise UserError(f"loss.pl_weight needs a generator with a mapping network (model.arch=stylegan2), "
+                        f"not model.arch={cfg.model.arch}")
     if not 0.0 < cfg.loss.real_label <= 1.0:
         raise UserError(f"loss.real_label must be in (0, 1], got {cfg.loss.real_label}")
     for name in ("g_betas", "d_betas"):

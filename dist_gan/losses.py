@@ -12,6 +12,7 @@ losses register in ``LOSSES`` and are chosen by name (``loss.name``).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import partial
 from typing import Callable, Dict, Mapping, Tuple
@@ -42,6 +43,7 @@ class LossContext:
     noise_sigma: float = 0.0
     augment: Callable[[torch.Tensor], torch.Tensor] = _identity
     r1_weight: float = 0.0  # weight of the R1 penalty on this D step (0 = not due); see ``r1_weight_at``
+    pl_weight: float = 0.0  # weight of the path-length penalty on this G step (0 = not due); see ``lazy_weight``
 
     def d_input(self, x: torch.Tensor) -> torch.Tensor:
         """What D sees of an image batch: augmented, then noised."""
@@ -79,14 +81,53 @@ def r1_penalty(D: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return grad.float().square().flatten(1).sum(1).mean()
 
 
-def r1_weight_at(gamma: float, every: int, nimg: int, batch: int) -> float:
-    """The weight of R1 on the D step that starts after ``nimg`` images: ``gamma / 2 * every`` on
-    every ``every``-th D step, 0 on the others (StyleGAN2's lazy regularisation: the same expected
+def lazy_weight(weight: float, every: int, nimg: int, batch: int) -> float:
+    """A regulariser's weight on the step that starts after ``nimg`` images: ``weight * every`` on
+    every ``every``-th step, 0 on the others (StyleGAN2's lazy regularisation: the same expected
     penalty at ``1/every`` of its cost). A function of the images shown, so a resumed run pays it on
     the same steps."""
-    if gamma <= 0 or (nimg // batch) % every:
+    if weight <= 0 or (nimg // batch) % every:
         return 0.0
-    return gamma / 2.0 * every
+    return weight * every
+
+
+def r1_weight_at(gamma: float, every: int, nimg: int, batch: int) -> float:
+    """R1's lazy weight: ``gamma / 2`` (the paper's convention) every ``every``-th D step."""
+    return lazy_weight(gamma / 2.0, every, nimg, batch)
+
+
+class PathLengthPenalty:
+    """StyleGAN2's path-length regulariser (Karras et al. 2020, Sec. 3.2): ``E[(|J_w^T y| - a)^2]``.
+
+    ``y`` is a random image-space direction scaled by ``1/sqrt(H W)``, ``J_w`` the Jacobian of the
+    synthesis at w, and ``a`` a running mean of the lengths (``decay`` 0.01), averaged over ranks so
+    every rank holds the same ``a``. A fixed step in w then moves the image by a fixed amount, which
+    makes G smoother and easier to invert. ``a`` is state: it goes into the checkpoint.
+    Needs a generator with ``mapping_ws`` and ``synthesize`` (model.arch=stylegan2).
+    """
+
+    def __init__(self, decay: float = 0.01) -> None:
+        self.decay = decay
+        self.pl_mean = torch.zeros(())
+
+    def __call__(self, G: nn.Module, z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(penalty, mean length of this batch); updates the running mean."""
+        ws = G.mapping_ws(z)
+        if not ws.requires_grad:  # a mapping without weights to train (or frozen): differentiate at w itself
+            ws = ws.detach().requires_grad_(True)
+        img = G.synthesize(ws)
+        y = torch.randn_like(img) / math.sqrt(img.shape[2] * img.shape[3])
+        (grad,) = torch.autograd.grad((img.float() * y.float()).sum(), ws, create_graph=True)
+        lengths = grad.float().square().sum(2).mean(1).sqrt()
+        batch_mean = _all_mean(lengths.detach().mean())
+        self.pl_mean = self.pl_mean.to(batch_mean.device).lerp(batch_mean, self.decay)
+        return (lengths - self.pl_mean).square().mean(), batch_mean
+
+    def state_dict(self) -> Dict[str, torch.Tensor]:
+        return {"pl_mean": self.pl_mean.detach().cpu().clone()}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        self.pl_mean = torch.as_tensor(state["pl_mean"], dtype=torch.float32).clone()
 
 
 class BCELoss:

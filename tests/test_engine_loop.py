@@ -127,6 +127,23 @@ def test_lazy_r1_is_paid_on_its_steps_and_resumes_bit_for_bit(shards32, tmp_path
     assert not states_equal(a["D"], plain["D"])
 
 
+def test_stylegan2_path_length_is_lazy_and_its_mean_resumes_bit_for_bit(shards32, tmp_path):
+    """Path length every 2nd G step: logged where paid; its running mean goes into the checkpoint, so a run cut by a
+    resume ends at the same weights and the same mean as one straight run."""
+    common = [f"data={shards32}", "train.kimg=0.128", "log.snapshot_kimg=0.064", "log.every=1", "model.arch=stylegan2",
+              "model.nz=16", "model.w_dim=16", "model.mapping_depth=2", "model.channel_base=128", "model.channel_max=8",
+              "loss.pl_weight=2", "loss.pl_every=2"]
+    run_inprocess(*common, f"run_dir={tmp_path / 'a'}")
+    run_inprocess(*common, f"run_dir={tmp_path / 'b'}", "train.kimg=0.064")
+    run_inprocess(*common, f"run_dir={tmp_path / 'b'}", "resume=auto")
+    a, b = load_checkpoint(tmp_path / "a"), load_checkpoint(tmp_path / "b")
+    for key in ("G", "D", "G_ema"):
+        assert states_equal(a[key], b[key]), key
+    assert a["loss_state"]["pl_mean"].item() == b["loss_state"]["pl_mean"].item() > 0
+    records = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert [("pl" in r) for r in records] == [i % 2 == 0 for i in range(len(records))] and len(records) == 8
+
+
 def test_nan_stops_with_a_clear_message(shards32, tmp_path):
     with pytest.raises(TrainingDiverged, match="non-finite"):
         run_inprocess(f"data={shards32}", f"run_dir={tmp_path / 'r'}", "loss.instance_noise=1e40")

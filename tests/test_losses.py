@@ -10,7 +10,7 @@ from torch import nn
 
 from dist_gan.config import load_config
 from dist_gan.errors import UserError
-from dist_gan.losses import LOSSES, BEGANLoss, LossContext, build_loss, gradient_penalty, r1_penalty, r1_weight_at
+from dist_gan.losses import LOSSES, BEGANLoss, LossContext, build_loss, gradient_penalty, PathLengthPenalty, r1_penalty, r1_weight_at
 
 CTX = LossContext()
 
@@ -144,6 +144,42 @@ def test_r1_keys_are_checked():
     for bad in ("loss.r1_gamma=-1", "loss.r1_every=0"):
         with pytest.raises(UserError, match="loss.r1_gamma must be >= 0"):
             load_config([bad])
+
+
+class LinearStyleG(nn.Module):
+    """mapping_ws: z copied to 3 layers; synthesize: c * (sum of the layers' w) as a 1x4x4 image. So J_w^T y is
+    c * y for every layer and each path length is exactly c * |y|."""
+
+    num_ws = 3
+
+    def __init__(self, c: float) -> None:
+        super().__init__()
+        self.c = nn.Parameter(torch.tensor(c))
+
+    def mapping_ws(self, z: torch.Tensor) -> torch.Tensor:
+        return z.unsqueeze(1).expand(-1, self.num_ws, -1)
+
+    def synthesize(self, ws: torch.Tensor) -> torch.Tensor:
+        return self.c * ws.sum(1).view(-1, 1, 4, 4)
+
+
+def test_path_length_penalty_on_a_linear_generator():
+    z = torch.randn(5, 16)
+    pl = PathLengthPenalty(decay=0.01)
+    torch.manual_seed(7)
+    penalty, mean = pl(LinearStyleG(2.0), z)
+    torch.manual_seed(7)
+    y = torch.randn(5, 1, 4, 4) / 4.0  # the same draw: 1/sqrt(H W) with H = W = 4
+    lengths = 2.0 * y.flatten(1).norm(dim=1)
+    assert mean.item() == pytest.approx(lengths.mean().item(), rel=1e-5)
+    a = 0.01 * lengths.mean()  # the running mean from 0, one step of decay 0.01
+    assert pl.pl_mean.item() == pytest.approx(a.item(), rel=1e-5)
+    assert penalty.item() == pytest.approx((lengths - a).square().mean().item(), rel=1e-4)
+    restored = PathLengthPenalty()
+    restored.load_state_dict(pl.state_dict())
+    assert restored.pl_mean.item() == pl.pl_mean.item()
+    with pytest.raises(UserError, match="needs a generator with a mapping network"):
+        load_config(["loss.pl_weight=2"])
 
 
 class ScaleAE(nn.Module):

@@ -149,9 +149,11 @@ def test_spectral_norm_and_diffaug_on_two_ranks_with_resume(shards, tmp_path):
 
 
 def test_stylegan2_on_two_ranks_resumes_bit_for_bit(shards, tmp_path):
-    """stylegan2_64 (style mixing, noise inputs, lazy R1 every 2nd D step) on 2 gloo ranks: cut in two by a
-    resume, it ends at the weights of one straight run, w_avg included."""
-    base = [*TINY, *RECIPES["stylegan2_64"], "loss.r1_every=2", "train.kimg=0.064", "log.snapshot_kimg=0.032",
+    """stylegan2_64 (style mixing, noise inputs, lazy R1 every 2nd D step, path length every 2nd G step) on
+    2 gloo ranks: cut in two by a resume, it ends at the weights of one straight run, w_avg and the path-length
+    mean included."""
+    base = [*TINY, *RECIPES["stylegan2_64"], "loss.r1_every=2", "loss.pl_weight=2", "loss.pl_every=2",
+            "train.kimg=0.064", "log.snapshot_kimg=0.032",
             "recipe=stylegan2_64", f"data={shards[32]}"]
     launch2(*base, f"run_dir={tmp_path / 'a'}")
     launch2(*base, f"run_dir={tmp_path / 'b'}", "train.kimg=0.032")
@@ -161,6 +163,7 @@ def test_stylegan2_on_two_ranks_resumes_bit_for_bit(shards, tmp_path):
     for net in ("G", "D", "G_ema"):
         assert all(torch.equal(a[net][k], b[net][k]) for k in a[net]), net
     assert not torch.equal(a["G"]["mapping.w_avg"], torch.zeros_like(a["G"]["mapping.w_avg"]))
+    assert a["loss_state"]["pl_mean"].item() == b["loss_state"]["pl_mean"].item() > 0
 
 
 def test_began_k_t_survives_resume(shards, tmp_path):

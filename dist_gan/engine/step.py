@@ -25,7 +25,7 @@ from torch import nn
 from dist_gan.engine.backends import DDPBackend
 from dist_gan.engine.ema import ema_beta, update_ema
 from dist_gan.engine.precision import Precision, maybe_compile
-from dist_gan.losses import LossContext, r1_penalty
+from dist_gan.losses import LossContext, PathLengthPenalty, r1_penalty
 
 
 class TrainStep:
@@ -40,6 +40,7 @@ class TrainStep:
         accum: int, global_batch: int, ema_kimg: float, ema_rampup: float, backend=None,
         G: nn.Module | None = None, D: nn.Module | None = None, opt_G=None, opt_D=None, scaler_G=None, scaler_D=None,
         compile: str = "", ema_probes: Optional[Dict[float, nn.Module]] = None, r1_gamma: float = 0.0,
+        path_length: bool = False,
     ) -> None:
         if backend is None:
             backend = DDPBackend(accelerator, G, D, opt_G, opt_D, scaler_G, scaler_D)
@@ -51,7 +52,7 @@ class TrainStep:
         if compile and not self.compile:
             warnings.warn(f"train.compile={compile!r} is ignored with backend={backend.name}: "
                           "its engines own the modules", RuntimeWarning, stacklevel=2)
-        if self.compile and (getattr(loss_fn, "gp_weight", 0) > 0 or r1_gamma > 0):  # compiled graphs have no double backward
+        if self.compile and (getattr(loss_fn, "gp_weight", 0) > 0 or r1_gamma > 0 or path_length):  # no double backward
             warnings.warn(f"train.compile={compile!r} is ignored with a gradient penalty (double backward)",
                           RuntimeWarning, stacklevel=2)
             self.compile = ""
@@ -62,6 +63,7 @@ class TrainStep:
         self.nz, self.local_batch, self.accum, self.global_batch = nz, local_batch, accum, global_batch
         self.ema_kimg, self.ema_rampup = ema_kimg, ema_rampup
         self.ema_probes = ema_probes or {}
+        self.path_length = PathLengthPenalty() if path_length else None  # G's lazy regulariser, with its running mean
         self.device = accelerator.device
         self.sums: Dict[str, torch.Tensor] = {}
         self.counts: Dict[str, int] = {}
@@ -111,6 +113,10 @@ class TrainStep:
             with self.backend.hold_sync("G", last), self.precision.autocast():
                 fake_r = fake if fake is not None else self.G(self._latents())
                 loss, stats = self.loss_fn.g_loss(self.D_frozen, fake_r, ctx)
+                if ctx.pl_weight > 0 and self.path_length is not None:  # on half a batch, as StyleGAN2 does
+                    pl, length = self.path_length(self.G_raw, self._latents()[: max(1, self.local_batch // 2)])
+                    loss = loss + ctx.pl_weight * pl
+                    stats = {**stats, "pl": pl.detach(), "pl_length": length}
             self.backend.backward("G", loss, self.accum, last)
             self._record(stats)
         self.backend.step("G")

@@ -25,7 +25,7 @@ from dist_gan.engine.precision import Precision, make_adam
 from dist_gan.engine.schedule import lr_factor, scaled_rates, warmup_factor
 from dist_gan.engine.state import RunState
 from dist_gan.engine.step import TrainStep
-from dist_gan.losses import LossContext, augment_at, build_augment, build_loss, instance_noise_sigma, r1_weight_at
+from dist_gan.losses import LossContext, augment_at, build_augment, build_loss, instance_noise_sigma, lazy_weight, r1_weight_at
 from dist_gan.models import build_discriminator, build_generator
 from dist_gan.models.fastconv import use_swap_wgrad
 
@@ -103,7 +103,8 @@ class Training:
         loss, train = self.cfg.loss, self.cfg.train
         return LossContext(noise_sigma=instance_noise_sigma(loss.instance_noise, loss.noise_anneal_kimg, nimg),
                            augment=augment_at(self.augment, train.diffaug_until_kimg, nimg),
-                           r1_weight=r1_weight_at(float(loss.r1_gamma), int(loss.r1_every), nimg, self.step.global_batch))
+                           r1_weight=r1_weight_at(float(loss.r1_gamma), int(loss.r1_every), nimg, self.step.global_batch),
+                           pl_weight=lazy_weight(float(loss.pl_weight), int(loss.pl_every), nimg, self.step.global_batch))
 
     def set_learning_rates(self, nimg: int) -> float:
         """Apply the warm-up and the decay at ``nimg`` (a float per param group, so resume needs no extra
@@ -120,7 +121,10 @@ class Training:
     def payload(self, run: RunState, world_size: int, rng_per_rank: List[Dict[str, Any]], cfg: Dict[str, Any]) -> Dict[str, Any]:
         """The checkpoint of this run at ``run`` (collective under ZeRO: every rank must call it)."""
         nets = {net: self.backend.export_net(net) for net in ckpt.NETS}
-        loss_state = self.loss_fn.state_dict() if hasattr(self.loss_fn, "state_dict") else None
+        loss_state = dict(self.loss_fn.state_dict()) if hasattr(self.loss_fn, "state_dict") else {}
+        if self.step.path_length is not None:
+            loss_state.update(self.step.path_length.state_dict())
+        loss_state = loss_state or None
         return ckpt.make_payload(cfg, run, nets, self.G_ema, self.ema_probes, loss_state, world_size, rng_per_rank)
 
     def restore(self, payload: Dict[str, Any], networks: bool = True) -> RunState:
@@ -134,6 +138,8 @@ class Training:
         ckpt.restore_averages(payload, self.G_ema, self.ema_probes)
         if hasattr(self.loss_fn, "load_state_dict") and "loss_state" in payload:
             self.loss_fn.load_state_dict(payload["loss_state"])
+        if self.step.path_length is not None and "pl_mean" in payload.get("loss_state", {}):
+            self.step.path_length.load_state_dict(payload["loss_state"])
         for net, lr in self.recipe_lr.items():
             self.backend.set_lr(net, lr)
         return ckpt.run_state(payload)
@@ -159,7 +165,7 @@ def build_training(cfg, accelerator: Accelerator, local_batch: int, accum: int =
         backend=backend, G_ema=G_ema, loss_fn=loss_fn, precision=precision, accelerator=accelerator,
         nz=cfg.model.nz, local_batch=local_batch, accum=accum, global_batch=local_batch * world * accum,
         ema_kimg=cfg.train.ema_kimg, ema_rampup=cfg.train.ema_rampup, compile=cfg.train.compile, ema_probes=ema_probes,
-        r1_gamma=float(cfg.loss.r1_gamma),
+        r1_gamma=float(cfg.loss.r1_gamma), path_length=float(cfg.loss.pl_weight) > 0,
     )
     augment = build_augment(cfg.train.diffaug, cfg.train.diffaug_p, cfg.train.diffaug_translation)
     return Training(cfg=cfg, step=step, loss_fn=loss_fn, augment=augment, ema_probes=ema_probes)
