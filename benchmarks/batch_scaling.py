@@ -93,6 +93,17 @@ ROWS: Dict[str, Dict[str, Any]] = {
     # DiffAugment on D's inputs: on a 10k-image set D can memorise over many passes; augmenting reals and fakes alike slows that
     "b512_da": {"batch": 512, "overrides": ["model.spectral_norm=true", "optim.g_lr=8e-4", "optim.d_lr=8e-4",
                                             "optim.warmup_kimg=5", "train.diffaug=color,translation"]},
+    # the textbook at 2e-4 halves its FID over the second half of a run, bigbatch at 8e-4 only cuts it by a third:
+    # both rates falling linearly to 10% over the second half of the row's kimg (placed by row_overrides)
+    "b512_decay": {"batch": 512, "overrides": ["model.spectral_norm=true", "optim.g_lr=8e-4", "optim.d_lr=8e-4",
+                                               "optim.warmup_kimg=5"], "decay": (0.5, 1.0, 0.1)},
+    # bigbatch with two eval-only EMA probes (half-lives 3 and 30 kimg; training unchanged): score them with
+    # dist-gan eval RUN --ema-kimg 3 (or 30) beside the row's own 10-kimg G_ema
+    "b512_probes": {"batch": 512, "overrides": ["model.spectral_norm=true", "optim.g_lr=8e-4", "optim.d_lr=8e-4",
+                                                "optim.warmup_kimg=5", "train.ema_probes=[3,30]"]},
+    # R1 on D's reals, lazily every 16 D steps (StyleGAN2's regulariser), on top of spectral norm
+    "b512_r1": {"batch": 512, "overrides": ["model.spectral_norm=true", "optim.g_lr=8e-4", "optim.d_lr=8e-4",
+                                            "optim.warmup_kimg=5", "loss.r1_gamma=0.1"]},
     "textbook512": {"batch": 512, "recipe": "dcgan64", "overrides": ["train.batch=512", "train.ema_kimg=0.001", "train.ema_rampup=0"]},
     # equal images: batch 512 given only batch 128's kimg (a prefix of the long run: no rate depends on the length)
     "b512_img": {"batch": 512, "overrides": [], "equal_images": True},
@@ -119,6 +130,16 @@ def row_kimg(batch: int, budget_kimg: float) -> float:
     return round(budget_kimg * gpu_img_per_s(batch) / gpu_img_per_s(REF_BATCH), 1)
 
 
+def row_overrides(row: Dict[str, Any], kimg: float) -> List[str]:
+    """The row's overrides, plus its learning-rate decay placed at fractions of its own length (``decay``:
+    start, end, final factor), so the same row means the same schedule at any budget."""
+    over = list(row["overrides"])
+    if "decay" in row:
+        start, end, final = row["decay"]
+        over += [f"optim.lr_decay_kimg=[{start * kimg:g},{end * kimg:g}]", f"optim.lr_decay_to={final:g}"]
+    return over
+
+
 def launch_cmd(args: Sequence[str]) -> List[str]:
     """2 gloo ranks on this machine's CPU (--multi_gpu with ACCELERATE_USE_CPU=1; --cpu would start one)."""
     return ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
@@ -133,8 +154,9 @@ def run_row(name: str, data: str, shards: Path, work: Path, resolution: int, bud
     kimg = budget_kimg if row.get("equal_images") else row_kimg(row["batch"], budget_kimg)
     run = work / data / f"{name}-s{seed}"
     recipe = row.get("recipe", "bigbatch")
+    overrides = row_overrides(row, kimg)
     args = [f"recipe={recipe}", f"data={shards}", f"run_dir={run}", f"seed={seed}", f"train.kimg={kimg}",
-            f"model.resolution={resolution}", *row["overrides"], "loader.workers=1", "log.tensorboard=false",
+            f"model.resolution={resolution}", *overrides, "loader.workers=1", "log.tensorboard=false",
             "log.progress=false", f"log.fid_kimg={kimg / fid_points:g}", f"log.fid_n={fid_n}",
             f"log.sample_kimg={kimg}", f"log.snapshot_kimg={kimg}", "log.keep=1"]
     cmd = launch_cmd(args)
@@ -161,7 +183,7 @@ def run_row(name: str, data: str, shards: Path, work: Path, resolution: int, bud
     curve = [{"kimg": r["kimg"], "fid": r["fid"], "fid_s": r["fid_s"]} for r in read_metrics(run / "metrics.jsonl") if "fid" in r]
     best = min(curve, key=lambda p: p["fid"])
     detect = detect_best(run, shards, data, det_n)
-    return {"data": data, "row": name, "seed": seed, "batch": row["batch"], "recipe": recipe, "overrides": row["overrides"],
+    return {"data": data, "row": name, "seed": seed, "batch": row["batch"], "recipe": recipe, "overrides": overrides,
             "kimg": kimg, "fid_points": fid_points, "resolution": resolution, "fid_n": fid_n, "best_fid": best["fid"], "best_kimg": best["kimg"],
             "final_fid": curve[-1]["fid"], "curve": curve, "fid_s_each": sum(p["fid_s"] for p in curve) / len(curve),
             "gpu_s_est": kimg * 1000 / gpu_img_per_s(row["batch"]), "cpu_wall_s": wall, "world_size": final["world_size"],
