@@ -66,8 +66,8 @@ def load_cfg(recipe: str, overrides: Sequence[str]):
     return load_config([f"recipe={recipe}", *overrides])
 
 
-def build_dist_gan_step(cfg, accelerator, batch: Optional[int] = None):
-    """(TrainStep, next_real, ctx): the trainer's own wiring (``engine.training.build_training``), at ``nimg`` 0."""
+def build_dist_gan_training(cfg, accelerator, batch: Optional[int] = None):
+    """(Training, next_real): the trainer's own wiring (``engine.training.build_training``) and a fixed batch of reals."""
     from dist_gan.data.stream import to_model_range
     from dist_gan.engine.training import build_training
 
@@ -82,15 +82,24 @@ def build_dist_gan_step(cfg, accelerator, batch: Optional[int] = None):
     def next_real() -> torch.Tensor:
         return to_model_range(reals_u8, device, cfg.train.channels_last)
 
+    return training, next_real
+
+
+def build_dist_gan_step(cfg, accelerator, batch: Optional[int] = None):
+    """(TrainStep, next_real, ctx): the step with its loss context frozen at ``nimg`` 0 (lazy regularisers on)."""
+    training, next_real = build_dist_gan_training(cfg, accelerator, batch)
     return training.step, next_real, training.context(0)
 
 
 def dist_gan_candidate(cfg, accelerator, batch: int) -> Callable[[], Any]:
-    step, next_real, ctx = build_dist_gan_step(cfg, accelerator, batch)
+    """One training step per call, its loss context at the images shown so far, as in training: lazy R1 and path
+    length cost their real share (one step in ``r1_every``), not every step's."""
+    training, next_real = build_dist_gan_training(cfg, accelerator, batch)
+    step = training.step
     state = {"nimg": 0}
 
     def run() -> None:
-        state["nimg"] += step(next_real, True, True, ctx, state["nimg"])
+        state["nimg"] += step(next_real, True, True, training.context(state["nimg"]), state["nimg"])
 
     run.train_step = step  # type: ignore[attr-defined]
     return run
@@ -261,7 +270,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/step_<cpu|cuda>.json)")
     p.add_argument("--also", nargs="*", default=[], metavar="RECIPE",
                    help="other recipes' dist_gan steps, timed in the same alternation at the same batch and switches "
-                        "(e.g. --recipe celeba64 --also stylegan2_64)")
+                        "(e.g. --recipe celeba64 --also stylegan2_64); RECIPE:KEY=VALUE,KEY=VALUE adds overrides "
+                        "(e.g. stylegan2_64:model.channel_max=64)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more recipe overrides, e.g. model.ngf=16")
     return p.parse_args(argv)
 
@@ -298,7 +308,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     failed: Dict[str, str] = {}
     others: Dict[str, int] = {}  # --also: recipe -> its G+D parameter count
     for name in args.also:
-        c = load_cfg(name, switches)
+        recipe, _, extra = name.partition(":")
+        c = load_cfg(recipe, [o for o in extra.split(",") if o] + switches)
         candidates[name] = dist_gan_candidate(c, accelerator, args.batch)
         configs[name] = _switches(c, device)
         st = candidates[name].train_step  # type: ignore[attr-defined]

@@ -71,9 +71,11 @@ def test_step_benchmark_writes_its_json(tmp_path):
 def test_step_benchmark_times_other_recipes_beside_the_main_one(tmp_path):
     out = tmp_path / "step.json"
     stdout = run(["benchmarks/step.py", "--device", "cpu", "--batch", "4", "--iters", "1", "--repeats", "1", "--warmup", "1",
-                  "--threads", "1", "--no-flops", "--recipe", "smoke", "--also", "stylegan2_64", "--precision", "fp32", "--out", str(out)])
+                  "--threads", "1", "--no-flops", "--recipe", "smoke", "--also", "stylegan2_64", "stylegan2_64:model.channel_max=32,model.mapping_depth=3",
+                  "--precision", "fp32", "--out", str(out)])
     res = check_envelope(out, "step")["results"]
-    other = res["recipes"]["stylegan2_64"]
+    other, small = res["recipes"]["stylegan2_64"], res["recipes"]["stylegan2_64:model.channel_max=32,model.mapping_depth=3"]
+    assert small["params"] < other["params"]  # the overrides reached the model
     check_timing(other)
     assert other["ratio_vs_dist_gan"] == pytest.approx(other["img_per_s"] / res["dist_gan"]["img_per_s"])
     assert other["params"] > 10 * res["params"]["dist_gan"] and "stylegan2_64" not in res["ablation"]

@@ -81,14 +81,28 @@ def test_demodulation_keeps_unit_variance_and_no_demodulation_does_not():
             assert inside < 0.2, std
 
 
+def test_bf16_activations_stay_bf16_through_every_synthesis_layer():
+    """A float32 style, demodulation coefficient or bias would promote each layer's output to float32
+    under autocast: every elementwise op after it then runs on float32 (3x slower on a CPU)."""
+    torch.manual_seed(0)
+    G = _g(32)
+    dtypes: list[torch.dtype] = []
+    for m in G.modules():
+        if isinstance(m, (SynthesisLayer, ToRGB)):
+            m.register_forward_hook(lambda mod, args, out: dtypes.append(out.dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        G(torch.randn(2, 16))
+    assert len(dtypes) == 1 + 2 * 3 + 4 and set(dtypes) == {torch.bfloat16}  # 4x4: 1 conv, 8..32: 2 each; 4 ToRGBs
+
+
 def test_fused_grouped_conv_equals_the_activation_scaling_path_and_up_is_bilinear_then_conv():
     torch.manual_seed(0)
     x, w = torch.randn(2, 6, 8, 8), torch.randn(2, 16)
     for up in (False, True):
-        conv = ModulatedConv2d(6, 5, 3, w_dim=16, up=up)
+        conv = ModulatedConv2d(6, 5, 3, w_dim=16, up=up, fused=True)
         with torch.no_grad():
             y = conv(x, w)
-            conv.fused = False
+            conv.fused = False  # the default
             assert torch.allclose(conv(x, w), y, atol=1e-5)
         assert y.shape == (2, 5, 16 if up else 8, 16 if up else 8)
     with torch.no_grad():  # up: transposed conv + [1,3,3,1] blur == bilinear 2x then conv (away from the border)
