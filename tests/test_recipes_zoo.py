@@ -35,11 +35,14 @@ RECIPES = {
     "began": ["model.resolution=32", "model.nz=16"],
     "stylegan2_64": ["model.resolution=32", "model.nz=32", "model.w_dim=32", "model.channel_base=256",
                      "model.channel_max=16", "loss.r1_every=1"],
+    "stylegan2_128": ["model.nz=16", "model.w_dim=16", "model.channel_base=256", "model.channel_max=8", "train.batch=8",
+                      "train.kimg=0.016", "loss.r1_every=1"],
 }
 RUN_STATS = {
     "wgan_gp": {"wdist", "gp", "loss_g"},
     "began": {"k_t", "m_global", "l_real", "l_fake", "loss_g"},
     "stylegan2_64": {"loss_d", "loss_g", "r1"},
+    "stylegan2_128": {"loss_d", "loss_g", "r1"},
 }
 
 
@@ -59,7 +62,7 @@ def shards(tmp_path_factory):
 
 
 def args_for(recipe: str, shards, run: Path):
-    res = 128 if recipe == "dcgan128" else 32
+    res = 128 if recipe in ("dcgan128", "stylegan2_128") else 32
     return [f"recipe={recipe}", f"data={shards[res]}", f"run_dir={run}", *TINY, *RECIPES[recipe]]
 
 
