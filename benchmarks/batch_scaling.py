@@ -233,26 +233,8 @@ def render(results: Dict[str, Any]) -> str:
 
 def plot(results: Dict[str, Any], out: Path) -> None:
     """FID against kimg (left) and against estimated GPU seconds (right), one line per run."""
-    from dist_gan.imaging import pyplot
-
-    plt = pyplot()
-    datas = sorted({r["data"] for r in results["runs"].values()})
-    fig, axes = plt.subplots(len(datas), 2, figsize=(12, 4.2 * len(datas)), squeeze=False)
-    for i, data in enumerate(datas):
-        for r in sorted((r for r in results["runs"].values() if r["data"] == data), key=lambda r: (r["batch"], r["row"])):
-            k = [p["kimg"] for p in r["curve"]]
-            f = [p["fid"] for p in r["curve"]]
-            ips = 1000 * r["kimg"] / r["gpu_s_est"]
-            label = f"{r['row']} s{r['seed']}"
-            axes[i][0].plot(k, f, marker="o", ms=3, label=label)
-            axes[i][1].plot([x * 1000 / ips for x in k], f, marker="o", ms=3, label=label)
-        axes[i][0].set_xlabel("kimg"), axes[i][1].set_xlabel("estimated H100 seconds")
-        for ax in axes[i]:
-            ax.set_ylabel(f"FID ({data}, n={results['fid_n']})")
-            ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "fid_curves.png", dpi=100)
-    plt.close(fig)
+    H.plot_fid_curves(results, out, order=lambda r: (r["batch"], r["row"]), label=lambda r: f"{r['row']} s{r['seed']}",
+                      right_x=lambda r, p: p["kimg"] * r["gpu_s_est"] / r["kimg"], right_label="estimated H100 seconds")
 
 
 def figure(results: Dict[str, Any], out: Path, shards: Dict[str, Path]) -> None:

@@ -442,6 +442,30 @@ def scores(report: Dict[str, Any], leak_types: Tuple[type, ...] = (int, float, s
 
 
 # ------------------------------------------------------------------ figure
+def plot_fid_curves(results: Dict[str, Any], out: Path, *, order: Callable[[Dict[str, Any]], Any],
+                    label: Callable[[Dict[str, Any]], str], right_x: Callable[[Dict[str, Any], Dict[str, Any]], float],
+                    right_label: str, legend_size: int = 7) -> None:
+    """``out/fid_curves.png``: per data set, each run's FID against kimg (left) and against ``right_x(run, point)``
+    (right), runs in ``order``; every study with FID-tracked runs (``results['runs']``) draws the same figure."""
+    from dist_gan.imaging import pyplot
+
+    plt = pyplot()
+    datas = sorted({r["data"] for r in results["runs"].values()})
+    fig, axes = plt.subplots(len(datas), 2, figsize=(12, 4.2 * len(datas)), squeeze=False)
+    for i, data in enumerate(datas):
+        for r in sorted((r for r in results["runs"].values() if r["data"] == data), key=order):
+            f = [p["fid"] for p in r["curve"]]
+            axes[i][0].plot([p["kimg"] for p in r["curve"]], f, marker="o", ms=3, label=label(r))
+            axes[i][1].plot([right_x(r, p) for p in r["curve"]], f, marker="o", ms=3, label=label(r))
+        axes[i][0].set_xlabel("kimg"), axes[i][1].set_xlabel(right_label)
+        for ax in axes[i]:
+            ax.set_ylabel(f"FID ({data}, n={results['fid_n']})")
+            ax.legend(fontsize=legend_size)
+    fig.tight_layout()
+    fig.savefig(out / "fid_curves.png", dpi=100)
+    plt.close(fig)
+
+
 def tile(imgs, cols: int = 4):
     """Tiles on white, 2 px apart, no outer border."""
     from dist_gan.imaging import make_grid

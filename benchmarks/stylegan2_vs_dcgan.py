@@ -215,23 +215,9 @@ def render(results: Dict[str, Any]) -> str:
 
 def plot(results: Dict[str, Any], out: Path) -> None:
     """FID against kimg (left) and against training minutes (right), one line per run."""
-    from dist_gan.imaging import pyplot
-
-    plt = pyplot()
-    datas = sorted({r["data"] for r in results["runs"].values()})
-    fig, axes = plt.subplots(len(datas), 2, figsize=(12, 4.2 * len(datas)), squeeze=False)
-    for i, data in enumerate(datas):
-        for r in sorted((r for r in results["runs"].values() if r["data"] == data), key=lambda r: r["row"]):
-            label = f"{r['row']} ({r['recipe']}) s{r['seed']}"
-            axes[i][0].plot([p["kimg"] for p in r["curve"]], [p["fid"] for p in r["curve"]], marker="o", ms=3, label=label)
-            axes[i][1].plot([p["train_s"] / 60 for p in r["curve"]], [p["fid"] for p in r["curve"]], marker="o", ms=3, label=label)
-        axes[i][0].set_xlabel("kimg"), axes[i][1].set_xlabel("training minutes (2 gloo ranks, 2 cores)")
-        for ax in axes[i]:
-            ax.set_ylabel(f"FID ({data}, n={results['fid_n']})")
-            ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "fid_curves.png", dpi=100)
-    plt.close(fig)
+    H.plot_fid_curves(results, out, order=lambda r: r["row"], label=lambda r: f"{r['row']} ({r['recipe']}) s{r['seed']}",
+                      right_x=lambda r, p: p["train_s"] / 60, right_label="training minutes (2 gloo ranks, 2 cores)",
+                      legend_size=8)
 
 
 def figure(results: Dict[str, Any], out: Path, shards: Dict[str, Path]) -> None:
