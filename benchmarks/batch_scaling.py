@@ -16,8 +16,10 @@ against the same detector's misses on as many real images.
 Rows (``--rows``; overrides on ``recipe=bigbatch`` at ``--resolution``; each row spells out what it
 changes, so it keeps its meaning when the recipe moves on):
 
-- ``b512``, ``b128_sn``, ``b64_sn``: bigbatch as shipped (spectral norm on D, G and D at 8e-4, a 5-kimg
-  warm-up: the winner of the rows below) at global batch 512, 128 and 64;
+- ``b512``, ``b128_sn``, ``b64_sn``: bigbatch's settings (spectral norm on D, G and D at 8e-4, a 5-kimg
+  warm-up: the winner of the rows below) with the 10-kimg EMA the study ran with, at global batch 512, 128 and 64;
+- ``b512_probes``: ``b512`` also keeping 3- and 30-kimg EMAs for ``dist-gan eval --ema-kimg`` (30 won:
+  bigbatch now ships it);
 - ``b512_ttur``, ``b128``, ``b64``: bigbatch's earlier settings (TTUR G 1e-4 / D 4e-4, no spectral norm);
 - ``b512_sqrt`` / ``b512_linear``: those rates scaled from batch 128 by sqrt(4) / 4, with a warm-up;
 - ``b512_sn_sqrt`` / ``b512_sn_16e4`` / ``b512_sn_hinge``: spectral norm on D with the TTUR rates
@@ -59,6 +61,9 @@ DEFAULT_OUT = H.REPO / "benchmarks" / "results" / "batch_scaling"
 STEP_JSON = H.REPO / "benchmarks" / "results" / "nvidia-h100-80gb-hbm3.json"
 SWEEP_JSON = H.REPO / "benchmarks" / "results" / "scaling_gpu.json"
 REF_BATCH = 128  # the batch that gets --budget-kimg; the others get the same GPU time
+PINNED = ["train.ema_kimg=10"]
+"""bigbatch keys every ``recipe=bigbatch`` row spells out because the study ran with them (the recipe has since
+moved on), so a recorded row reruns as it ran."""
 
 TTUR = {"model.spectral_norm": "false", "optim.g_lr": "1e-4", "optim.d_lr": "4e-4", "optim.warmup_kimg": "0"}
 """``bigbatch``'s settings before this study: TTUR G 1e-4 / D 4e-4, no spectral norm, no warm-up."""
@@ -131,9 +136,9 @@ def row_kimg(batch: int, budget_kimg: float) -> float:
 
 
 def row_overrides(row: Dict[str, Any], kimg: float) -> List[str]:
-    """The row's overrides, plus its learning-rate decay placed at fractions of its own length (``decay``:
-    start, end, final factor), so the same row means the same schedule at any budget."""
-    over = list(row["overrides"])
+    """The study's pinned bigbatch keys (``PINNED``), the row's overrides, then its learning-rate decay placed
+    at fractions of its own length (``decay``: start, end, final factor), so a row means one schedule at any budget."""
+    over = (PINNED if row.get("recipe", "bigbatch") == "bigbatch" else []) + list(row["overrides"])
     if "decay" in row:
         start, end, final = row["decay"]
         over += [f"optim.lr_decay_kimg=[{start * kimg:g},{end * kimg:g}]", f"optim.lr_decay_to={final:g}"]

@@ -15,6 +15,19 @@ import pytest
 from conftest import REPO
 
 
+def test_every_bigbatch_row_reruns_with_the_ema_the_study_ran_with_while_the_recipe_moves_on():
+    """The recorded rows ran with a 10-kimg EMA; bigbatch now ships 30. Each row pins 10 unless it says otherwise."""
+    from benchmarks import batch_scaling as B
+    from dist_gan.config import load_config
+
+    assert load_config(["recipe=bigbatch"]).train.ema_kimg == 30
+    for name, row in B.ROWS.items():
+        cfg = load_config([f"recipe={row.get('recipe', 'bigbatch')}", *B.row_overrides(row, 40.0)])
+        explicit = [o.split("=", 1)[1] for o in row["overrides"] if o.startswith("train.ema_kimg=")]
+        want = float(explicit[-1]) if explicit else (10.0 if row.get("recipe", "bigbatch") == "bigbatch" else load_config([f"recipe={row['recipe']}"]).train.ema_kimg)
+        assert cfg.train.ema_kimg == want, name
+
+
 def test_batch_scaling_gives_each_batch_the_same_gpu_time_on_two_ranks_and_reuses_finished_runs(tmp_path, shared_dir):
     """A tiny study (64 images, a few steps): two real gloo ranks per row, FID tracked, best.pt detected."""
     from benchmarks import batch_scaling as B
