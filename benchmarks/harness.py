@@ -120,6 +120,46 @@ def train_cmd(args: Sequence[str]) -> List[str]:
     return [sys.executable, str(TRAIN_PY), *args]
 
 
+def two_rank_cmd(args: Sequence[str]) -> List[str]:
+    """2 gloo ranks on this machine's CPU (``--multi_gpu`` with ACCELERATE_USE_CPU=1; ``--cpu`` would start one)."""
+    return ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+            str(TRAIN_PY), *args]
+
+
+def launch_two_ranks(args: Sequence[str], log_path: Path) -> float:
+    """One 2-rank training launch, one thread per rank, output appended to ``log_path``; its wall seconds."""
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    t0 = time.perf_counter()
+    with open(log_path, "a") as log:
+        proc = subprocess.run(two_rank_cmd(args), stdout=log, stderr=subprocess.STDOUT, env=env)
+    if proc.returncode:
+        raise SystemExit(f"training failed ({proc.returncode}); see {log_path}")
+    return time.perf_counter() - t0
+
+
+def train_two_ranks(args: Sequence[str], run: Path, log_path: Path, label: str) -> Tuple[float, Dict[str, Any]]:
+    """Train ``args`` (which name ``run_dir=run``) on 2 gloo ranks, or reuse ``run`` when the same command
+    finished there before (``stamp.json``); the wall seconds and ``final.json``. A world size other than 2 ends
+    the study: the ranks would not have been real."""
+    cmd = two_rank_cmd(args)
+    stamp = run / "stamp.json"
+    if stamp.is_file() and json.loads(stamp.read_text()).get("cmd") == cmd and (run / "final.json").is_file():
+        wall = json.loads(stamp.read_text())["wall_s"]
+        print(f"{label}: reusing {run}", flush=True)
+    else:
+        if run.exists():
+            shutil.rmtree(run)
+        run.parent.mkdir(parents=True, exist_ok=True)
+        log_path.unlink(missing_ok=True)
+        wall = launch_two_ranks(args, log_path)
+        atomic_write_json(stamp, {"cmd": cmd, "wall_s": wall})
+    final = json.loads((run / "final.json").read_text())
+    if final["world_size"] != 2:
+        raise SystemExit(f"{label}: expected 2 ranks, final.json says {final['world_size']}")
+    return wall, final
+
+
 def resolved_train_config(args: List[str]) -> Dict[str, Any]:
     """The full config ``dist_gan/train.py *args`` trains with, less where it reads and writes.
 

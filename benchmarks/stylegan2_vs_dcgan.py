@@ -35,7 +35,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -43,23 +42,11 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import harness as H  # noqa: E402
-from benchmarks.batch_scaling import launch_cmd  # noqa: E402
 from dist_gan.engine.monitor import read_metrics  # noqa: E402
 
 DEFAULT_OUT = H.REPO / "benchmarks" / "results" / "stylegan2_vs_dcgan"
 RECIPES = {"dcgan": {"celeba": "celeba64", "anime": "anime64"}, "stylegan2": {"celeba": "stylegan2_64", "anime": "stylegan2_64"}}
 DETECTORS = {"celeba": ["--detector", "mtcnn"]}  # the strongest human-face detector; anime: the LBP cascade
-
-
-def _launch(args: Sequence[str], log_path: Path) -> float:
-    """One 2-rank training launch; its wall seconds. Exits with the log's name when it fails."""
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    t0 = time.perf_counter()
-    with open(log_path, "a") as log:
-        proc = subprocess.run(launch_cmd(args), stdout=log, stderr=subprocess.STDOUT, env=env)
-    if proc.returncode:
-        raise SystemExit(f"training failed ({proc.returncode}); see {log_path}")
-    return time.perf_counter() - t0
 
 
 def curve_of(run: Path) -> List[Dict[str, float]]:
@@ -104,20 +91,8 @@ def run_row(row: str, data: str, shards: Path, work: Path, kimg: float, seed: in
     args = [f"recipe={recipe}", f"data={shards}", f"run_dir={run}", f"seed={seed}", f"train.kimg={kimg}",
             "loader.workers=1", "log.tensorboard=false", "log.progress=false", f"log.fid_kimg={kimg / fid_points:g}",
             f"log.fid_n={fid_n}", f"log.sample_kimg={kimg}", f"log.snapshot_kimg={kimg}", "log.keep=1", *extra]
-    stamp = run / "stamp.json"
-    if stamp.is_file() and json.loads(stamp.read_text())["args"] == args and (run / "final.json").is_file():
-        wall = json.loads(stamp.read_text())["wall_s"]
-        print(f"{data} {row}: reusing {run}", flush=True)
-    else:
-        if run.exists():
-            shutil.rmtree(run)
-        run.parent.mkdir(parents=True, exist_ok=True)
-        print(f"{data} {row}: {recipe}, {kimg:g} kimg on 2 ranks", flush=True)
-        wall = _launch(args, work / data / f"{row}-s{seed}.log")
-        stamp.write_text(json.dumps({"args": args, "wall_s": wall}))
-    final = json.loads((run / "final.json").read_text())
-    if final["world_size"] != 2:
-        raise SystemExit(f"{row}: expected 2 ranks, final.json says {final['world_size']}")
+    print(f"{data} {row}: {recipe}, {kimg:g} kimg on 2 ranks", flush=True)
+    wall, final = H.train_two_ranks(args, run, work / data / f"{row}-s{seed}.log", f"{data} {row}")
     curve = curve_of(run)
     from dist_gan.engine.checkpoint import load_checkpoint
 
@@ -126,7 +101,7 @@ def run_row(row: str, data: str, shards: Path, work: Path, kimg: float, seed: in
     return {"data": data, "row": row, "recipe": recipe, "seed": seed, "kimg": kimg, "fid_n": fid_n, "curve": curve,
             "train_s": curve[-1]["train_s"] if curve else None, "cpu_wall_s": wall, "world_size": final["world_size"],
             "img_per_s": H.last_metrics(run).get("img_per_s"), "params": params, "eval": evaluate(run, shards, data, n),
-            "run": str(run), "command": "ACCELERATE_USE_CPU=1 OMP_NUM_THREADS=1 " + shlex.join(launch_cmd(args))}
+            "run": str(run), "command": "ACCELERATE_USE_CPU=1 OMP_NUM_THREADS=1 " + shlex.join(H.two_rank_cmd(args))}
 
 
 def resume_check(shards: Path, work: Path, kimg: float, extra: Sequence[str]) -> Dict[str, Any]:
@@ -142,9 +117,9 @@ def resume_check(shards: Path, work: Path, kimg: float, extra: Sequence[str]) ->
     base = ["recipe=stylegan2_64", f"data={shards}", "seed=0", "loader.workers=1", "log.tensorboard=false",
             "log.progress=false", f"log.snapshot_kimg={kimg}", f"log.sample_kimg={2 * kimg}", "log.keep=2", *extra]
     a, b = root / "straight", root / "resumed"
-    _launch([*base, f"run_dir={a}", f"train.kimg={2 * kimg}"], root / "straight.log")
-    _launch([*base, f"run_dir={b}", f"train.kimg={kimg}"], root / "resumed.log")
-    _launch([*base, f"run_dir={b}", f"train.kimg={2 * kimg}", "resume=auto"], root / "resumed.log")
+    H.launch_two_ranks([*base, f"run_dir={a}", f"train.kimg={2 * kimg}"], root / "straight.log")
+    H.launch_two_ranks([*base, f"run_dir={b}", f"train.kimg={kimg}"], root / "resumed.log")
+    H.launch_two_ranks([*base, f"run_dir={b}", f"train.kimg={2 * kimg}", "resume=auto"], root / "resumed.log")
     sa, sb = load_checkpoint(a), load_checkpoint(b)
     differing = [f"{net}.{k}" for net in ("G", "D", "G_ema") for k in sa[net] if not torch.equal(sa[net][k], sb[net][k])]
     tensors = sum(len(sa[net]) for net in ("G", "D", "G_ema"))
