@@ -19,7 +19,7 @@ changes, so it keeps its meaning when the recipe moves on):
 - ``b512``, ``b128_sn``, ``b64_sn``: bigbatch's settings (spectral norm on D, G and D at 8e-4, a 5-kimg
   warm-up: the winner of the rows below) with the 10-kimg EMA the study ran with, at global batch 512, 128 and 64;
 - ``b512_probes``: ``b512`` also keeping 3- and 30-kimg EMAs for ``dist-gan eval --ema-kimg`` (30 won:
-  bigbatch now ships it);
+  bigbatch now ships it); ``b512_ema30``: bigbatch as it ships, the 30-kimg EMA tracked;
 - ``b512_ttur``, ``b128``, ``b64``: bigbatch's earlier settings (TTUR G 1e-4 / D 4e-4, no spectral norm);
 - ``b512_sqrt`` / ``b512_linear``: those rates scaled from batch 128 by sqrt(4) / 4, with a warm-up;
 - ``b512_sn_sqrt`` / ``b512_sn_16e4`` / ``b512_sn_hinge``: spectral norm on D with the TTUR rates
@@ -44,10 +44,8 @@ import argparse
 import json
 import os
 import shlex
-import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -77,7 +75,7 @@ def _ttur(*over: str) -> List[str]:
 
 
 ROWS: Dict[str, Dict[str, Any]] = {
-    # bigbatch as shipped (spectral norm on D, G and D at 8e-4, 5-kimg warm-up), at three batch sizes
+    # bigbatch's settings (spectral norm on D, G and D at 8e-4, 5-kimg warm-up, the pinned 10-kimg EMA), at three batch sizes
     "b64_sn": {"batch": 64, "overrides": ["train.batch=64"]},
     "b128_sn": {"batch": 128, "overrides": ["train.batch=128"]},
     "b512": {"batch": 512, "overrides": ["model.spectral_norm=true", "optim.g_lr=8e-4", "optim.d_lr=8e-4",
@@ -106,6 +104,9 @@ ROWS: Dict[str, Dict[str, Any]] = {
     # dist-gan eval RUN --ema-kimg 3 (or 30) beside the row's own 10-kimg G_ema
     "b512_probes": {"batch": 512, "overrides": ["model.spectral_norm=true", "optim.g_lr=8e-4", "optim.d_lr=8e-4",
                                                 "optim.warmup_kimg=5", "train.ema_probes=[3,30]"]},
+    # bigbatch as it ships since the probes: the 30-kimg EMA (its tracked FID and best.pt follow that G_ema)
+    "b512_ema30": {"batch": 512, "overrides": ["model.spectral_norm=true", "optim.g_lr=8e-4", "optim.d_lr=8e-4",
+                                               "optim.warmup_kimg=5", "train.ema_kimg=30"]},
     # R1 on D's reals, lazily every 16 D steps (StyleGAN2's regulariser), on top of spectral norm
     "b512_r1": {"batch": 512, "overrides": ["model.spectral_norm=true", "optim.g_lr=8e-4", "optim.d_lr=8e-4",
                                             "optim.warmup_kimg=5", "loss.r1_gamma=0.1"]},
@@ -145,13 +146,6 @@ def row_overrides(row: Dict[str, Any], kimg: float) -> List[str]:
     return over
 
 
-def launch_cmd(args: Sequence[str]) -> List[str]:
-    """2 gloo ranks on this machine's CPU (--multi_gpu with ACCELERATE_USE_CPU=1; --cpu would start one)."""
-    return ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-            str(H.TRAIN_PY), *args]
-
-
 def run_row(name: str, data: str, shards: Path, work: Path, resolution: int, budget_kimg: float, seed: int,
             fid_n: int, fid_points: int, det_n: int) -> Dict[str, Any]:
     """Train one row on 2 ranks (reused when the same command finished before), then detect faces on best.pt."""
@@ -164,27 +158,8 @@ def run_row(name: str, data: str, shards: Path, work: Path, resolution: int, bud
             f"model.resolution={resolution}", *overrides, "loader.workers=1", "log.tensorboard=false",
             "log.progress=false", f"log.fid_kimg={kimg / fid_points:g}", f"log.fid_n={fid_n}",
             f"log.sample_kimg={kimg}", f"log.snapshot_kimg={kimg}", "log.keep=1"]
-    cmd = launch_cmd(args)
-    stamp = run / "stamp.json"
-    if stamp.is_file() and json.loads(stamp.read_text())["cmd"] == cmd and (run / "final.json").is_file():
-        wall = json.loads(stamp.read_text())["wall_s"]
-        print(f"{data} {name} s{seed}: reusing {run}", flush=True)
-    else:
-        if run.exists():
-            shutil.rmtree(run)
-        run.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-        print(f"{data} {name} s{seed}: {kimg} kimg at batch {row['batch']}", flush=True)
-        t0 = time.perf_counter()
-        with open(work / data / f"{name}-s{seed}.log", "w") as log:
-            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        wall = time.perf_counter() - t0
-        if proc.returncode:
-            raise SystemExit(f"{name}: training failed ({proc.returncode}); see {log.name}")
-        stamp.write_text(json.dumps({"cmd": cmd, "wall_s": wall}))
-    final = json.loads((run / "final.json").read_text())
-    if final["world_size"] != 2:
-        raise SystemExit(f"{name}: expected 2 ranks, final.json says {final['world_size']}")
+    print(f"{data} {name} s{seed}: {kimg} kimg at batch {row['batch']}", flush=True)
+    wall, final = H.train_two_ranks(args, run, work / data / f"{name}-s{seed}.log", f"{data} {name} s{seed}")
     curve = [{"kimg": r["kimg"], "fid": r["fid"], "fid_s": r["fid_s"]} for r in read_metrics(run / "metrics.jsonl") if "fid" in r]
     best = min(curve, key=lambda p: p["fid"])
     detect = detect_best(run, shards, data, det_n)
@@ -193,7 +168,7 @@ def run_row(name: str, data: str, shards: Path, work: Path, resolution: int, bud
             "final_fid": curve[-1]["fid"], "curve": curve, "fid_s_each": sum(p["fid_s"] for p in curve) / len(curve),
             "gpu_s_est": kimg * 1000 / gpu_img_per_s(row["batch"]), "cpu_wall_s": wall, "world_size": final["world_size"],
             "train_img_per_s": H.last_metrics(run).get("img_per_s"), "detect": detect, "run": str(run),
-            "command": "ACCELERATE_USE_CPU=1 OMP_NUM_THREADS=1 " + shlex.join(cmd)}
+            "command": "ACCELERATE_USE_CPU=1 OMP_NUM_THREADS=1 " + shlex.join(H.two_rank_cmd(args))}
 
 
 def detect_best(run: Path, shards: Path, data: str, n: int) -> Dict[str, Any]:
