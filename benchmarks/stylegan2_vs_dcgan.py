@@ -46,7 +46,6 @@ from dist_gan.engine.monitor import read_metrics  # noqa: E402
 
 DEFAULT_OUT = H.REPO / "benchmarks" / "results" / "stylegan2_vs_dcgan"
 RECIPES = {"dcgan": {"celeba": "celeba64", "anime": "anime64"}, "stylegan2": {"celeba": "stylegan2_64", "anime": "stylegan2_64"}}
-DETECTORS = {"celeba": ["--detector", "mtcnn"]}  # the strongest human-face detector; anime: the LBP cascade
 
 
 def curve_of(run: Path) -> List[Dict[str, float]]:
@@ -69,7 +68,7 @@ def evaluate(run: Path, shards: Path, data: str, n: int) -> Dict[str, Any]:
     """The evaluator on the run's last checkpoint: FID, KID, P&R, detectability and leak, n samples."""
     out = run / "eval_final"
     cmd = [sys.executable, "-m", "dist_gan", "eval", str(run), "--fid", "--kid", "--pr", "--detect", "--leak",
-           "--ref", str(shards), "-n", str(n), "--out", str(out), *DETECTORS.get(data, H.detector_args(data))]
+           "--ref", str(shards), "-n", str(n), "--out", str(out), *H.detector_args(data)]
     report = out / "report.json"
     stamp = out / "cmd.json"
     if not (report.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == cmd):

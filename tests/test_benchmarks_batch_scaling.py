@@ -43,6 +43,7 @@ def test_batch_scaling_gives_each_batch_the_same_gpu_time_on_two_ranks_and_reuse
     assert set(runs) == {"celeba/b512/s0"}
     r = runs["celeba/b512/s0"]
     assert r["world_size"] == 2 and r["fid_n"] == 8 and r["best_fid"] > 0 and r["detect"]["n"] == 8
+    assert r["detect"]["detector"]["name"] == "mtcnn" and 0 <= r["detect"]["precision"] <= 1 and 0 <= r["detect"]["recall"] <= 1
     assert r["kimg"] == B.row_kimg(512, 0.2) and r["gpu_s_est"] == pytest.approx(0.2 * 1000 / B.gpu_img_per_s(128), rel=0.05)
     for name in ("results.md", "fid_curves.png", "samples_celeba.png", "command.txt"):
         assert (tmp_path / "out" / name).is_file(), name
