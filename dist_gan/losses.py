@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Dict, Mapping, Tuple
+from typing import Callable, Dict, Mapping, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -44,6 +44,9 @@ class LossContext:
     augment: Callable[[torch.Tensor], torch.Tensor] = _identity
     r1_weight: float = 0.0  # weight of the R1 penalty on this D step (0 = not due); see ``r1_weight_at``
     pl_weight: float = 0.0  # weight of the path-length penalty on this G step (0 = not due); see ``lazy_weight``
+    # the D that penalties on D's input gradient (R1, WGAN-GP) call; None: the D the loss is given.
+    # A DeepSpeed engine is not one to take input gradients through (engine/backends.py).
+    penalty_D: Optional[nn.Module] = None
 
     def d_input(self, x: torch.Tensor) -> torch.Tensor:
         """What D sees of an image batch: augmented, then noised."""
@@ -230,7 +233,7 @@ class WGANGPLoss:
         out_real = D(x_real).float()
         out_fake = D(x_fake).float()
         wdist = out_real.mean() - out_fake.mean()
-        gp = gradient_penalty(D, x_real, x_fake) if self.gp_weight > 0 else torch.zeros((), device=real.device)
+        gp = gradient_penalty(ctx.penalty_D or D, x_real, x_fake) if self.gp_weight > 0 else torch.zeros((), device=real.device)
         loss = -wdist + self.gp_weight * gp
         stats = {
             "loss_d": loss.detach(),

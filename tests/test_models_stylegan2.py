@@ -244,3 +244,15 @@ def test_registry_builds_stylegan2_from_the_recipe_keys():
     assert max(p.shape[0] for p in D.parameters() if p.dim() == 4) <= 16  # channel_max reached D's convs
     with pytest.raises(UserError, match="mapping_depth in 2..8"):
         load_config(["model.arch=stylegan2", "model.mapping_depth=9"])
+
+
+def test_no_parameter_is_0_dim_and_a_0_dim_noise_strength_still_loads():
+    """DeepSpeed cannot flatten 0-dim parameters, so the per-layer noise strength is [1]; a state dict with the
+    official implementation's 0-dim strength loads into it with the value kept."""
+    G = _g()
+    assert all(p.dim() > 0 for p in G.parameters())
+    state = {k: (v.reshape(()) + 0.25 if k.endswith("noise_strength") else v) for k, v in G.state_dict().items()}
+    assert sum(k.endswith("noise_strength") for k in state) > 0
+    fresh = _g()
+    fresh.load_state_dict(state)
+    assert all(v.shape == (1,) and v.item() == 0.25 for k, v in fresh.state_dict().items() if k.endswith("noise_strength"))

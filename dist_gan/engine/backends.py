@@ -82,6 +82,7 @@ class DDPBackend:
         self.accelerator = accelerator
         self.G, self.D, self.opt_G, self.opt_D = G, D, opt_G, opt_D
         self.G_raw, self.D_raw = _unwrap_ddp(G), _unwrap_ddp(D)
+        self.D_penalty = D  # R1 / WGAN-GP take D's input gradient through the DDP wrapper
         self.scalers = {"G": scaler_G, "D": scaler_D}
         self.opts = {"G": opt_G, "D": opt_D}
         self.wrapped = {"G": G, "D": D}
@@ -200,6 +201,10 @@ class DeepSpeedBackend:
             self.engines[net] = engine
         self.G, self.D = self.engines["G"], self.engines["D"]
         self.G_raw, self.D_raw = self.G.module, self.D.module
+        # Penalties on D's input gradient (R1, WGAN-GP) call the raw module: an engine's forward hooks its output
+        # so that any autograd pass through it, torch.autograd.grad w.r.t. the input included, runs the engine's
+        # post-backward gradient reduction. The raw module's graph still reaches D's weights in engine.backward.
+        self.D_penalty = self.D_raw
         self.scalers = {net: self._install_synced_scaler(net) for net in NETS}
         if initial_state is not None:
             for net in NETS:

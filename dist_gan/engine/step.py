@@ -47,6 +47,7 @@ class TrainStep:
         self.backend = backend
         self.G, self.D, self.G_ema = backend.G, backend.D, G_ema
         self.G_raw, self.D_raw = backend.G_raw, backend.D_raw
+        self.D_penalty = backend.D_penalty  # what R1 and WGAN-GP differentiate w.r.t. its input (LossContext.penalty_D)
         self.D_frozen = self.D_raw  # what G's loss calls: the raw D, so DDP never reduces D's grads twice
         self.compile = compile if getattr(backend, "name", "ddp") == "ddp" else ""
         if compile and not self.compile:
@@ -97,7 +98,7 @@ class TrainStep:
                     fake = self.G(self._latents())
                 loss, stats = self.loss_fn.d_loss(self.D, real, fake.detach(), ctx)
                 if ctx.r1_weight > 0:  # lazy R1 on what D sees of the reals
-                    r1 = r1_penalty(self.D, ctx.d_input(real))
+                    r1 = r1_penalty(ctx.penalty_D or self.D, ctx.d_input(real))
                     loss = loss + ctx.r1_weight * r1
                     stats = {**stats, "r1": r1.detach()}
             self.backend.backward("D", loss, self.accum, last)

@@ -104,7 +104,8 @@ class Training:
         return LossContext(noise_sigma=instance_noise_sigma(loss.instance_noise, loss.noise_anneal_kimg, nimg),
                            augment=augment_at(self.augment, train.diffaug_until_kimg, nimg),
                            r1_weight=r1_weight_at(float(loss.r1_gamma), int(loss.r1_every), nimg, self.step.global_batch),
-                           pl_weight=lazy_weight(float(loss.pl_weight), int(loss.pl_every), nimg, self.step.global_batch))
+                           pl_weight=lazy_weight(float(loss.pl_weight), int(loss.pl_every), nimg, self.step.global_batch),
+                           penalty_D=self.step.D_penalty)
 
     def set_learning_rates(self, nimg: int) -> float:
         """Apply the warm-up and the decay at ``nimg`` (a float per param group, so resume needs no extra

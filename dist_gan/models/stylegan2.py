@@ -289,18 +289,26 @@ class SynthesisLayer(nn.Module):
         super().__init__()
         self.resolution = resolution
         self.conv = ModulatedConv2d(in_channels, out_channels, kernel_size, w_dim, demodulate=True, up=up)
-        self.noise_strength = nn.Parameter(torch.zeros([]))
+        # shape [1], not the official 0-dim: DeepSpeed cannot flatten a 0-dim parameter into its buffers
+        self.noise_strength = nn.Parameter(torch.zeros(1))
         self.bias = nn.Parameter(torch.zeros(out_channels))
         self.register_buffer("noise_const", torch.randn(resolution, resolution))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        """A 0-dim ``noise_strength`` (the official implementation's layout) loads as [1]."""
+        key = prefix + "noise_strength"
+        if key in state_dict and state_dict[key].dim() == 0:
+            state_dict[key] = state_dict[key].reshape(1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "random") -> torch.Tensor:
         if noise_mode not in NOISE_MODES:
             raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
         x = self.conv(x, w)
         if noise_mode == "random":
-            x = x + torch.randn(x.shape[0], 1, *x.shape[2:], device=x.device, dtype=x.dtype) * self.noise_strength
+            x = x + torch.randn(x.shape[0], 1, *x.shape[2:], device=x.device, dtype=x.dtype) * self.noise_strength.to(x.dtype)
         elif noise_mode == "const":
-            x = x + self.noise_const.to(x.dtype) * self.noise_strength
+            x = x + self.noise_const.to(x.dtype) * self.noise_strength.to(x.dtype)
         return _lrelu(x + self.bias.to(x.dtype)[None, :, None, None])
 
 
