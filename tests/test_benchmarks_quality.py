@@ -321,7 +321,7 @@ def test_eval_task_names_the_detector_and_the_newest_checkpoint_keys_reuse(tmp_p
 
     celeba = H.eval_task(tmp_path / "run", tmp_path / "ref", tmp_path / "out", n=500, seed=3, data="celeba")
     assert celeba.cmd[:5] == [sys.executable, "-m", "dist_gan", "eval", str(tmp_path / "run")]
-    assert celeba.cmd[-2:] == ["--detector", "haar"] and "--batch" in celeba.cmd and celeba.cmd[celeba.cmd.index("--batch") + 1] == "250"
+    assert celeba.cmd[-2:] == ["--detector", "mtcnn"] and "--batch" in celeba.cmd and celeba.cmd[celeba.cmd.index("--batch") + 1] == "250"
     anime = H.eval_task(tmp_path / "run", tmp_path / "ref", tmp_path / "out", n=64, seed=0, data="anime", bn_recal=True)
     assert anime.cmd[-5:] == ["--detector", "anime", "--cascade", str(H.ANIME_CASCADE), "--bn-recal"]
 
