@@ -232,7 +232,11 @@ def figure(results: Dict[str, Any], out: Path, shards: Dict[str, Path]) -> None:
     from dist_gan.imaging import to_uint8
 
     for data, path in shards.items():
-        runs = [r for r in results["runs"].values() if r["data"] == data and (Path(r["run"]) / "checkpoints" / "best.pt").is_file()]
+        runs = [r for r in results["runs"].values() if r["data"] == data]
+        gone = sorted(key(r) for r in runs if not (Path(r["run"]) / "checkpoints" / "best.pt").is_file())
+        if gone:
+            print(f"samples_{data}.png kept as it was: {len(gone)} run(s) have no best.pt here ({', '.join(gone[:3])}...)")
+            continue
         seen: Dict[str, Dict[str, Any]] = {}
         for r in sorted(runs, key=lambda r: (r["batch"], r["row"], r["seed"])):
             seen.setdefault(r["row"], r)

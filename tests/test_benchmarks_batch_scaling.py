@@ -49,3 +49,15 @@ def test_batch_scaling_gives_each_batch_the_same_gpu_time_on_two_ranks_and_reuse
         assert (tmp_path / "out" / name).is_file(), name
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "reusing" in again.stdout
+
+
+def test_a_merge_whose_kept_runs_left_no_checkpoint_keeps_the_sample_figure(tmp_path, capsys):
+    """A --merge on a machine without the kept runs' checkpoints must not redraw the grid from the new rows alone."""
+    from benchmarks import batch_scaling as B
+
+    figure = tmp_path / "samples_celeba.png"
+    figure.write_bytes(b"the grid of every row")
+    gone = {"data": "celeba", "row": "b128_sn", "seed": 0, "batch": 128, "run": str(tmp_path / "gone")}
+    B.figure({"runs": {"celeba/b128_sn/s0": gone}}, tmp_path, {"celeba": tmp_path / "shards"})
+    assert figure.read_bytes() == b"the grid of every row"
+    assert "kept as it was" in capsys.readouterr().out
