@@ -148,6 +148,19 @@ def test_cache_fetches_once_checks_the_hash_and_stays_bounded(shards32, tmp_path
     assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith(".")]
 
 
+def test_a_shard_another_rank_evicts_the_moment_it_lands_is_still_read_whole(shards32, tmp_path, monkeypatch):
+    """The race of a busy node made deterministic: every eviction (another rank's) removes the shard just renamed."""
+    shards = open_shards(shards32)
+    name, sha = shards.names[0], shards.sha256[0]
+    monkeypatch.setattr(ShardCache, "evict", lambda self, keep=None: [p.unlink() for p in self.root.iterdir() if p.is_file()])
+    cache = ShardCache(tmp_path / "cache", max_bytes=1 << 30)
+    with LoopbackServer(shards32) as srv:
+        with cache.open(srv.url + name, name, sha, FAST, FetchStats()) as fh:
+            assert hashlib.sha256(fh.read()).hexdigest() == sha
+        assert srv.count(name) == 1
+    assert not list((tmp_path / "cache").iterdir())
+
+
 def _read_all_through_cache(args) -> list:
     """One "rank": open every shard through a shared, tiny cache many times; the sha256 of each read."""
     url, root, names, shas, max_bytes = args

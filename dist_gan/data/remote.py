@@ -332,36 +332,47 @@ class ShardCache:
 
     def fetch(self, url: str, name: str, sha256: Optional[str], policy: RetryPolicy, stats: FetchStats) -> Path:
         """The local copy of shard ``url``, downloaded (and its sha256 checked) if it is not cached yet."""
+        with self.open(url, name, sha256, policy, stats):
+            return self.path_for(name, sha256)
+
+    def open(self, url: str, name: str, sha256: Optional[str], policy: RetryPolicy, stats: FetchStats) -> BinaryIO:
+        """The cached shard, open for reading.
+
+        The handle is opened before anything can evict the file (a cached copy is opened, not tested then
+        opened; a download keeps its own temp file's handle across the rename), so another rank's eviction
+        never costs this one a read: POSIX keeps an unlinked file's data while it is open.
+        """
         path = self.path_for(name, sha256)
-        if path.is_file():
-            os.utime(path)  # recently used
-            return path
+        try:
+            fh = open(path, "rb")
+        except FileNotFoundError:
+            pass
+        else:
+            try:
+                os.utime(path)  # recently used
+            except FileNotFoundError:
+                pass  # evicted just now; our handle still reads it whole
+            return fh
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=f".tmp-{os.getpid()}", dir=self.root)
+        out = os.fdopen(fd, "w+b")
         try:
             h = hashlib.sha256()
-            with os.fdopen(fd, "wb") as out, open_url(url, policy, stats) as src:
+            with open_url(url, policy, stats) as src:
                 for chunk in iter(lambda: src.read(CHUNK), b""):
                     h.update(chunk)
                     out.write(chunk)
-                out.flush()
-                os.fsync(out.fileno())
+            out.flush()
+            os.fsync(out.fileno())
             if sha256 and h.hexdigest() != sha256:
                 raise OSError(f"{url}: sha256 does not match the manifest's; not cached")
             os.replace(tmp, path)
         except BaseException:
+            out.close()
             Path(tmp).unlink(missing_ok=True)
             raise
+        out.seek(0)
         self.evict(keep=path)
-        return path
-
-    def open(self, url: str, name: str, sha256: Optional[str], policy: RetryPolicy, stats: FetchStats) -> BinaryIO:
-        """The cached shard, open for reading. Another rank may evict it between fetch and open: then fetch again."""
-        for _ in range(3):
-            try:
-                return open(self.fetch(url, name, sha256, policy, stats), "rb")
-            except FileNotFoundError:
-                continue
-        raise OSError(f"{url}: evicted from loader.cache_dir={self.root} as fast as it was fetched; raise loader.cache_gb")
+        return out
 
     def evict(self, keep: Optional[Path] = None) -> None:
         """Remove least recently used shards until the cache holds at most ``max_bytes`` (``keep`` stays)."""
