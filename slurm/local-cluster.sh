@@ -47,7 +47,7 @@ within_30s() {  # run "$@" every 0.5 s until it succeeds, for up to 30 s
 write_conf() {
   local host cpus mem
   host=$(hostname -s)
-  cpus=$(nproc)
+  cpus=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)  # the node is the machine: nproc obeys a caller's OMP_NUM_THREADS=1
   mem=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 - 1024 ))
   mkdir -p "$DIR/state" "$DIR/spool" "$DIR/log" "$DIR/munge"
   cat > "$CONF" <<EOF
@@ -143,7 +143,8 @@ node_idle() { SLURM_CONF=$CONF sinfo -h -o %T | grep -qx idle; }
 
 start() {
   install_if_missing
-  if alive "$DIR/slurmctld.pid" && alive "$DIR/slurmd.pid" && alive "$DIR/slurmdbd.pid" && alive "$DIR/mariadbd.pid"; then
+  if alive "$DIR/slurmctld.pid" && alive "$DIR/slurmd.pid" && alive "$DIR/slurmdbd.pid" && alive "$DIR/mariadbd.pid" &&
+     SLURM_CONF=$CONF sinfo -h -o %T 2>/dev/null | grep -Eqx 'idle|allocated|mixed|completing'; then
     echo "local-cluster: already up ($CONF)" >&2; return
   fi
   write_conf
@@ -154,8 +155,12 @@ start() {
   fi
   start_db
   start_dbd
-  SLURM_CONF=$CONF slurmctld -f "$CONF" || die "slurmctld did not start (see $DIR/log/slurmctld.log)"
-  SLURM_CONF=$CONF slurmd -f "$CONF" || die "slurmd did not start (see $DIR/log/slurmd.log)"
+  # Each daemon only if it is down: a start after one of them died brings back that one and keeps the rest.
+  alive "$DIR/slurmctld.pid" || SLURM_CONF=$CONF slurmctld -f "$CONF" || die "slurmctld did not start (see $DIR/log/slurmctld.log)"
+  alive "$DIR/slurmd.pid" || SLURM_CONF=$CONF slurmd -f "$CONF" || die "slurmd did not start (see $DIR/log/slurmd.log)"
+  # A node the controller drained while its slurmd was down (or misreported) is put back into service.
+  SLURM_CONF=$CONF sinfo -h -o %T | grep -Eq 'drain|down|inval' &&
+    SLURM_CONF=$CONF scontrol update NodeName="$(hostname -s)" State=RESUME >/dev/null 2>&1
   if within_30s node_idle; then
     echo "local-cluster: up; run: export SLURM_CONF=$CONF" >&2; return
   fi

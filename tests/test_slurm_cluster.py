@@ -146,3 +146,21 @@ def test_eval_job_splits_the_samples_over_two_processes(cluster, shards32, tmp_p
     report = json.loads((out / "report.json").read_text())
     assert report["figures"]["fid_n_gen"] == 37 and report["figures"]["fid"] > 0
     assert report["checkpoint"]["nimg"] == 160
+
+
+def test_start_brings_back_a_daemon_that_died_and_keeps_the_others(cluster):
+    """A node whose slurmd died: `start` restarts slurmd alone (a second slurmctld refused to start before)."""
+    ctld = (CLUSTER_DIR / "slurmctld.pid").read_text().strip()
+    slurmd = int((CLUSTER_DIR / "slurmd.pid").read_text())
+    os.kill(slurmd, 9)
+    for _ in range(40):
+        try:
+            os.kill(slurmd, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.25)
+    proc = subprocess.run([str(SCRIPT), "start"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert (CLUSTER_DIR / "slurmctld.pid").read_text().strip() == ctld  # the controller kept, not restarted
+    assert int((CLUSTER_DIR / "slurmd.pid").read_text()) != slurmd
+    assert subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, env=cluster).stdout.split() == ["idle"]
