@@ -567,7 +567,9 @@ def fmt(v: Any, spec: str = ".1f") -> str:
 
 def kid_cell(mean: Optional[float], std: Optional[float]) -> str:
     """KID as ``mean ± std`` in units of 1e-3 (the tables' ``KID x1e3`` column)."""
-    return f"{mean * 1e3:.1f} ± {std * 1e3:.1f}" if mean is not None else "-"
+    if mean is None:
+        return "-"
+    return f"{mean * 1e3:.1f}" if std is None or std < 1e-12 else f"{mean * 1e3:.1f} ± {std * 1e3:.1f}"
 
 
 def md_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> List[str]:

@@ -106,3 +106,25 @@ def test_inception_score_closed_form_and_torch_fidelity():
     assert inception_score(z)["is_mean"] == pytest.approx(theirs["inception_score_mean"], rel=1e-9)
     with pytest.raises(ValueError):
         inception_score(np.full((10, 5), np.nan))
+
+
+def test_kid_of_two_sets_no_larger_than_a_subset_is_computed_once_and_claims_no_spread():
+    """n = 1000 against 1000 with 1000-image subsets: every draw is both whole sets, so no std (it read 0.0)."""
+    from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, kid_features_to_metric
+
+    rng = np.random.default_rng(6)
+    f1 = rng.normal(size=(120, 32)).astype(np.float32)
+    f2 = rng.normal(0.2, 1.0, size=(120, 32)).astype(np.float32)
+    whole = kernel_inception_distance(f1, f2, subsets=100, subset_size=1000)
+    assert whole["kid_std"] is None and whole["kid_subsets"] == 1 and whole["kid_subset_size"] == 120
+    theirs = kid_features_to_metric(torch.from_numpy(f1), torch.from_numpy(f2), kid_subsets=3, kid_subset_size=120,
+                                    kid_degree=3, kid_gamma=None, kid_coef0=1, rng_seed=7, verbose=False)
+    assert whole["kid_mean"] == pytest.approx(theirs[KEY_METRIC_KID_MEAN], rel=1e-5)
+    assert kernel_inception_distance(f1, f2[:100], subsets=5, subset_size=1000)["kid_std"] > 0  # 100 of 120: draws differ
+
+
+def test_kid_cell_shows_a_spread_only_where_one_was_measured():
+    from benchmarks import harness as H
+
+    assert H.kid_cell(0.0533, None) == "53.3" and H.kid_cell(0.0533, 7.9e-17) == "53.3"
+    assert H.kid_cell(0.0533, 0.0021) == "53.3 ± 2.1" and H.kid_cell(None, None) == "-"

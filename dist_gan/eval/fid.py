@@ -81,11 +81,17 @@ def _poly_mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
 def kernel_inception_distance(
     feats1: np.ndarray, feats2: np.ndarray, subsets: int = 100, subset_size: int = 1000, seed: int = 0
 ) -> Dict[str, float]:
-    """KID mean and std over ``subsets`` random subsets of ``min(subset_size, N1, N2)`` each."""
+    """KID mean and std over ``subsets`` random subsets of ``min(subset_size, N1, N2)`` each.
+
+    When both sets are no larger than a subset, every subset is both whole sets: the MMD is computed once and
+    ``kid_std`` is None, since a spread over identical draws (0.0) would read as a measured certainty.
+    """
     f1, f2 = np.asarray(feats1, np.float64), np.asarray(feats2, np.float64)
     m = min(subset_size, len(f1), len(f2))
     if m < 2:
         raise ValueError("KID needs at least 2 samples per set")
+    if m == len(f1) == len(f2):
+        return {"kid_mean": _poly_mmd2_unbiased(f1, f2), "kid_std": None, "kid_subsets": 1, "kid_subset_size": m}
     rng = np.random.RandomState(seed)
     mmds = np.empty(subsets)
     for i in range(subsets):

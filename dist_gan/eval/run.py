@@ -259,7 +259,8 @@ def _build_report(opts: EvalOptions, dist: Dist, ckpt: Path, ref: R.ReferenceSet
         protocol["pr"] = (f"improved precision/recall (Kynkaanniemi et al. 2019), k={opts.pr_k} nearest-neighbour balls "
                           "in the same Inception pool3 features as FID (VGG-16 weights are not offline)")
     if "kid" in results:
-        protocol["kid"] = "unbiased MMD^2, k(x,y) = (x.y/2048 + 1)^3, mean/std over subsets (torch-fidelity/StyleGAN)"
+        protocol["kid"] = ("unbiased MMD^2, k(x,y) = (x.y/2048 + 1)^3, mean/std over subsets (torch-fidelity/StyleGAN); "
+                           "one whole-set MMD and no std where both sets fit in one subset")
     report: Dict[str, Any] = {
         "format": "dist_gan.eval/1",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
