@@ -147,7 +147,11 @@ start() {
      SLURM_CONF=$CONF sinfo -h -o %T 2>/dev/null | grep -Eqx 'idle|allocated|mixed|completing'; then
     echo "local-cluster: already up ($CONF)" >&2; return
   fi
+  local before=""
+  [ -f "$CONF" ] && before=$(cat "$CONF")
   write_conf
+  # A controller that read another configuration (another CPU count, say) keeps it until restarted.
+  if [ "$(cat "$CONF")" != "$before" ] && alive "$DIR/slurmctld.pid"; then stop slurmd slurmctld; fi
   if ! alive "$DIR/munged.pid"; then
     [ -s /etc/munge/munge.key ] || { [ "$(id -u)" = 0 ] && (mungekey --create 2>/dev/null || dd if=/dev/urandom of=/etc/munge/munge.key bs=1024 count=1 2>/dev/null) && chmod 400 /etc/munge/munge.key; }
     munged --force --socket="$MUNGE_SOCKET" --pid-file="$DIR/munged.pid" --log-file="$DIR/log/munged.log" \
@@ -167,9 +171,10 @@ start() {
   die "the node did not become idle within 30 s: $(SLURM_CONF=$CONF sinfo -h -o '%T %E' 2>&1 | head -1)"
 }
 
-stop() {
+stop() {  # the named daemons (default: all), newest first
   local name pid
-  for name in slurmd slurmctld slurmdbd mariadbd munged; do
+  local names="${*:-slurmd slurmctld slurmdbd mariadbd munged}"
+  for name in $names; do
     if alive "$DIR/$name.pid"; then
       pid=$(cat "$DIR/$name.pid")
       kill "$pid" 2>/dev/null || true
