@@ -140,11 +140,11 @@ start_dbd() {  # slurmdbd, and this cluster registered in it (slurmctld only rep
 }
 
 node_idle() { SLURM_CONF=$CONF sinfo -h -o %T | grep -qx idle; }
+node_usable() { SLURM_CONF=$CONF sinfo -h -o %T 2>/dev/null | grep -Eqx 'idle|allocated|mixed|completing'; }
 
 start() {
   install_if_missing
-  if alive "$DIR/slurmctld.pid" && alive "$DIR/slurmd.pid" && alive "$DIR/slurmdbd.pid" && alive "$DIR/mariadbd.pid" &&
-     SLURM_CONF=$CONF sinfo -h -o %T 2>/dev/null | grep -Eqx 'idle|allocated|mixed|completing'; then
+  if alive "$DIR/slurmctld.pid" && alive "$DIR/slurmd.pid" && alive "$DIR/slurmdbd.pid" && alive "$DIR/mariadbd.pid" && node_usable; then
     echo "local-cluster: already up ($CONF)" >&2; return
   fi
   local before=""
@@ -171,7 +171,7 @@ start() {
   die "the node did not become idle within 30 s: $(SLURM_CONF=$CONF sinfo -h -o '%T %E' 2>&1 | head -1)"
 }
 
-stop() {  # the named daemons (default: all), newest first
+stop() {  # the named daemons, or all of them (dependents before what they depend on)
   local name pid
   local names="${*:-slurmd slurmctld slurmdbd mariadbd munged}"
   for name in $names; do

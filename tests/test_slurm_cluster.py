@@ -149,7 +149,7 @@ def test_eval_job_splits_the_samples_over_two_processes(cluster, shards32, tmp_p
 
 
 def test_start_brings_back_a_daemon_that_died_and_keeps_the_others(cluster):
-    """A node whose slurmd died: `start` restarts slurmd alone (a second slurmctld refused to start before)."""
+    """A node whose slurmd died: `start` restarts slurmd alone (it used to restart the controller as well)."""
     ctld = (CLUSTER_DIR / "slurmctld.pid").read_text().strip()
     slurmd = int((CLUSTER_DIR / "slurmd.pid").read_text())
     os.kill(slurmd, 9)
