@@ -117,6 +117,39 @@ def drawn_floor(n: int, n_images: int) -> Dict[str, float]:
     return out
 
 
+def filtered_scores(folder: Path, n: int) -> Dict[str, float]:
+    """FID of one quickstart's EMA samples, as drawn and after an image filter, against its drawn faces.
+
+    Why: if the gap to the floor were the texture a short run leaves, an edge-preserving
+    denoiser would close much of it. ``folder`` is a ``dist-gan quickstart --out`` folder.
+    """
+    import cv2
+    import numpy as np
+    import torch
+
+    from dist_gan.engine.checkpoint import load_generator
+    from dist_gan.eval import reference as R
+    from dist_gan.eval.features import InceptionFeatures, extract, resolve_weights
+    from dist_gan.eval.fid import fid_from_features
+    from dist_gan.eval.sampling import latents
+    from dist_gan.imaging import to_uint8
+
+    G, cfg = load_generator(folder / "run")
+    nz, res = int(cfg["model"]["nz"]), int(cfg["model"]["resolution"])
+    with torch.no_grad():
+        images = np.concatenate([to_uint8(G(latents(i, min(i + 250, n), nz, 0))) for i in range(0, n, 250)])
+    model = InceptionFeatures(resolve_weights())
+    drawn = extract(model, R.load_images(R.open_reference(folder / "shards"), n, res))["feats"]
+    filters = {
+        "as_drawn": lambda x: x,
+        "bilateral_5px": lambda x: cv2.bilateralFilter(x, 5, 30, 5),
+        "median_3px": lambda x: cv2.medianBlur(x, 3),
+        "gaussian_0.7px": lambda x: cv2.GaussianBlur(x, (3, 3), 0.7),
+    }
+    return {name: fid_from_features(extract(model, np.stack([f(x) for x in images]))["feats"], drawn)
+            for name, f in filters.items()}
+
+
 def render(results: Dict[str, Any]) -> str:
     rows = [(name, " ".join(r["overrides"]) or "(recipe as shipped)", H.fmt(r["kimg"], ".1f"), H.fmt(r["wall_s"], ".0f"),
              H.fmt(r["img_per_s"], ".0f"), H.fmt(r["fid"], ".1f")) for name, r in results["candidates"].items()]
@@ -133,15 +166,21 @@ def render(results: Dict[str, Any]) -> str:
         if flaws:
             lines += ["", "The same fresh faces with one flaw each, against the drawn set (texture alone moves FID this far):", ""]
             lines += H.md_table(("flaw", "FID"), [(k, H.fmt(v, ".1f")) for k, v in flaws])
+    if results.get("filters"):
+        f = results["filters"]
+        lines += ["", f"The `{f['candidate']}` run's samples filtered (`--filters`), against the drawn set:", ""]
+        lines += H.md_table(("filter", "FID"), [(k, H.fmt(v, ".1f")) for k, v in f["fid"].items()])
     if results.get("notes"):  # the study's findings, kept in results.json so --merge keeps them
         lines += ["", *results["notes"]]
     return "\n".join(lines) + "\n"
 
 
 def figure(results: Dict[str, Any], out: Path, panels_max: int = 4) -> None:
-    """Drawn faces beside the samples of the last ``panels_max`` rows whose runs are still on disk."""
+    """Drawn faces beside the shipped recipe's samples and those of the last other rows whose runs are still on disk."""
     runs = [(name, r) for name, r in results["candidates"].items() if (Path(r["run"]) / "checkpoints").is_dir()]
-    runs = runs[-panels_max:]
+    shipped = [(name, r) for name, r in runs if name == "shipped"]
+    others = [(name, r) for name, r in runs if name != "shipped"]
+    runs = shipped + others[len(others) - (panels_max - len(shipped)):] if len(runs) > panels_max else shipped + others
     if not runs:
         return
     first = Path(runs[0][1]["run"])
@@ -161,9 +200,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     p.add_argument("--work", type=Path, default=None, help="folder for the runs (default: a temp folder, kept)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--merge", action="store_true", help="keep the rows already in OUT/results.json")
+    p.add_argument("--filters", metavar="CANDIDATE", default=None,
+                   help="also score this candidate's samples (its run in --work) after image filters")
     p.add_argument("--floor", action="store_true", help="also score newly drawn faces, clean and with one flaw each, against the drawn set (~3 min)")
     a = p.parse_args(argv)
-    candidates = dict(parse_candidate(c) for c in (a.candidate or ["shipped"]))
+    candidates = dict(parse_candidate(c) for c in (a.candidate or ([] if a.filters else ["shipped"])))
     work = a.work or Path(tempfile.mkdtemp(prefix="dg_quickstart_"))
     results: Dict[str, Any] = {"n": a.n, "n_images": a.n_images, "machine": H.machine(), "candidates": {}}
     previous = a.out / "results.json"
@@ -173,8 +214,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             raise SystemExit(f"--merge: {previous} was measured with another --n, --n-images or machine")
         results["candidates"] = {k: v for k, v in kept["candidates"].items() if k not in candidates}
         results["notes"] = kept.get("notes", [])
-        if "floor" in kept:
-            results["floor"] = kept["floor"]
+        for key in ("floor", "filters"):
+            if key in kept:
+                results[key] = kept[key]
     if a.floor:
         results["floor"] = drawn_floor(a.n, a.n_images)
         print(f"floor: {results['floor']}", flush=True)
@@ -182,6 +224,12 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         r = run_candidate(name, overrides, work, a.n, a.n_images, a.threads)
         results["candidates"][name] = r
         print(f"{name:16s} {r['wall_s']:6.0f} s  {r['kimg']:.1f} kimg  FID {r['fid']:.1f}", flush=True)
+    if a.filters:
+        if a.work is None:
+            raise SystemExit("--filters: give --work, the folder that holds the candidate's run")
+        fids = filtered_scores(work / a.filters, a.n)
+        results["filters"] = {"candidate": a.filters, "fid": fids}
+        print(f"filters ({a.filters}): {fids}", flush=True)
     a.out.mkdir(parents=True, exist_ok=True)
     figure(results, a.out)
     H.write_tables(a.out, "results", results, render(results),
