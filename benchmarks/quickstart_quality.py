@@ -125,21 +125,18 @@ def filtered_scores(folder: Path, n: int) -> Dict[str, float]:
     """
     import cv2
     import numpy as np
-    import torch
 
     from dist_gan.engine.checkpoint import load_generator
     from dist_gan.eval import reference as R
     from dist_gan.eval.features import InceptionFeatures, extract, resolve_weights
     from dist_gan.eval.fid import fid_from_features
-    from dist_gan.eval.sampling import latents
-    from dist_gan.imaging import to_uint8
+    from dist_gan.eval.sampling import Dist, generate, reference_features
 
     G, cfg = load_generator(folder / "run")
     nz, res = int(cfg["model"]["nz"]), int(cfg["model"]["resolution"])
-    with torch.no_grad():
-        images = np.concatenate([to_uint8(G(latents(i, min(i + 250, n), nz, 0))) for i in range(0, n, 250)])
+    images = generate(G, nz, n, seed=0, batch=250, dist=Dist())["images"]  # the evaluator's samples and latents
     model = InceptionFeatures(resolve_weights())
-    drawn = extract(model, R.load_images(R.open_reference(folder / "shards"), n, res))["feats"]
+    drawn = reference_features(R.open_reference(folder / "shards"), None, n, res, model, 250, Dist(), None)["feats"]
     filters = {
         "as_drawn": lambda x: x,
         "bilateral_5px": lambda x: cv2.bilateralFilter(x, 5, 30, 5),
@@ -180,7 +177,7 @@ def figure(results: Dict[str, Any], out: Path, panels_max: int = 4) -> None:
     runs = [(name, r) for name, r in results["candidates"].items() if (Path(r["run"]) / "checkpoints").is_dir()]
     shipped = [(name, r) for name, r in runs if name == "shipped"]
     others = [(name, r) for name, r in runs if name != "shipped"]
-    runs = shipped + others[len(others) - (panels_max - len(shipped)):] if len(runs) > panels_max else shipped + others
+    runs = shipped + others[-(panels_max - len(shipped)):]
     if not runs:
         return
     first = Path(runs[0][1]["run"])
@@ -204,6 +201,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                    help="also score this candidate's samples (its run in --work) after image filters")
     p.add_argument("--floor", action="store_true", help="also score newly drawn faces, clean and with one flaw each, against the drawn set (~3 min)")
     a = p.parse_args(argv)
+    if a.filters and a.work is None:  # before any run: the filtered run is looked for in --work
+        raise SystemExit("--filters: give --work, the folder that holds the candidate's run")
     candidates = dict(parse_candidate(c) for c in (a.candidate or ([] if a.filters else ["shipped"])))
     work = a.work or Path(tempfile.mkdtemp(prefix="dg_quickstart_"))
     results: Dict[str, Any] = {"n": a.n, "n_images": a.n_images, "machine": H.machine(), "candidates": {}}
@@ -225,8 +224,6 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         results["candidates"][name] = r
         print(f"{name:16s} {r['wall_s']:6.0f} s  {r['kimg']:.1f} kimg  FID {r['fid']:.1f}", flush=True)
     if a.filters:
-        if a.work is None:
-            raise SystemExit("--filters: give --work, the folder that holds the candidate's run")
         fids = filtered_scores(work / a.filters, a.n)
         results["filters"] = {"candidate": a.filters, "fid": fids}
         print(f"filters ({a.filters}): {fids}", flush=True)
