@@ -172,6 +172,17 @@ def render(results: Dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def commands(results: Dict[str, Any]) -> List[str]:
+    """Every command behind the tables: each row's, then the floor's and the filters' (kept by --merge, so listed too)."""
+    lines = [r.get("reproduce", "") for r in results["candidates"].values()]
+    if results.get("floor"):
+        lines.append("python benchmarks/quickstart_quality.py --merge --floor --candidate shipped")
+    if results.get("filters"):
+        lines.append(f"python benchmarks/quickstart_quality.py --merge --work WORK --filters {results['filters']['candidate']}"
+                     f"  # WORK: the --work folder that holds the {results['filters']['candidate']} row's run")
+    return lines
+
+
 def figure(results: Dict[str, Any], out: Path, panels_max: int = 4) -> None:
     """Drawn faces beside the shipped recipe's samples and those of the last other rows whose runs are still on disk."""
     runs = [(name, r) for name, r in results["candidates"].items() if (Path(r["run"]) / "checkpoints").is_dir()]
@@ -229,8 +240,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         print(f"filters ({a.filters}): {fids}", flush=True)
     a.out.mkdir(parents=True, exist_ok=True)
     figure(results, a.out)
-    H.write_tables(a.out, "results", results, render(results),
-                   [r.get("reproduce", "") for r in results["candidates"].values()])
+    H.write_tables(a.out, "results", results, render(results), commands(results))
     print(f"wrote {a.out / 'results.md'}")
     return results
 

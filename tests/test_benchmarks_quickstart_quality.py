@@ -36,3 +36,15 @@ def test_filters_without_work_names_the_missing_flag(tmp_path):
 
     with pytest.raises(SystemExit, match="--work"):
         Q.main(["--filters", "shipped", "--out", str(tmp_path)])
+
+
+def test_command_list_keeps_the_floor_and_filters_commands_that_merge_keeps():
+    from benchmarks import quickstart_quality as Q
+
+    row = {"reproduce": "python benchmarks/quickstart_quality.py --merge --candidate a=x=1"}
+    bare = Q.commands({"candidates": {"a": row}})
+    assert bare == [row["reproduce"]]
+    full = Q.commands({"candidates": {"a": row}, "floor": {"fresh_vs_drawn": 9.0},
+                       "filters": {"candidate": "shipped", "fid": {"as_drawn": 1.0}}})
+    assert full[0] == row["reproduce"] and len(full) == 3
+    assert "--floor" in full[1] and "--filters shipped" in full[2] and "--work WORK" in full[2]
