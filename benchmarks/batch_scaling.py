@@ -201,7 +201,7 @@ def render(results: Dict[str, Any]) -> str:
         rows.append((r["data"], r["row"], r["seed"], r["batch"], H.fmt(r["kimg"], ".1f"), H.fmt(r["gpu_s_est"], ".1f"),
                      H.fmt(r["best_fid"], ".1f"), H.fmt(r["best_kimg"], ".1f"), H.fmt(r["final_fid"], ".1f"), len(r["curve"]),
                      f"{100 * d['gen_no_face'] / d['n']:.1f} / {100 * d['ref_no_face'] / d['n']:.1f} {d['detector']['name']}",
-                     f"{H.fmt(d.get('precision'), '.3f')} / {H.fmt(d.get('recall'), '.3f')}",
+                     H.pr_cell(d),
                      H.fmt(r["cpu_wall_s"] / 60, ".0f"), " ".join(r["overrides"]) or "(as shipped)"))
     lines = ["# Batch 512 against 64 and 128 at equal GPU time, 2 gloo ranks", "",
              f"Budget: {results['budget_kimg']:g} kimg at batch 128. Every run: `recipe=bigbatch` (the textbook row: `dcgan64`) plus its overrides, at {results['resolution']} px, "

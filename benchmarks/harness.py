@@ -318,13 +318,13 @@ class EvalTask:
 
 
 def eval_task(run: Path, ref: Path, out: Path, *, n: int, seed: int, data: str, bn_recal: bool = False) -> EvalTask:
-    """``dist-gan eval RUN --fid --kid --detect --leak --ref SHARDS --n N`` with the data set's detector.
+    """``dist-gan eval RUN --fid --kid --pr --detect --leak --ref SHARDS --n N`` with the data set's detector.
 
     Runs as ``python -m dist_gan`` under this interpreter (the ``dist-gan`` CLI, without depending
     on which ``dist-gan`` is first on PATH). The detector is named, not left to the eval's pick
     from the layout, so the command (the reuse key) says what scored the run.
     """
-    cmd = [sys.executable, "-m", "dist_gan", "eval", str(run), "--fid", "--kid", "--detect", "--leak",
+    cmd = [sys.executable, "-m", "dist_gan", "eval", str(run), "--fid", "--kid", "--pr", "--detect", "--leak",
            "--ref", str(ref), "--n", str(n), "--seed", str(seed), "--out", str(out), "--batch", str(min(n, 250))]
     return EvalTask(run, out, cmd + detector_args(data) + (["--bn-recal"] if bn_recal else []))
 
@@ -469,14 +469,16 @@ def evaluate(tasks: Mapping[str, EvalTask], shards: Path, n: int, *, threads: Op
 
 
 def scores(report: Dict[str, Any], leak_types: Tuple[type, ...] = (int, float, str)) -> Dict[str, Any]:
-    """The headline figures of one eval report: FID, KID, detector misses (generated and real), leak.
+    """The headline figures of one eval report: FID, KID, precision and recall, detector misses (generated and
+    real), leak. A figure the report lacks (a report from before its metric was asked for) is None.
 
     ``leak_types``: which leak fields to keep (the numbers, and by default the verdict string).
     """
     m = report["metrics"]
-    det, kid, fid, leak = m.get("detect", {}), m.get("kid", {}), m.get("fid", {}), m.get("leak", {})
+    det, kid, fid, leak, pr = m.get("detect", {}), m.get("kid", {}), m.get("fid", {}), m.get("leak", {}), m.get("pr", {})
     return {
         "fid": fid.get("fid"), "kid_mean": kid.get("kid_mean"), "kid_std": kid.get("kid_std"),
+        "precision": pr.get("precision"), "recall": pr.get("recall"),
         "gen_no_face": det.get("gen_no_face"), "gen_n": det.get("gen_n"),
         "ref_no_face": det.get("ref_no_face"), "ref_n": det.get("ref_n"), "detector": det.get("detector"),
         "leak": {k: v for k, v in leak.items() if isinstance(v, leak_types) and not isinstance(v, bool)},
@@ -570,6 +572,13 @@ def kid_cell(mean: Optional[float], std: Optional[float]) -> str:
     if mean is None:
         return "-"
     return f"{mean * 1e3:.1f}" if std is None or std < 1e-12 else f"{mean * 1e3:.1f} ± {std * 1e3:.1f}"
+
+
+def pr_cell(row: Dict[str, Any]) -> str:
+    """Improved precision and recall as ``P / R`` (the tables' ``P / R`` column); ``-`` where the run was not scored."""
+    if row.get("precision") is None or row.get("recall") is None:
+        return "-"
+    return f"{row['precision']:.3f} / {row['recall']:.3f}"
 
 
 def md_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> List[str]:

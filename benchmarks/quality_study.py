@@ -135,7 +135,8 @@ def row_for(variant: str, facts: Dict[str, Any], report: Dict[str, Any]) -> Dict
         "kimg": report["checkpoint"]["kimg"], "train_seconds": facts.get("train_seconds"),
         "steps": facts.get("steps"), "img_per_s": facts.get("img_per_s"),
         "no_face": s["gen_no_face"], "n": s["gen_n"], "ref_no_face": s["ref_no_face"], "ref_n": s["ref_n"],
-        "fid": s["fid"], "kid_mean": s["kid_mean"], "kid_std": s["kid_std"], "leak": s["leak"],
+        "fid": s["fid"], "kid_mean": s["kid_mean"], "kid_std": s["kid_std"], "precision": s["precision"],
+        "recall": s["recall"], "leak": s["leak"],
         "eval_seconds": report.get("_eval_wall_s"), "last_train_stats": facts.get("last_stats"),
     }
 
@@ -156,7 +157,8 @@ def markdown(results: Dict[str, Any]) -> str:
         f"G/D width (ngf=ndf) {a['width'] or 'per recipe'}, EMA half-life {a['ema_kimg']} kimg, "
         f"{a['procs']} process(es); each recipe keeps its own loss, optimiser and D:G schedule "
         "(wgan_gp: 5 critic steps per G step, so its G takes 1/5 as many steps for the same images).",
-        f"Evaluation: `dist-gan eval RUN --fid --kid --detect --leak --ref SHARDS --n {a['n']}` on the EMA generator.",
+        f"Evaluation: `dist-gan eval RUN --fid --kid --pr --detect --leak --ref SHARDS --n {a['n']}` on the EMA generator; "
+        "P / R: improved precision and recall (k = 3) against as many reals.",
         "",
     ]
     for data, block in results["datasets"].items():
@@ -172,11 +174,11 @@ def markdown(results: Dict[str, Any]) -> str:
             "",
         ]
         table = [[r["variant"], f"`{r['recipe'] + (' ' + ' '.join(r['extra_overrides']) if r['extra_overrides'] else '')}`",
-                  f"{r['no_face']}/{r['n']}", fmt(r["fid"]), H.kid_cell(r["kid_mean"], r["kid_std"]),
+                  f"{r['no_face']}/{r['n']}", fmt(r["fid"]), H.kid_cell(r["kid_mean"], r["kid_std"]), H.pr_cell(r),
                   r["leak"].get("copies", "-"), fmt(r["train_seconds"], ".0f"), fmt(r["img_per_s"])] for r in rows]
         if reals:
-            table.append(["reals (detector floor)", "-", reals, "-", "-", "-", "-", "-"])
-        lines += H.md_table(["variant", "recipe + overrides", "can't detect face", "FID", "KID x1e3", "NN copies",
+            table.append(["reals (detector floor)", "-", reals, "-", "-", "-", "-", "-", "-"])
+        lines += H.md_table(["variant", "recipe + overrides", "can't detect face", "FID", "KID x1e3", "P / R", "NN copies",
                              "train s", "img/s"], table)
         lines += ["", f"![samples]({block['figure']})", ""]
     return "\n".join(lines) + "\n"

@@ -398,10 +398,11 @@ def markdown(results: Dict[str, Any]) -> str:
             leak_s = (f"{leak.get('under_real_p1', '-')} / {fmt(leak.get('under_real_p1_expected'), '.1f')}, "
                       f"{leak.get('copies', '-')}, {leak.get('verdict', '-')}")
             table.append([name, f"{t['kimg']:.2f}", t.get("steps", "-"), fmt(t["wall_s"], ".0f"), fmt(t["cpu_s"], ".0f"),
-                          fmt(r["fid"]), ratio, H.kid_cell(r["kid_mean"], r["kid_std"]), f"{r['gen_no_face']}/{r['gen_n']}", leak_s])
-        table.append(["reals (detector floor)", *["-"] * 7, f"{ref['ref_no_face']}/{ref['ref_n']}", "-"])
+                          fmt(r["fid"]), ratio, H.kid_cell(r["kid_mean"], r["kid_std"]), H.pr_cell(r),
+                          f"{r['gen_no_face']}/{r['gen_n']}", leak_s])
+        table.append(["reals (detector floor)", *["-"] * 8, f"{ref['ref_no_face']}/{ref['ref_n']}", "-"])
         lines += H.md_table(["run", "kimg", "steps", "train wall s", "train CPU s", "FID", "FID / textbook", "KID x1e3",
-                             "no face", "leak (under real p1 / expected, copies, verdict)"], table)
+                             "P / R", "no face", "leak (under real p1 / expected, copies, verdict)"], table)
         tm = rows.get("dist_gan@time", {}).get("train", {})
         tbt = ref["train"]
         lines += ["", f"Time budget: the textbook's {s['clock']} seconds less its one-off decode of the shards into memory "

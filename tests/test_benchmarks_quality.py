@@ -283,33 +283,34 @@ def test_both_scripts_render_their_tables_through_the_shared_formatter():
     from benchmarks import quality_vs_textbook as qvt
 
     study_row = {"variant": "dcgan64", "recipe": "dcgan64", "extra_overrides": ["model.spectral_norm=true"], "no_face": 3, "n": 10,
-                 "ref_no_face": 1, "ref_n": 10, "fid": 101.26, "kid_mean": 0.05, "kid_std": 0.002, "leak": {"copies": 0},
+                 "ref_no_face": 1, "ref_n": 10, "fid": 101.26, "kid_mean": 0.05, "kid_std": 0.002, "precision": 0.61234,
+                 "recall": 0.4, "leak": {"copies": 0},
                  "train_seconds": 61.4, "img_per_s": 33.33}
     study = {"command": "python benchmarks/quality_study.py", "datasets": {"celeba": {
         "shards": "S", "detector": "haar", "rows": [study_row], "figure": "samples_celeba.png"}},
         "args": {"kimg": 1.0, "seed": 0, "batch": 0, "width": 0, "ema_kimg": 0.5, "procs": 1, "n": 10, "variants": ["dcgan64"]}}
     md = qs.markdown(study)
-    assert ("| variant | recipe + overrides | can't detect face | FID | KID x1e3 | NN copies | train s | img/s |\n"
-            "|---|---|---|---|---|---|---|---|\n"
-            "| dcgan64 | `dcgan64 model.spectral_norm=true` | 3/10 | 101.3 | 50.0 ± 2.0 | 0 | 61 | 33.3 |\n"
-            "| reals (detector floor) | - | 1/10 | - | - | - | - | - |\n") in md
+    assert ("| variant | recipe + overrides | can't detect face | FID | KID x1e3 | P / R | NN copies | train s | img/s |\n"
+            "|---|---|---|---|---|---|---|---|---|\n"
+            "| dcgan64 | `dcgan64 model.spectral_norm=true` | 3/10 | 101.3 | 50.0 ± 2.0 | 0.612 / 0.400 | 0 | 61 | 33.3 |\n"
+            "| reals (detector floor) | - | 1/10 | - | - | - | - | - | - |\n") in md
     assert "Can't detect face: dcgan64 3/10 (reals: 1/10)" in md
 
     leak = {"under_real_p1": 2, "under_real_p1_expected": 1.5, "copies": 0, "verdict": "no memorisation signal"}
     train = {"kimg": 1.0, "steps": 8, "wall_s": 10.0, "cpu_s": 9.0, "budget_s": 9.0, "stopped_by_budget": True, "decode_cpu_s": 1.0}
-    rows = {n: {"train": train, "fid": fid, "kid_mean": None, "kid_std": None, "gen_no_face": 2, "gen_n": 10, "ref_no_face": 1,
-                "ref_n": 10, "leak": leak, "detector": {"name": "haar", "working_size": 64}}
-            for n, fid in (("textbook", 200.0), ("dist_gan@img", 100.0), ("dist_gan@time", None))}
+    rows = {n: {"train": train, "fid": fid, "kid_mean": None, "kid_std": None, "precision": p, "recall": 0.25, "gen_no_face": 2,
+                "gen_n": 10, "ref_no_face": 1, "ref_n": 10, "leak": leak, "detector": {"name": "haar", "working_size": 64}}
+            for n, fid, p in (("textbook", 200.0, 0.5), ("dist_gan@img", 100.0, 0.75), ("dist_gan@time", None, None))}
     settings = {"seed": 0, "kimg": 1.0, "clock": "cpu", "threads": 1, "parallel": False, "n": 10, "recipe": "celeba64",
                 "override": [], "time_override": []}
     md = qvt.markdown({"datasets": {"celeba": {"settings": settings, "rows": rows, "command": "c", "shards": "S", "images": 64,
                                                "crop": "center", "figure": "f.png"}}})
-    assert ("| run | kimg | steps | train wall s | train CPU s | FID | FID / textbook | KID x1e3 | no face | "
-            "leak (under real p1 / expected, copies, verdict) |\n|---|---|---|---|---|---|---|---|---|---|\n"
-            "| textbook | 1.00 | 8 | 10 | 9 | 200.0 | 1.000 | - | 2/10 | 2 / 1.5, 0, no memorisation signal |\n"
-            "| dist_gan@img | 1.00 | 8 | 10 | 9 | 100.0 | 0.500 | - | 2/10 | 2 / 1.5, 0, no memorisation signal |\n"
-            "| dist_gan@time | 1.00 | 8 | 10 | 9 | - | - | - | 2/10 | 2 / 1.5, 0, no memorisation signal |\n"
-            "| reals (detector floor) | - | - | - | - | - | - | - | 1/10 | - |\n") in md
+    assert ("| run | kimg | steps | train wall s | train CPU s | FID | FID / textbook | KID x1e3 | P / R | no face | "
+            "leak (under real p1 / expected, copies, verdict) |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
+            "| textbook | 1.00 | 8 | 10 | 9 | 200.0 | 1.000 | - | 0.500 / 0.250 | 2/10 | 2 / 1.5, 0, no memorisation signal |\n"
+            "| dist_gan@img | 1.00 | 8 | 10 | 9 | 100.0 | 0.500 | - | 0.750 / 0.250 | 2/10 | 2 / 1.5, 0, no memorisation signal |\n"
+            "| dist_gan@time | 1.00 | 8 | 10 | 9 | - | - | - | - | 2/10 | 2 / 1.5, 0, no memorisation signal |\n"
+            "| reals (detector floor) | - | - | - | - | - | - | - | - | 1/10 | - |\n") in md
 
 
 def test_eval_task_names_the_detector_and_the_newest_checkpoint_keys_reuse(tmp_path):
@@ -321,6 +322,7 @@ def test_eval_task_names_the_detector_and_the_newest_checkpoint_keys_reuse(tmp_p
 
     celeba = H.eval_task(tmp_path / "run", tmp_path / "ref", tmp_path / "out", n=500, seed=3, data="celeba")
     assert celeba.cmd[:5] == [sys.executable, "-m", "dist_gan", "eval", str(tmp_path / "run")]
+    assert {"--fid", "--kid", "--pr", "--detect", "--leak"} <= set(celeba.cmd)  # every kept table scores P / R too
     assert celeba.cmd[-2:] == ["--detector", "mtcnn"] and "--batch" in celeba.cmd and celeba.cmd[celeba.cmd.index("--batch") + 1] == "250"
     anime = H.eval_task(tmp_path / "run", tmp_path / "ref", tmp_path / "out", n=64, seed=0, data="anime", bn_recal=True)
     assert anime.cmd[-5:] == ["--detector", "anime", "--cascade", str(H.ANIME_CASCADE), "--bn-recal"]
@@ -345,7 +347,9 @@ def test_scores_reads_one_eval_report_for_both_scripts():
     assert (s["fid"], s["kid_mean"], s["gen_no_face"], s["ref_n"], s["detector"]) == (50.0, 0.01, 4, 100, {"name": "haar"})
     assert s["leak"] == {"copies": 0, "verdict": "no memorisation signal"}  # no bools, no nested dicts
     assert H.scores(rep, leak_types=(int, float))["leak"] == {"copies": 0}  # the study's table keeps the numbers only
-    assert H.scores({"metrics": {}})["fid"] is None
+    assert H.scores({"metrics": {}})["fid"] is None and H.scores({"metrics": {}})["precision"] is None
+    s = H.scores({"metrics": {"pr": {"precision": 0.8, "recall": 0.6, "k": 3}}})
+    assert (s["precision"], s["recall"]) == (0.8, 0.6) and H.pr_cell(s) == "0.800 / 0.600"
 
 
 def test_the_zoo_study_writes_its_table_and_reuses_its_run_and_eval(tmp_path, shared_dir, monkeypatch):
