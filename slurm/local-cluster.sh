@@ -57,7 +57,8 @@ SlurmctldHost=$host
 SlurmUser=$(id -un)
 SlurmdUser=root
 AuthType=auth/munge
-AuthInfo=socket=$MUNGE_SOCKET
+# cred_expire is also how long a requeued job waits before it may start again (SLURM's default: 120 s).
+AuthInfo=socket=$MUNGE_SOCKET,cred_expire=10
 CredType=cred/munge
 SlurmctldPort=$((6817 + OFFSET))
 SlurmdPort=$((6818 + OFFSET))
@@ -73,6 +74,8 @@ SwitchType=switch/none
 MpiDefault=none
 ReturnToService=2
 SchedulerType=sched/backfill
+# A job that becomes eligible by time alone (a requeued one, above) waits for the next periodic pass: every 2 s here.
+SchedulerParameters=sched_interval=2,bf_interval=2
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 JobAcctGatherType=jobacct_gather/none
@@ -144,13 +147,15 @@ node_usable() { SLURM_CONF=$CONF sinfo -h -o %T 2>/dev/null | grep -Eqx 'idle|al
 
 start() {
   install_if_missing
-  if alive "$DIR/slurmctld.pid" && alive "$DIR/slurmd.pid" && alive "$DIR/slurmdbd.pid" && alive "$DIR/mariadbd.pid" && node_usable; then
-    echo "local-cluster: already up ($CONF)" >&2; return
-  fi
   local before=""
   [ -f "$CONF" ] && before=$(cat "$CONF")
   write_conf
-  # A controller that read another configuration (another CPU count, say) keeps it until restarted.
+  if [ "$(cat "$CONF")" = "$before" ] && alive "$DIR/slurmctld.pid" && alive "$DIR/slurmd.pid" && alive "$DIR/slurmdbd.pid" \
+     && alive "$DIR/mariadbd.pid" && node_usable; then
+    echo "local-cluster: already up ($CONF)" >&2; return
+  fi
+  # A controller that read another configuration (another CPU count, a newer version of this script) keeps it
+  # until restarted.
   if [ "$(cat "$CONF")" != "$before" ] && alive "$DIR/slurmctld.pid"; then stop slurmd slurmctld; fi
   if ! alive "$DIR/munged.pid"; then
     [ -s /etc/munge/munge.key ] || { [ "$(id -u)" = 0 ] && (mungekey --create 2>/dev/null || dd if=/dev/urandom of=/etc/munge/munge.key bs=1024 count=1 2>/dev/null) && chmod 400 /etc/munge/munge.key; }
