@@ -19,9 +19,11 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -291,20 +293,40 @@ class Done:
 def wait_all(jobs: Sequence[Any], keeper: Optional[Callable[[], None]] = None, interval: float = 0.5,
              on_done: Optional[Callable[[Any], None]] = None) -> None:
     """Poll ``jobs`` until all have exited; ``keeper()`` runs every ``interval`` s (budget checks),
-    ``on_done(job)`` once per job that exits with 0."""
+    ``on_done(job)`` once per job that exits with 0.
+
+    Left early (Ctrl-C, SIGTERM, a failing callback), it ends the jobs still running first: a job the
+    keeper had paused with SIGSTOP would otherwise stay stopped, an orphan, forever.
+    """
     seen = set()
-    while True:
-        done = [j.poll() for j in jobs]
-        for j, d in zip(jobs, done):
-            if d and j.name not in seen:
-                seen.add(j.name)
-                if on_done is not None and j.rc == 0:
-                    on_done(j)
-        if keeper is not None:
-            keeper()
-        if all(done):
-            return
-        time.sleep(interval)
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if main else None
+    try:
+        while True:
+            done = [j.poll() for j in jobs]
+            for j, d in zip(jobs, done):
+                if d and j.name not in seen:
+                    seen.add(j.name)
+                    if on_done is not None and j.rc == 0:
+                        on_done(j)
+            if keeper is not None:
+                keeper()
+            if all(done):
+                return
+            time.sleep(interval)
+    except BaseException:
+        for j in jobs:
+            if isinstance(j, Job) and j.rc is None:
+                j.signal(signal.SIGCONT)  # a stopped process only acts on SIGTERM once it runs
+                j.signal(signal.SIGTERM)
+        raise
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 # ------------------------------------------------------------------ evaluation

@@ -379,3 +379,30 @@ def test_the_zoo_study_writes_its_table_and_reuses_its_run_and_eval(tmp_path, sh
     monkeypatch.setattr(H, "Job", nothing_runs)
     again = qs.main(args)
     assert again["datasets"]["celeba"]["rows"] == res["datasets"]["celeba"]["rows"]
+
+
+def test_a_wait_left_early_ends_the_job_its_keeper_had_paused(tmp_path):
+    """Ctrl-C while the budget keeper holds dist_gan@time stopped: the job is ended, not left a stopped orphan."""
+    import signal
+    import sys
+    import time
+
+    from benchmarks import harness as H
+
+    job = H.Job("sleeper", [sys.executable, "-c", "import time; time.sleep(120)"], tmp_path / "sleeper.log", threads=1)
+
+    def keeper() -> None:
+        if not job.stopped:
+            job.signal(signal.SIGSTOP)
+            job.stopped = True
+        else:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        H.wait_all([job], keeper, interval=0.05)
+    deadline = time.time() + 20
+    while not job.poll():
+        assert time.time() < deadline, "the paused job was left running (stopped)"
+        time.sleep(0.05)
+    assert job.rc == -signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the harness's handler is gone again
