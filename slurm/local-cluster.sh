@@ -150,13 +150,15 @@ start() {
   local before=""
   [ -f "$CONF" ] && before=$(cat "$CONF")
   write_conf
-  if [ "$(cat "$CONF")" = "$before" ] && alive "$DIR/slurmctld.pid" && alive "$DIR/slurmd.pid" && alive "$DIR/slurmdbd.pid" \
+  local after
+  after=$(cat "$CONF")
+  if [ "$after" = "$before" ] && alive "$DIR/slurmctld.pid" && alive "$DIR/slurmd.pid" && alive "$DIR/slurmdbd.pid" \
      && alive "$DIR/mariadbd.pid" && node_usable; then
     echo "local-cluster: already up ($CONF)" >&2; return
   fi
   # A controller that read another configuration (another CPU count, a newer version of this script) keeps it
   # until restarted.
-  if [ "$(cat "$CONF")" != "$before" ] && alive "$DIR/slurmctld.pid"; then stop slurmd slurmctld; fi
+  if [ "$after" != "$before" ] && alive "$DIR/slurmctld.pid"; then stop slurmd slurmctld; fi
   if ! alive "$DIR/munged.pid"; then
     [ -s /etc/munge/munge.key ] || { [ "$(id -u)" = 0 ] && (mungekey --create 2>/dev/null || dd if=/dev/urandom of=/etc/munge/munge.key bs=1024 count=1 2>/dev/null) && chmod 400 /etc/munge/munge.key; }
     munged --force --socket="$MUNGE_SOCKET" --pid-file="$DIR/munged.pid" --log-file="$DIR/log/munged.log" \
