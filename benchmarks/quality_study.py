@@ -4,9 +4,9 @@ For each data set (``--data celeba anime``) the real zip in ``../shared/data`` i
 once at 64 px into a cache folder (outside the repo); every variant is then trained with
 ``dist_gan/train.py`` (one process, or ``--procs K`` gloo ranks via accelerate) for
 ``--kimg`` thousand real images shown to D, with the same seed; and each run is scored by
-``dist-gan eval RUN --fid --kid --detect --leak --ref SHARDS --n N`` (Haar cascade for
-CelebA, the anime LBP cascade for anime faces). Packing, evaluation, checkpoints, the
-sample figure and the table files go through ``benchmarks/harness.py``, as in
+``dist-gan eval RUN --fid --kid --pr --detect --leak --ref SHARDS --n N`` (MTCNN for
+CelebA, the anime LBP cascade for anime faces: ``harness.detector_args``). Packing, evaluation,
+checkpoints, the sample figure and the table files go through ``benchmarks/harness.py``, as in
 ``quality_vs_textbook.py``.
 
 Writes, under ``--out`` (default ``benchmarks/results/quality_study``):
@@ -17,9 +17,12 @@ Writes, under ``--out`` (default ``benchmarks/results/quality_study``):
   (the detector's floor);
 - ``samples_<data>.png``: one 4x4 sample grid per variant side by side (same latents
   wherever the latent sizes agree), reals first;
-- ``<data>/<variant>/report.json`` + ``report.md``: each ``dist-gan eval`` report (its
-  grid.png/pairs.png are dropped unless ``--keep-eval-images``);
 - ``command.txt``: the exact command line.
+
+Runs and their ``dist-gan eval`` reports stay in ``--cache`` (``runs/<data>-<variant>``,
+``evals/<data>/<variant>``), where a rerun reuses them. A run over some of the data sets keeps
+the other data sets' blocks of the table it finds in ``--out``, so the two data sets can be
+run one at a time (or as two processes) and end in one table.
 
 Variants: the recipes ``dcgan64``, ``keras_improved``, ``wgan_gp``, ``began`` and
 ``dcgan64`` with both D options (``model.spectral_norm=true train.diffaug=color,translation,cutout``).
@@ -51,8 +54,6 @@ if str(REPO) not in sys.path:
 from benchmarks import harness as H  # noqa: E402
 from benchmarks.harness import fmt  # noqa: E402
 from dist_gan.files import atomic_write_json  # noqa: E402
-
-DETECTOR = {"celeba": "haar (OpenCV frontal face)", "anime": "lbpcascade_animeface"}
 
 # name -> (recipe, extra overrides)
 VARIANTS: Dict[str, tuple] = {
@@ -117,13 +118,16 @@ def train_variant(variant: str, shards: Path, run: Path, a: argparse.Namespace) 
 
 # ------------------------------------------------------------------ evaluation
 def evaluate(run: Path, shards: Path, out: Path, a: argparse.Namespace, data: str) -> Dict[str, Any]:
-    """``dist-gan eval`` of one variant (reused while the command and the checkpoint are unchanged)."""
+    """``dist-gan eval`` of one variant into ``out`` (in the cache; reused while the command and the
+    checkpoint are unchanged)."""
     task = H.eval_task(run, shards, out, n=a.n, seed=a.seed, data=data)
-    report = H.evaluate({run.name: task}, shards, a.n, log=log)[run.name]
-    if not a.keep_eval_images:  # ~0.8 MB per variant; the side-by-side figure shows the samples
-        for name in ("grid.png", "pairs.png"):
-            (out / name).unlink(missing_ok=True)
-    return report
+    return H.evaluate({run.name: task}, shards, a.n, log=log)[run.name]
+
+
+def detector_name(reports: List[Dict[str, Any]]) -> str:
+    """The detector the reports name (one per data set, ``harness.detector_args``), as the table heads it."""
+    names = {str((H.scores(r)["detector"] or {}).get("name", "?")) for r in reports}
+    return ", ".join(sorted(names)) or "?"
 
 
 # ------------------------------------------------------------------ table
@@ -185,6 +189,21 @@ def markdown(results: Dict[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------ main
+def with_data(argv: List[str], data: List[str]) -> List[str]:
+    """``argv`` with its ``--data`` values replaced by ``data``: the one command that rebuilds a merged table
+    (every finished run and evaluation is reused)."""
+    out, skip = [], False
+    for x in argv:
+        if x == "--data":
+            skip = True
+            continue
+        if skip and not x.startswith("--"):
+            continue
+        skip = False
+        out.append(x)
+    return ["--data", *data, *out]
+
+
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", nargs="+", choices=sorted(H.ZIPS), default=["celeba"])
@@ -199,33 +218,43 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     p.add_argument("--procs", type=int, default=1, help="training processes (gloo ranks via accelerate launch)")
     p.add_argument("--workers", type=int, default=1, help="loader workers per rank")
     p.add_argument("--override", nargs="*", default=[], help="extra key=value for every variant")
-    p.add_argument("--keep-eval-images", action="store_true", help="keep each eval's grid.png/pairs.png")
     p.add_argument("--cache", type=Path, default=Path(os.environ.get("DIST_GAN_CACHE", Path.home() / ".cache" / "dist_gan")) / "quality_study")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "quality_study")
-    a = p.parse_args(argv)
-    command = "python benchmarks/quality_study.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    argv_list = list(sys.argv[1:] if argv is None else argv)
+    a = p.parse_args(argv_list)
 
     a.out.mkdir(parents=True, exist_ok=True)
-    results: Dict[str, Any] = {"command": command, "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()},
-                               "datasets": {}}
+    args = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()}
+    results: Dict[str, Any] = {"command": "", "args": args, "datasets": {}}
+    kept = a.out / "table.json"
+    if kept.is_file():  # the other data sets' blocks, where they ran with the same settings
+        old = json.loads(kept.read_text())
+        same = {k: v for k, v in old.get("args", {}).items() if k != "data"} == {k: v for k, v in args.items() if k != "data"}
+        results["datasets"] = {d: b for d, b in old.get("datasets", {}).items() if same and d not in a.data}
+    every = [d for d in sorted(H.ZIPS) if d in a.data or d in results["datasets"]]
+    args["data"] = every
+    results["command"] = command = "python benchmarks/quality_study.py " + shlex.join(with_data(argv_list, every))
     t_all = time.perf_counter()
 
     for data in a.data:
+        t_data = time.perf_counter()
         shards = packed_shards(data, a.cache, a.limit)
-        rows, panels = [], [("reals", data, H.real_grid(shards))]
+        rows, reports, panels = [], [], [("reals", data, H.real_grid(shards))]
         fig = f"samples_{data}.png"
-        results["datasets"][data] = {"shards": str(shards), "detector": DETECTOR[data], "rows": rows, "figure": fig}
+        block = {"shards": str(shards), "detector": "?", "rows": rows, "figure": fig}
+        results["datasets"] = {d: block if d == data else results["datasets"][d] for d in every if d == data or d in results["datasets"]}
         for variant in a.variants:
             run = a.cache / "runs" / f"{data}-{variant}"
             facts = train_variant(variant, shards, run, a)
-            report = evaluate(run, shards, a.out / data / variant, a, data)
-            row = row_for(variant, facts, report)
+            reports.append(evaluate(run, shards, a.cache / "evals" / data / variant, a, data))
+            block["detector"] = detector_name(reports)
+            row = row_for(variant, facts, reports[-1])
             rows.append(row)
             log(f"{data}/{variant}: no face {row['no_face']}/{row['n']}, FID {fmt(row['fid'])}")
             panels.append((variant, f"no face {row['no_face']}/{row['n']}  FID {fmt(row['fid'], '.0f')}", H.sample_grid(run)))
             H.compose_figure(panels, a.out / fig, f"{data}, {a.kimg} kimg per variant, seed {a.seed} (EMA G, fixed latents)")
             # after every variant: an interrupted study still leaves a valid (partial) table
-            results["total_seconds"] = round(time.perf_counter() - t_all, 1)
+            block["seconds"] = round(time.perf_counter() - t_data, 1)
             H.write_tables(a.out, "table", results, markdown(results), [command])
     log(f"wrote {a.out / 'table.md'} ({time.perf_counter() - t_all:.0f} s)")
     return results

@@ -43,7 +43,8 @@ through ``benchmarks/harness.py``, as in ``quality_study.py``.
 Writes under ``--out`` (default ``benchmarks/results/quality_vs_textbook``):
 ``results.json`` (schema ``dist_gan.quality_vs_textbook/1``), ``results.md`` (the tables),
 ``samples_<data>.png`` (reals | textbook | dist_gan@img | dist_gan@time, same latents),
-``<data>/<run>/report.json`` (each eval), ``command.txt``.
+``command.txt``. Runs and their evaluations (``report.json``) stay in the cache
+(``qvt_runs/<data>/<run>``, ``qvt_evals/<data>/<run>``), where a rerun reuses them.
 
 The issue's protocol (60 kimg, n=1000)::
 
@@ -314,11 +315,11 @@ def train_all(a: argparse.Namespace, data: str, shards: Path, root: Path, reuse_
 
 
 # ------------------------------------------------------------------ evaluation
-def evaluate_all(a: argparse.Namespace, data: str, shards: Path, runs: Dict[str, Path], out: Path) -> Dict[str, Dict[str, Any]]:
-    """``dist-gan eval`` per run into ``out/<data>/<run folder>`` (``harness.evaluate``: the first alone
+def evaluate_all(a: argparse.Namespace, data: str, shards: Path, runs: Dict[str, Path], evals: Path) -> Dict[str, Dict[str, Any]]:
+    """``dist-gan eval`` per run into ``evals/<run folder>`` (``harness.evaluate``: the first alone
     while the reference statistics are uncached, finished identical evaluations reused, one that another
     invocation is running waited for); ``--parallel`` runs the rest side by side."""
-    tasks = {n: H.eval_task(runs[n], shards, out / data / run_folder(n, a.time_tag), n=a.n, seed=a.seed, data=data,
+    tasks = {n: H.eval_task(runs[n], shards, evals / run_folder(n, a.time_tag), n=a.n, seed=a.seed, data=data,
                             bn_recal=a.bn_recal) for n in runs}
     return H.evaluate(tasks, shards, a.n, threads=a.threads, parallel=a.parallel, log=log)
 
@@ -489,7 +490,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         if a.eval_finished:  # score the runs already trained (reused later by the full invocation); no tables
             facts, runs = train_all(a, data, shards, root, reuse_only=True, time_shards=time_shards)
             if runs:
-                evaluate_all(a, data, shards, runs, a.out)
+                evaluate_all(a, data, shards, runs, cache / "qvt_evals" / root.name)
             log(f"{data}: evaluated the finished runs {sorted(runs)}")
             continue
         facts, runs = train_all(a, data, shards, root, time_shards=time_shards)
@@ -498,7 +499,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             continue
         if set(runs) != set(RUNS):
             raise SystemExit(f"evaluation needs all of {RUNS}; have {sorted(runs)}")
-        reports = evaluate_all(a, data, shards, runs, a.out)
+        reports = evaluate_all(a, data, shards, runs, cache / "qvt_evals" / root.name)
         rows = {n: row(n, facts[n], reports[n], a.out) for n in RUNS}
         fig = f"samples_{data}.png"
         panels = [("reals", "training shards", H.real_grid(shards, GRID_N))]

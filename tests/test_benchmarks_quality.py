@@ -28,11 +28,11 @@ def smoke(tmp_path_factory, shared_dir):
 
 def test_files_written(smoke):
     out, _ = smoke
-    for name in ("results.json", "results.md", "command.txt", "samples_celeba.png"):
-        assert (out / name).is_file(), name
-    for run in RUNS:
-        assert (out / "celeba" / run.replace("@", "_at_") / "report.json").is_file()
-        assert not (out / "celeba" / run.replace("@", "_at_") / "eval_lock.json").exists()  # released when done
+    assert sorted(p.name for p in out.iterdir()) == ["command.txt", "results.json", "results.md", "samples_celeba.png"]
+    evals = out.parent / "cache" / "qvt_evals" / "celeba-limit64"
+    for run in RUNS:  # per-run evaluations stay in the cache, out of the results folder
+        assert (evals / run.replace("@", "_at_") / "report.json").is_file()
+        assert not (evals / run.replace("@", "_at_") / "eval_lock.json").exists()  # released when done
 
 
 def test_schema(smoke):
@@ -364,9 +364,9 @@ def test_the_zoo_study_writes_its_table_and_reuses_its_run_and_eval(tmp_path, sh
             "--batch", "16", "--workers", "0", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out")]
     res = qs.main(args)
     out = tmp_path / "out"
-    for name in ("table.json", "table.md", "command.txt", "samples_celeba.png", "celeba/dcgan64/report.json"):
-        assert (out / name).is_file(), name
-    assert not (out / "celeba" / "dcgan64" / "grid.png").exists()  # dropped without --keep-eval-images
+    assert sorted(p.name for p in out.iterdir()) == ["command.txt", "samples_celeba.png", "table.json", "table.md"]
+    assert (tmp_path / "cache" / "evals" / "celeba" / "dcgan64" / "report.json").is_file()  # per-run evals stay in the cache
+    assert "## celeba (mtcnn detector;" in (out / "table.md").read_text()  # named by the report, not by a constant
     row = json.loads((out / "table.json").read_text())["datasets"]["celeba"]["rows"][0]
     assert row["n"] == row["ref_n"] == 64 and row["kimg"] == 0.032 and row["fid"] > 0 and row["eval_seconds"] > 0
     assert "verdict" not in row["leak"] and "copies" in row["leak"]
@@ -377,8 +377,25 @@ def test_the_zoo_study_writes_its_table_and_reuses_its_run_and_eval(tmp_path, sh
 
     monkeypatch.setattr(subprocess, "run", nothing_runs)
     monkeypatch.setattr(H, "Job", nothing_runs)
+    table = json.loads((out / "table.json").read_text())
+    table["datasets"]["anime"] = {**table["datasets"]["celeba"], "rows": [{**row, "fid": 1.5}]}  # as if anime had run before
+    (out / "table.json").write_text(json.dumps(table))
     again = qs.main(args)
     assert again["datasets"]["celeba"]["rows"] == res["datasets"]["celeba"]["rows"]
+    assert again["datasets"]["anime"]["rows"][0]["fid"] == 1.5  # a run over celeba keeps the anime block
+    assert again["command"].startswith("python benchmarks/quality_study.py --data anime celeba --limit 64 ")
+    assert (out / "command.txt").read_text() == again["command"] + "\n"
+
+    table["args"]["n"] = 32  # the anime block ran with other settings: not merged into this table
+    (out / "table.json").write_text(json.dumps(table))
+    assert list(qs.main(args)["datasets"]) == ["celeba"]
+
+
+def test_the_zoo_study_command_names_every_data_set_of_its_table():
+    from benchmarks import quality_study as qs
+
+    assert qs.with_data(["--data", "celeba", "--kimg", "8"], ["anime", "celeba"]) == ["--data", "anime", "celeba", "--kimg", "8"]
+    assert qs.with_data(["--kimg", "8", "--data", "anime", "celeba", "--n", "9"], ["anime"]) == ["--data", "anime", "--kimg", "8", "--n", "9"]
 
 
 def test_a_wait_left_early_ends_the_job_its_keeper_had_paused(tmp_path):
