@@ -173,6 +173,8 @@ def markdown(results: Dict[str, Any]) -> str:
             f"## {data} ({block['detector']} detector; reference: {block['shards']})",
             "",
             *([f"*Partial: not run (the study was stopped before them): {', '.join(missing)}.*", ""] if missing else []),
+            *([f"Machine: {block['machine']}; {block['threads']} thread(s) per training; train s and img/s are that "
+               "machine's.", ""] if block.get("machine") else []),
             "Can't detect face: " + ", ".join(f"{r['variant']} {r['no_face']}/{r['n']}" for r in rows)
             + (f" (reals: {reals})" if reals else ""),
             "",
@@ -241,7 +243,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         shards = packed_shards(data, a.cache, a.limit)
         rows, reports, panels = [], [], [("reals", data, H.real_grid(shards))]
         fig = f"samples_{data}.png"
-        block = {"shards": str(shards), "detector": "?", "rows": rows, "figure": fig}
+        block = {"shards": str(shards), "detector": "?", "rows": rows, "figure": fig, "machine": H.machine(),
+                 "threads": int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)}
         results["datasets"] = {d: block if d == data else results["datasets"][d] for d in every if d == data or d in results["datasets"]}
         for variant in a.variants:
             run = a.cache / "runs" / f"{data}-{variant}"

@@ -287,7 +287,7 @@ def test_both_scripts_render_their_tables_through_the_shared_formatter():
                  "recall": 0.4, "leak": {"copies": 0},
                  "train_seconds": 61.4, "img_per_s": 33.33}
     study = {"command": "python benchmarks/quality_study.py", "datasets": {"celeba": {
-        "shards": "S", "detector": "haar", "rows": [study_row], "figure": "samples_celeba.png"}},
+        "shards": "S", "detector": "haar", "rows": [study_row], "figure": "samples_celeba.png", "machine": "2 cores, X", "threads": 2}},
         "args": {"kimg": 1.0, "seed": 0, "batch": 0, "width": 0, "ema_kimg": 0.5, "procs": 1, "n": 10, "variants": ["dcgan64"]}}
     md = qs.markdown(study)
     assert ("| variant | recipe + overrides | can't detect face | FID | KID x1e3 | P / R | NN copies | train s | img/s |\n"
@@ -295,6 +295,7 @@ def test_both_scripts_render_their_tables_through_the_shared_formatter():
             "| dcgan64 | `dcgan64 model.spectral_norm=true` | 3/10 | 101.3 | 50.0 ± 2.0 | 0.612 / 0.400 | 0 | 61 | 33.3 |\n"
             "| reals (detector floor) | - | 1/10 | - | - | - | - | - | - |\n") in md
     assert "Can't detect face: dcgan64 3/10 (reals: 1/10)" in md
+    assert "Machine: 2 cores, X; 2 thread(s) per training;" in md  # the clocks' machine, per data set
 
     leak = {"under_real_p1": 2, "under_real_p1_expected": 1.5, "copies": 0, "verdict": "no memorisation signal"}
     train = {"kimg": 1.0, "steps": 8, "wall_s": 10.0, "cpu_s": 9.0, "budget_s": 9.0, "stopped_by_budget": True, "decode_cpu_s": 1.0}
