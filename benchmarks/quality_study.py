@@ -196,8 +196,8 @@ def with_data(argv: List[str], data: List[str]) -> List[str]:
     (every finished run and evaluation is reused)."""
     out, skip = [], False
     for x in argv:
-        if x == "--data":
-            skip = True
+        if x == "--data" or x.startswith("--data="):
+            skip = x == "--data"
             continue
         if skip and not x.startswith("--"):
             continue

@@ -397,6 +397,7 @@ def test_the_zoo_study_command_names_every_data_set_of_its_table():
 
     assert qs.with_data(["--data", "celeba", "--kimg", "8"], ["anime", "celeba"]) == ["--data", "anime", "celeba", "--kimg", "8"]
     assert qs.with_data(["--kimg", "8", "--data", "anime", "celeba", "--n", "9"], ["anime"]) == ["--data", "anime", "--kimg", "8", "--n", "9"]
+    assert qs.with_data(["--data=celeba", "--n", "9"], ["anime", "celeba"]) == ["--data", "anime", "celeba", "--n", "9"]
 
 
 def test_a_wait_left_early_ends_the_job_its_keeper_had_paused(tmp_path):
