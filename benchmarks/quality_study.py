@@ -245,7 +245,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         fig = f"samples_{data}.png"
         block = {"shards": str(shards), "detector": "?", "rows": rows, "figure": fig, "machine": H.machine(),
                  "threads": int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)}
-        results["datasets"] = {d: block if d == data else results["datasets"][d] for d in every if d == data or d in results["datasets"]}
+        results["datasets"] = dict(sorted({**results["datasets"], data: block}.items()))  # the order of ``every``
         for variant in a.variants:
             run = a.cache / "runs" / f"{data}-{variant}"
             facts = train_variant(variant, shards, run, a)
