@@ -324,7 +324,8 @@ def evaluate_all(a: argparse.Namespace, data: str, shards: Path, runs: Dict[str,
     return H.evaluate(tasks, shards, a.n, threads=a.threads, parallel=a.parallel, log=log)
 
 
-def row(name: str, facts: Dict[str, Any], rep: Dict[str, Any], out: Path) -> Dict[str, Any]:
+def row(name: str, facts: Dict[str, Any], rep: Dict[str, Any]) -> Dict[str, Any]:
+    """One table row: the run's training facts, its scores, and how its evaluation ran (the report lives in the cache)."""
     return {
         "run": name, "train": facts, **H.scores(rep),
         "eval": {"command": rep.get("_eval_command"), "bn_recal": bool(rep["checkpoint"].get("bn_recal")),
@@ -500,7 +501,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         if set(runs) != set(RUNS):
             raise SystemExit(f"evaluation needs all of {RUNS}; have {sorted(runs)}")
         reports = evaluate_all(a, data, shards, runs, cache / "qvt_evals" / root.name)
-        rows = {n: row(n, facts[n], reports[n], a.out) for n in RUNS}
+        rows = {n: row(n, facts[n], reports[n]) for n in RUNS}
         fig = f"samples_{data}.png"
         panels = [("reals", "training shards", H.real_grid(shards, GRID_N))]
         for n in RUNS:
