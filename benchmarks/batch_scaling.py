@@ -20,7 +20,9 @@ changes, so it keeps its meaning when the recipe moves on):
 - ``b512``, ``b128_sn``, ``b64_sn``: bigbatch's settings (spectral norm on D, G and D at 8e-4, a 5-kimg
   warm-up: the winner of the rows below) with the 10-kimg EMA the study ran with, at global batch 512, 128 and 64;
 - ``b512_probes``: ``b512`` also keeping 3- and 30-kimg EMAs for ``dist-gan eval --ema-kimg`` (30 won:
-  bigbatch now ships it); ``b512_ema30``: bigbatch as it ships, the 30-kimg EMA tracked;
+  bigbatch now ships it); ``b512_ema30``: ``b512`` with the 30-kimg EMA tracked;
+- ``b512_b0`` (bigbatch as it ships): ``b512_ema30`` with Adam (0, 0.99) on both nets; ``b512_g16``, ``b512_g16_b0``,
+  ``b512_b0_d16``: G at twice D's rate, the same with (0, 0.99), D at twice G's with (0, 0.99);
 - ``b512_ttur``, ``b128``, ``b64``: bigbatch's earlier settings (TTUR G 1e-4 / D 4e-4, no spectral norm);
 - ``b512_sqrt`` / ``b512_linear``: those rates scaled from batch 128 by sqrt(4) / 4, with a warm-up;
 - ``b512_sn_sqrt`` / ``b512_sn_16e4`` / ``b512_sn_hinge``: spectral norm on D with the TTUR rates
@@ -60,9 +62,9 @@ DEFAULT_OUT = H.REPO / "benchmarks" / "results" / "batch_scaling"
 STEP_JSON = H.REPO / "benchmarks" / "results" / "nvidia-h100-80gb-hbm3.json"
 SWEEP_JSON = H.REPO / "benchmarks" / "results" / "scaling_gpu.json"
 REF_BATCH = 128  # the batch that gets --budget-kimg; the others get the same GPU time
-PINNED = ["train.ema_kimg=10"]
+PINNED = ["train.ema_kimg=10", "optim.g_betas=[0.5,0.999]", "optim.d_betas=[0.5,0.999]"]
 """bigbatch keys every ``recipe=bigbatch`` row spells out because the study ran with them (the recipe has since
-moved on), so a recorded row reruns as it ran."""
+moved on to a 30-kimg EMA and Adam beta1 0), so a recorded row reruns as it ran."""
 
 TTUR = {"model.spectral_norm": "false", "optim.g_lr": "1e-4", "optim.d_lr": "4e-4", "optim.warmup_kimg": "0"}
 """``bigbatch``'s settings before this study: TTUR G 1e-4 / D 4e-4, no spectral norm, no warm-up."""
@@ -111,6 +113,19 @@ ROWS: Dict[str, Dict[str, Any]] = {
     # R1 on D's reals, lazily every 16 D steps (StyleGAN2's regulariser), on top of spectral norm
     "b512_r1": {"batch": 512, "overrides": ["model.spectral_norm=true", "optim.g_lr=8e-4", "optim.d_lr=8e-4",
                                             "optim.warmup_kimg=5", "loss.r1_gamma=0.1"]},
+    # 714 steps at batch 512 in 365 kimg: a step-limited run, so G's step size and D's momentum were tried on the
+    # shipped recipe: G at twice D's rate, Adam beta1 0 on both nets (SNGAN, BigGAN), both together, and beta1 0 with D at twice G's rate
+    "b512_g16": {"batch": 512, "overrides": ["model.spectral_norm=true", "optim.g_lr=1.6e-3", "optim.d_lr=8e-4",
+                                             "optim.warmup_kimg=5", "train.ema_kimg=30"]},
+    "b512_b0": {"batch": 512, "overrides": ["model.spectral_norm=true", "optim.g_lr=8e-4", "optim.d_lr=8e-4",
+                                            "optim.warmup_kimg=5", "train.ema_kimg=30", "optim.g_betas=[0.0,0.99]",
+                                            "optim.d_betas=[0.0,0.99]"]},
+    "b512_g16_b0": {"batch": 512, "overrides": ["model.spectral_norm=true", "optim.g_lr=1.6e-3", "optim.d_lr=8e-4",
+                                                "optim.warmup_kimg=5", "train.ema_kimg=30", "optim.g_betas=[0.0,0.99]",
+                                                "optim.d_betas=[0.0,0.99]"]},
+    "b512_b0_d16": {"batch": 512, "overrides": ["model.spectral_norm=true", "optim.g_lr=8e-4", "optim.d_lr=1.6e-3",
+                                                "optim.warmup_kimg=5", "train.ema_kimg=30", "optim.g_betas=[0.0,0.99]",
+                                                "optim.d_betas=[0.0,0.99]"]},
     "textbook512": {"batch": 512, "recipe": "dcgan64", "overrides": ["train.batch=512", "train.ema_kimg=0.001", "train.ema_rampup=0"]},
     # equal images: batch 512 given only batch 128's kimg (a prefix of the long run: no rate depends on the length)
     "b512_img": {"batch": 512, "overrides": [], "equal_images": True},

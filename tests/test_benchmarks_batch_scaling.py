@@ -15,17 +15,28 @@ import pytest
 from conftest import REPO
 
 
-def test_every_bigbatch_row_reruns_with_the_ema_the_study_ran_with_while_the_recipe_moves_on():
-    """The recorded rows ran with a 10-kimg EMA; bigbatch now ships 30. Each row pins 10 unless it says otherwise."""
+def test_every_bigbatch_row_reruns_with_the_ema_and_betas_the_study_ran_with_while_the_recipe_moves_on():
+    """The recorded rows ran with a 10-kimg EMA and Adam (0.5, 0.999); bigbatch now ships 30 and (0, 0.99).
+    Each row pins the old values unless it says otherwise."""
     from benchmarks import batch_scaling as B
     from dist_gan.config import load_config
 
-    assert load_config(["recipe=bigbatch"]).train.ema_kimg == 30
+    shipped = load_config(["recipe=bigbatch"])
+    assert (shipped.train.ema_kimg, list(shipped.optim.g_betas)) == (30, [0.0, 0.99])
     for name, row in B.ROWS.items():
-        cfg = load_config([f"recipe={row.get('recipe', 'bigbatch')}", *B.row_overrides(row, 40.0)])
-        explicit = [o.split("=", 1)[1] for o in row["overrides"] if o.startswith("train.ema_kimg=")]
-        want = float(explicit[-1]) if explicit else (10.0 if row.get("recipe", "bigbatch") == "bigbatch" else load_config([f"recipe={row['recipe']}"]).train.ema_kimg)
-        assert cfg.train.ema_kimg == want, name
+        recipe = row.get("recipe", "bigbatch")
+        cfg = load_config([f"recipe={recipe}", *B.row_overrides(row, 40.0)])
+        bare = load_config([f"recipe={recipe}"])
+
+        def want(key: str, pinned, default):
+            explicit = [o.split("=", 1)[1] for o in row["overrides"] if o.startswith(key + "=")]
+            return explicit[-1] if explicit else (pinned if recipe == "bigbatch" else default)
+
+        assert cfg.train.ema_kimg == float(want("train.ema_kimg", 10.0, bare.train.ema_kimg)), name
+        for net in ("g", "d"):
+            betas = want(f"optim.{net}_betas", [0.5, 0.999], list(bare.optim[f"{net}_betas"]))
+            betas = [float(b) for b in betas.strip("[]").split(",")] if isinstance(betas, str) else betas
+            assert list(cfg.optim[f"{net}_betas"]) == betas, (name, net)
 
 
 def test_batch_scaling_gives_each_batch_the_same_gpu_time_on_two_ranks_and_reuses_finished_runs(tmp_path, shared_dir):
