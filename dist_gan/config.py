@@ -347,6 +347,8 @@ def validate(cfg: DictConfig) -> None:
         raise UserError(f"optim.warmup_kimg must be >= 0 (0 = no warm-up), got {cfg.optim.warmup_kimg}")
     if not 0.0 <= cfg.optim.lr_decay_to <= 1.0:
         raise UserError(f"optim.lr_decay_to must be in [0, 1] (a fraction of the recipe's rates), got {cfg.optim.lr_decay_to}")
+    if not float(cfg.train.ema_rampup) >= 0:
+        raise UserError(f"train.ema_rampup must be >= 0 (a fraction of the images seen; 0 = no ramp-up), got {cfg.train.ema_rampup}")
     probes = list(cfg.train.ema_probes)
     keys = [probe_key(h) for h in probes]  # as checkpoints name them: distinct there, not just as floats
     if any(h <= 0 for h in probes) or len(set(keys)) != len(keys) or probe_key(cfg.train.ema_kimg) in keys:

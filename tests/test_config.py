@@ -66,6 +66,7 @@ def test_unknown_key_inside_a_recipe_file_is_caught(tmp_path):
         ("optim.lr_scaling=square", "optim.lr_scaling"),
         ("optim.ref_batch=0", "optim.ref_batch"),
         ("optim.warmup_kimg=-1", "optim.warmup_kimg"),
+        ("train.ema_rampup=-0.1", "train.ema_rampup"),
         ("nonsense", "key=value"),
     ],
 )
