@@ -510,23 +510,33 @@ def scores(report: Dict[str, Any], leak_types: Tuple[type, ...] = (int, float, s
 # ------------------------------------------------------------------ figure
 def plot_fid_curves(results: Dict[str, Any], out: Path, *, order: Callable[[Dict[str, Any]], Any],
                     label: Callable[[Dict[str, Any]], str], right_x: Callable[[Dict[str, Any], Dict[str, Any]], float],
-                    right_label: str, legend_size: int = 7) -> None:
+                    right_label: str, legend_size: int = 7, group: Optional[Callable[[Dict[str, Any]], str]] = None) -> None:
     """``out/fid_curves.png``: per data set, each run's FID against kimg (left) and against ``right_x(run, point)``
-    (right), runs in ``order``; every study with FID-tracked runs (``results['runs']``) draws the same figure."""
+    (right), runs in ``order``; every study with FID-tracked runs (``results['runs']``) draws the same figure.
+
+    Runs of one ``group`` (e.g. a row's seeds) share a colour and differ by marker, so a table of many
+    single-point runs stays readable; the legend sits outside the axes, where it hides no point."""
     from dist_gan.imaging import pyplot
 
     plt = pyplot()
+    group = group or label
     datas = sorted({r["data"] for r in results["runs"].values()})
-    fig, axes = plt.subplots(len(datas), 2, figsize=(12, 4.2 * len(datas)), squeeze=False)
+    fig, axes = plt.subplots(len(datas), 2, figsize=(14, 4.2 * len(datas)), squeeze=False)
+    markers = "os^Dv"
     for i, data in enumerate(datas):
-        for r in sorted((r for r in results["runs"].values() if r["data"] == data), key=order):
+        runs = sorted((r for r in results["runs"].values() if r["data"] == data), key=order)
+        groups = list(dict.fromkeys(group(r) for r in runs))
+        cmap = plt.get_cmap("tab10" if len(groups) <= 10 else "tab20")
+        for r in runs:
             f = [p["fid"] for p in r["curve"]]
-            axes[i][0].plot([p["kimg"] for p in r["curve"]], f, marker="o", ms=3, label=label(r))
-            axes[i][1].plot([right_x(r, p) for p in r["curve"]], f, marker="o", ms=3, label=label(r))
+            style = dict(marker=markers[int(r.get("seed", 0)) % len(markers)], ms=4, label=label(r),
+                         color=cmap(groups.index(group(r)) % cmap.N))
+            axes[i][0].plot([p["kimg"] for p in r["curve"]], f, **style)
+            axes[i][1].plot([right_x(r, p) for p in r["curve"]], f, **style)
         axes[i][0].set_xlabel("kimg"), axes[i][1].set_xlabel(right_label)
         for ax in axes[i]:
             ax.set_ylabel(f"FID ({data}, n={results['fid_n']})")
-            ax.legend(fontsize=legend_size)
+        axes[i][1].legend(fontsize=legend_size, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     fig.savefig(out / "fid_curves.png", dpi=100)
     plt.close(fig)
