@@ -21,8 +21,12 @@ changes, so it keeps its meaning when the recipe moves on):
   warm-up: the winner of the rows below) with the 10-kimg EMA the study ran with, at global batch 512, 128 and 64;
 - ``b512_probes``: ``b512`` also keeping 3- and 30-kimg EMAs for ``dist-gan eval --ema-kimg`` (30 won:
   bigbatch now ships it); ``b512_ema30``: ``b512`` with the 30-kimg EMA tracked;
-- ``b512_b0`` (bigbatch as it ships): ``b512_ema30`` with Adam (0, 0.99) on both nets; ``b512_g16``, ``b512_g16_b0``,
+- ``b512_b0``: ``b512_ema30`` with Adam (0, 0.99) on both nets; ``b512_g16``, ``b512_g16_b0``,
   ``b512_b0_d16``: G at twice D's rate, the same with (0, 0.99), D at twice G's with (0, 0.99);
+- ``b128_b0`` / ``b128_plain``: ``b512_b0`` / ``b512_b0_plain`` at batch 128;
+- ``b512_b0_near`` / ``b512_b0_hinge`` / ``b512_b0_plain`` / ``b512_b0_ramp``: ``b512_b0`` with G's transposed
+  convs started as nearest upsampling + 3x3 conv, with the hinge loss, with no smoothing or instance noise
+  (bigbatch as it ships), and with the EMA ramp-up at 20% (the 30-kimg half-life uncapped from 150 kimg) plus 15- and 60-kimg probes;
 - ``b512_ttur``, ``b128``, ``b64``: bigbatch's earlier settings (TTUR G 1e-4 / D 4e-4, no spectral norm);
 - ``b512_sqrt`` / ``b512_linear``: those rates scaled from batch 128 by sqrt(4) / 4, with a warm-up;
 - ``b512_sn_sqrt`` / ``b512_sn_16e4`` / ``b512_sn_hinge``: spectral norm on D with the TTUR rates
@@ -62,9 +66,10 @@ DEFAULT_OUT = H.REPO / "benchmarks" / "results" / "batch_scaling"
 STEP_JSON = H.REPO / "benchmarks" / "results" / "nvidia-h100-80gb-hbm3.json"
 SWEEP_JSON = H.REPO / "benchmarks" / "results" / "scaling_gpu.json"
 REF_BATCH = 128  # the batch that gets --budget-kimg; the others get the same GPU time
-PINNED = ["train.ema_kimg=10", "optim.g_betas=[0.5,0.999]", "optim.d_betas=[0.5,0.999]"]
+PINNED = ["train.ema_kimg=10", "optim.g_betas=[0.5,0.999]", "optim.d_betas=[0.5,0.999]", "loss.real_label=0.9",
+          "loss.instance_noise=0.02"]
 """bigbatch keys every ``recipe=bigbatch`` row spells out because the study ran with them (the recipe has since
-moved on to a 30-kimg EMA and Adam beta1 0), so a recorded row reruns as it ran."""
+moved on to a 30-kimg EMA, Adam beta1 0 and no smoothing or noise), so a recorded row reruns as it ran."""
 
 TTUR = {"model.spectral_norm": "false", "optim.g_lr": "1e-4", "optim.d_lr": "4e-4", "optim.warmup_kimg": "0"}
 """``bigbatch``'s settings before this study: TTUR G 1e-4 / D 4e-4, no spectral norm, no warm-up."""
@@ -75,6 +80,13 @@ def _ttur(*over: str) -> List[str]:
     keys = dict(TTUR)
     keys.update(o.split("=", 1) for o in over)
     return [f"{k}={v}" for k, v in keys.items()]
+
+
+def _b0(*extra: str) -> List[str]:
+    """bigbatch as the steps80 study shipped it (beta1 0, 30-kimg EMA, smoothing 0.9 and noise 0.02 from ``PINNED``),
+    plus ``extra``."""
+    return ["model.spectral_norm=true", "optim.g_lr=8e-4", "optim.d_lr=8e-4", "optim.warmup_kimg=5", "train.ema_kimg=30",
+            "optim.g_betas=[0.0,0.99]", "optim.d_betas=[0.0,0.99]", *extra]
 
 
 ROWS: Dict[str, Dict[str, Any]] = {
@@ -107,7 +119,7 @@ ROWS: Dict[str, Dict[str, Any]] = {
     # dist-gan eval RUN --ema-kimg 3 (or 30) beside the row's own 10-kimg G_ema
     "b512_probes": {"batch": 512, "overrides": ["model.spectral_norm=true", "optim.g_lr=8e-4", "optim.d_lr=8e-4",
                                                 "optim.warmup_kimg=5", "train.ema_probes=[3,30]"]},
-    # bigbatch as it ships since the probes: the 30-kimg EMA (its tracked FID and best.pt follow that G_ema)
+    # bigbatch as it shipped after the probes: the 30-kimg EMA (its tracked FID and best.pt follow that G_ema)
     "b512_ema30": {"batch": 512, "overrides": ["model.spectral_norm=true", "optim.g_lr=8e-4", "optim.d_lr=8e-4",
                                                "optim.warmup_kimg=5", "train.ema_kimg=30"]},
     # R1 on D's reals, lazily every 16 D steps (StyleGAN2's regulariser), on top of spectral norm
@@ -126,6 +138,16 @@ ROWS: Dict[str, Dict[str, Any]] = {
     "b512_b0_d16": {"batch": 512, "overrides": ["model.spectral_norm=true", "optim.g_lr=8e-4", "optim.d_lr=1.6e-3",
                                                 "optim.warmup_kimg=5", "train.ema_kimg=30", "optim.g_betas=[0.0,0.99]",
                                                 "optim.d_betas=[0.0,0.99]"]},
+    # beta1 0 as shipped, plus one change each: G's transposed convs started as nearest upsampling + 3x3 conv (won
+    # the quickstart), the hinge loss (won the quickstart over BCE with smoothing), and no smoothing or instance noise
+    "b128_b0": {"batch": 128, "overrides": _b0("train.batch=128")},
+    "b128_plain": {"batch": 128, "overrides": _b0("train.batch=128", "loss.real_label=1.0", "loss.instance_noise=0")},
+    "b512_b0_near": {"batch": 512, "overrides": _b0("model.g_init=nearest")},
+    "b512_b0_hinge": {"batch": 512, "overrides": _b0("loss.name=hinge")},
+    "b512_b0_plain": {"batch": 512, "overrides": _b0("loss.real_label=1.0", "loss.instance_noise=0")},
+    # the 5% ramp-up caps the 30-kimg half-life at 18 kimg by 365 kimg; at 20% it is 30 from 150 kimg on, and two
+    # eval-only probes (15 and 60 kimg) score the half-lives around it from the same run
+    "b512_b0_ramp": {"batch": 512, "overrides": _b0("train.ema_rampup=0.2", "train.ema_probes=[15,60]")},
     "textbook512": {"batch": 512, "recipe": "dcgan64", "overrides": ["train.batch=512", "train.ema_kimg=0.001", "train.ema_rampup=0"]},
     # equal images: batch 512 given only batch 128's kimg (a prefix of the long run: no rate depends on the length)
     "b512_img": {"batch": 512, "overrides": [], "equal_images": True},
@@ -235,7 +257,8 @@ def render(results: Dict[str, Any]) -> str:
 def plot(results: Dict[str, Any], out: Path) -> None:
     """FID against kimg (left) and against estimated GPU seconds (right), one line per run."""
     H.plot_fid_curves(results, out, order=lambda r: (r["batch"], r["row"]), label=lambda r: f"{r['row']} s{r['seed']}",
-                      right_x=lambda r, p: p["kimg"] * r["gpu_s_est"] / r["kimg"], right_label="estimated H100 seconds")
+                      right_x=lambda r, p: p["kimg"] * r["gpu_s_est"] / r["kimg"], right_label="estimated H100 seconds",
+                      group=lambda r: r["row"])
 
 
 def figure(results: Dict[str, Any], out: Path, shards: Dict[str, Path]) -> None:

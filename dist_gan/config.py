@@ -57,7 +57,7 @@ class ModelCfg:
 @dataclass
 class LossCfg:
     name: str = "bce"  # registry name in dist_gan.losses.LOSSES
-    real_label: float = 1.0  # one-sided label smoothing: 0.9 in bigbatch
+    real_label: float = 1.0  # one-sided label smoothing: 0.9 in celeba64 and anime64
     instance_noise: float = 0.0  # sigma of Gaussian noise added to D's inputs (real and fake)
     noise_anneal_kimg: float = 0.0  # >0: sigma falls linearly to 0 over this many kimg
     gp_weight: float = 10.0  # wgan_gp only
