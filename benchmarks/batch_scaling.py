@@ -75,18 +75,24 @@ TTUR = {"model.spectral_norm": "false", "optim.g_lr": "1e-4", "optim.d_lr": "4e-
 """``bigbatch``'s settings before this study: TTUR G 1e-4 / D 4e-4, no spectral norm, no warm-up."""
 
 
-def _ttur(*over: str) -> List[str]:
-    """The earlier bigbatch settings spelled out, then ``over`` (later keys win), so a row means one thing forever."""
-    keys = dict(TTUR)
+B0 = {"model.spectral_norm": "true", "optim.g_lr": "8e-4", "optim.d_lr": "8e-4", "optim.warmup_kimg": "5",
+      "train.ema_kimg": "30", "optim.g_betas": "[0.0,0.99]", "optim.d_betas": "[0.0,0.99]"}
+"""``bigbatch`` as the steps80 study shipped it: beta1 0, a 30-kimg EMA (smoothing 0.9 and noise 0.02 from ``PINNED``)."""
+
+
+def _spelled(base: Dict[str, str], *over: str) -> List[str]:
+    """``base`` spelled out, then ``over`` (a key already there keeps its place), so a row means one thing forever."""
+    keys = dict(base)
     keys.update(o.split("=", 1) for o in over)
     return [f"{k}={v}" for k, v in keys.items()]
 
 
-def _b0(*extra: str) -> List[str]:
-    """bigbatch as the steps80 study shipped it (beta1 0, 30-kimg EMA, smoothing 0.9 and noise 0.02 from ``PINNED``),
-    plus ``extra``."""
-    return ["model.spectral_norm=true", "optim.g_lr=8e-4", "optim.d_lr=8e-4", "optim.warmup_kimg=5", "train.ema_kimg=30",
-            "optim.g_betas=[0.0,0.99]", "optim.d_betas=[0.0,0.99]", *extra]
+def _ttur(*over: str) -> List[str]:
+    return _spelled(TTUR, *over)
+
+
+def _b0(*over: str) -> List[str]:
+    return _spelled(B0, *over)
 
 
 ROWS: Dict[str, Dict[str, Any]] = {
@@ -129,19 +135,14 @@ ROWS: Dict[str, Dict[str, Any]] = {
     # shipped recipe: G at twice D's rate, Adam beta1 0 on both nets (SNGAN, BigGAN), both together, and beta1 0 with D at twice G's rate
     "b512_g16": {"batch": 512, "overrides": ["model.spectral_norm=true", "optim.g_lr=1.6e-3", "optim.d_lr=8e-4",
                                              "optim.warmup_kimg=5", "train.ema_kimg=30"]},
-    "b512_b0": {"batch": 512, "overrides": ["model.spectral_norm=true", "optim.g_lr=8e-4", "optim.d_lr=8e-4",
-                                            "optim.warmup_kimg=5", "train.ema_kimg=30", "optim.g_betas=[0.0,0.99]",
-                                            "optim.d_betas=[0.0,0.99]"]},
-    "b512_g16_b0": {"batch": 512, "overrides": ["model.spectral_norm=true", "optim.g_lr=1.6e-3", "optim.d_lr=8e-4",
-                                                "optim.warmup_kimg=5", "train.ema_kimg=30", "optim.g_betas=[0.0,0.99]",
-                                                "optim.d_betas=[0.0,0.99]"]},
-    "b512_b0_d16": {"batch": 512, "overrides": ["model.spectral_norm=true", "optim.g_lr=8e-4", "optim.d_lr=1.6e-3",
-                                                "optim.warmup_kimg=5", "train.ema_kimg=30", "optim.g_betas=[0.0,0.99]",
-                                                "optim.d_betas=[0.0,0.99]"]},
-    # beta1 0 as shipped, plus one change each: G's transposed convs started as nearest upsampling + 3x3 conv (won
-    # the quickstart), the hinge loss (won the quickstart over BCE with smoothing), and no smoothing or instance noise
+    "b512_b0": {"batch": 512, "overrides": _b0()},
+    "b512_g16_b0": {"batch": 512, "overrides": _b0("optim.g_lr=1.6e-3")},
+    "b512_b0_d16": {"batch": 512, "overrides": _b0("optim.d_lr=1.6e-3")},
+    # b512_b0 at batch 128 (the small-batch rival at equal GPU time), then with no smoothing or noise
     "b128_b0": {"batch": 128, "overrides": _b0("train.batch=128")},
     "b128_plain": {"batch": 128, "overrides": _b0("train.batch=128", "loss.real_label=1.0", "loss.instance_noise=0")},
+    # b512_b0 plus one change each: G's transposed convs started as nearest upsampling + 3x3 conv (won the
+    # quickstart), the hinge loss (won the quickstart over BCE with smoothing), no smoothing or instance noise
     "b512_b0_near": {"batch": 512, "overrides": _b0("model.g_init=nearest")},
     "b512_b0_hinge": {"batch": 512, "overrides": _b0("loss.name=hinge")},
     "b512_b0_plain": {"batch": 512, "overrides": _b0("loss.real_label=1.0", "loss.instance_noise=0")},
