@@ -12,10 +12,11 @@ losses register in ``LOSSES`` and are chosen by name (``loss.name``).
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Dict, Mapping, Optional, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -326,6 +327,32 @@ LOSSES: Dict[str, Callable[..., object]] = {
     "wgan_gp": WGANGPLoss,
     "began": BEGANLoss,
 }
+
+
+def _options(loss_cls: Callable[..., object]) -> Dict[str, object]:
+    """A loss's own keys and their defaults, read from its constructor (``**_`` swallows the rest)."""
+    params = inspect.signature(loss_cls).parameters.values()
+    return {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY or p.kind is p.POSITIONAL_OR_KEYWORD}
+
+
+def _shown(value: object) -> str:
+    return f"{value:g}" if isinstance(value, (int, float)) else str(value)
+
+
+def inert_options(loss_cfg: Mapping[str, object]) -> List[str]:
+    """Keys another loss reads that ``loss_cfg`` sets away from their default although its loss ignores them.
+
+    ``loss.real_label=0.9`` with ``loss.name=hinge`` would otherwise pass silently: hinge has no labels.
+    Each entry is one line: the key, its value and the losses that read it.
+    """
+    chosen = _options(LOSSES[str(loss_cfg["name"])])
+    readers: Dict[str, List[str]] = {}
+    for name, cls in LOSSES.items():
+        for key, default in _options(cls).items():
+            if key not in chosen and key in loss_cfg and loss_cfg[key] != default:
+                readers.setdefault(key, []).append(name)
+    return [f"loss.{key}={_shown(loss_cfg[key])} has no effect with loss.name={loss_cfg['name']}; only {', '.join(names)} read it"
+            for key, names in readers.items()]
 
 
 def build_loss(loss_cfg: Mapping[str, object]):

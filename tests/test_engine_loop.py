@@ -343,3 +343,10 @@ def test_fid_kimg_without_a_tracker_says_so_and_trains(shards32, tmp_path, capsy
     assert "no FID tracker was given" in capsys.readouterr().err
     assert not (run / "checkpoints" / "best.pt").exists()
     assert load_checkpoint(run)["nimg"] == 160
+
+
+def test_a_loss_key_the_chosen_loss_ignores_is_named_at_start_up(shards32, tmp_path, capsys):
+    run_inprocess(f"data={shards32}", f"run_dir={tmp_path / 'a'}", "loss.name=hinge", "loss.real_label=0.9", "train.kimg=0.032")
+    assert "loss.real_label=0.9 has no effect with loss.name=hinge; only bce, lsgan read it" in capsys.readouterr().err
+    run_inprocess(f"data={shards32}", f"run_dir={tmp_path / 'b'}", "loss.real_label=0.9", "train.kimg=0.032")
+    assert "has no effect" not in capsys.readouterr().err

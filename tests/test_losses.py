@@ -10,7 +10,7 @@ from torch import nn
 
 from dist_gan.config import load_config
 from dist_gan.errors import UserError
-from dist_gan.losses import LOSSES, BEGANLoss, LossContext, build_loss, gradient_penalty, PathLengthPenalty, r1_penalty, r1_weight_at
+from dist_gan.losses import LOSSES, BEGANLoss, LossContext, build_loss, gradient_penalty, inert_options, PathLengthPenalty, r1_penalty, r1_weight_at
 
 CTX = LossContext()
 
@@ -247,3 +247,13 @@ def test_unknown_loss_name_fails_at_config_load():
         load_config(["loss.name=nope"])
     with pytest.raises(UserError, match="began"):
         load_config(["loss.name=began"])  # needs the autoencoder D
+
+
+def test_keys_the_chosen_loss_ignores_are_named_with_their_readers():
+    cfg = load_config(["loss.name=hinge", "loss.real_label=0.9", "loss.gp_weight=5"]).loss
+    assert inert_options(cfg) == ["loss.real_label=0.9 has no effect with loss.name=hinge; only bce, lsgan read it",
+                                  "loss.gp_weight=5 has no effect with loss.name=hinge; only wgan_gp read it"]
+    assert inert_options(load_config(["loss.name=hinge"]).loss) == []  # defaults are not flagged
+    assert inert_options(load_config(["loss.name=lsgan", "loss.real_label=0.9"]).loss) == []  # lsgan reads it
+    assert inert_options(load_config(["loss.name=bce", "loss.gamma=0.7"]).loss) == [
+        "loss.gamma=0.7 has no effect with loss.name=bce; only began read it"]

@@ -47,6 +47,7 @@ from dist_gan.engine.state import RunState
 from dist_gan.engine.training import build_training
 from dist_gan.errors import UserError
 from dist_gan.imaging import save_grid
+from dist_gan.losses import inert_options
 
 GRID_LATENTS = 64  # the 8x8 sample grid
 
@@ -162,6 +163,8 @@ def _train(cfg: DictConfig, preempt: PreemptionFlag, fid: Optional[FidProbe]) ->
             f"({local_batch}/rank x {accum}), {training.precision.mode}, {backend.name}, "
             + (f"resumed at {run.nimg / 1000:.2f} kimg from {resume_from.name}" if resume_from else "fresh run")
         )
+        for line in inert_options(cfg.loss):
+            monitor.print(f"[yellow]{line}")
         if not resume_from:
             reals = next(loader.batches(start_step=0))[:GRID_LATENTS]
             save_grid(reals.permute(0, 2, 3, 1).numpy(), run_dir / "samples" / "reals.png", nrow=8)
