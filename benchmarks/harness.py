@@ -358,6 +358,12 @@ def detector_args(data: str) -> List[str]:
     return ["--detector", "anime", "--cascade", str(ANIME_CASCADE)] if data == "anime" else ["--detector", "mtcnn"]
 
 
+def shown_path(path: Path) -> str:
+    """``path`` as a recorded table spells it: from ``~`` when under the home folder, so it reads on any machine."""
+    home = Path.home()
+    return f"~/{path.relative_to(home)}" if path.is_relative_to(home) else str(path)
+
+
 def machine() -> str:
     """Cores, CPU model and native bf16, the line a study table names its machine by."""
     import torch

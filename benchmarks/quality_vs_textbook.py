@@ -330,7 +330,7 @@ def row(name: str, facts: Dict[str, Any], rep: Dict[str, Any]) -> Dict[str, Any]
         "run": name, "train": facts, **H.scores(rep),
         "eval": {"command": rep.get("_eval_command"), "bn_recal": bool(rep["checkpoint"].get("bn_recal")),
                  "wall_s": rep.get("_eval_wall_s"), "cpu_s": rep.get("_eval_cpu_s"),
-                 "report": str(Path(rep["_out"]) / "report.json")},
+                 "report": H.shown_path(Path(rep["_out"]) / "report.json")},
     }
 
 

@@ -8,6 +8,8 @@ is the four Inception passes of 64 images.
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 
@@ -52,6 +54,7 @@ def test_schema(smoke):
             assert key in row["train"], (name, key)
         assert "copies" in row["leak"]
         assert row["eval"]["bn_recal"] is True and "--bn-recal" in row["eval"]["command"]  # every run, the textbook's too
+        assert Path(os.path.expanduser(row["eval"]["report"])).is_file()  # the recorded path leads to the report
     tb, img, tm = (block["rows"][n]["train"] for n in RUNS)
     assert tb["nimg"] == img["nimg"] == 64  # same image budget
     assert tm["budget_s"] > 0 and tm["nimg"] > 0  # stopped by the textbook's time
