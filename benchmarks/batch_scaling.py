@@ -37,9 +37,10 @@ changes, so it keeps its meaning when the recipe moves on):
   the textbook has no average).
 
 Writes under ``--out`` (default ``benchmarks/results/batch_scaling``): ``results.json``,
-``results.md`` (one table: the exact command of every row), ``fid_curves.png`` (FID against
+``results.md`` (one table: each row's recipe and the keys it changes), ``command.txt`` (the exact commands,
+in table order), ``fid_curves.png`` (FID against
 kimg and against estimated GPU time, every run), ``samples_<data>.png`` (reals, then each
-row's best checkpoint), ``command.txt``. ``--merge`` keeps the rows already there, so the
+row's best checkpoint). ``--merge`` keeps the rows already there, so the
 study grows run by run; a finished run (same command) is reused, not retrained.
 
     python benchmarks/batch_scaling.py --data celeba --resolution 32 --budget-kimg 40 --rows b128 b512 --merge
@@ -93,6 +94,11 @@ def _ttur(*over: str) -> List[str]:
 
 def _b0(*over: str) -> List[str]:
     return _spelled(B0, *over)
+
+
+def _plain(*over: str) -> List[str]:
+    """``bigbatch`` as it ships (``b512_b0_plain``: no smoothing, no noise), then ``over``."""
+    return _b0("loss.real_label=1.0", "loss.instance_noise=0", *over)
 
 
 ROWS: Dict[str, Dict[str, Any]] = {
@@ -149,6 +155,9 @@ ROWS: Dict[str, Dict[str, Any]] = {
     # the 5% ramp-up caps the 30-kimg half-life at 18 kimg by 365 kimg; at 20% it is 30 from 150 kimg on, and two
     # eval-only probes (15 and 60 kimg) score the half-lives around it from the same run
     "b512_b0_ramp": {"batch": 512, "overrides": _b0("train.ema_rampup=0.2", "train.ema_probes=[15,60]")},
+    # D's side of bigbatch as it ships: SNGAN's D (spectral norm, no batch norm), layer norm in its place
+    "b512_plain_nobn": {"batch": 512, "overrides": _plain("model.d_norm=none")},
+    "b512_plain_ln": {"batch": 512, "overrides": _plain("model.d_norm=layer")},
     "textbook512": {"batch": 512, "recipe": "dcgan64", "overrides": ["train.batch=512", "train.ema_kimg=0.001", "train.ema_rampup=0"]},
     # equal images: batch 512 given only batch 128's kimg (a prefix of the long run: no rate depends on the length)
     "b512_img": {"batch": 512, "overrides": [], "equal_images": True},
@@ -228,28 +237,46 @@ def detect_best(run: Path, shards: Path, data: str, n: int) -> Dict[str, Any]:
             "precision": pr.get("precision"), "recall": pr.get("recall"), "command": shlex.join(cmd)}
 
 
+def changes(recipe: str, overrides: Sequence[str]) -> List[str]:
+    """The overrides that change ``recipe`` as it ships now, each key once with its last value: the table's
+    reading of a row (the exact command, with every key the row spells out, is in ``command.txt``)."""
+    from omegaconf import OmegaConf
+
+    from dist_gan.config import load_config
+
+    base, full = load_config([f"recipe={recipe}"]), load_config([f"recipe={recipe}", *overrides])
+    last = dict(o.split("=", 1) for o in overrides)
+    return [f"{k}={v}" for k, v in last.items() if OmegaConf.select(full, k) != OmegaConf.select(base, k)]
+
+
 def key(r: Dict[str, Any]) -> str:
     return f"{r['data']}/{r['row']}/s{r['seed']}"
 
 
+def ordered(results: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """The runs in table order (data, batch, row, seed): the table and ``command.txt`` list them alike."""
+    return sorted(results["runs"].values(), key=lambda r: (r["data"], r["batch"], r["row"], r["seed"]))
+
+
 def render(results: Dict[str, Any]) -> str:
     rows = []
-    for r in sorted(results["runs"].values(), key=lambda r: (r["data"], r["batch"], r["row"], r["seed"])):
+    for r in ordered(results):
         d = r["detect"]
         rows.append((r["data"], r["row"], r["seed"], r["batch"], H.fmt(r["kimg"], ".1f"), H.fmt(r["gpu_s_est"], ".1f"),
                      H.fmt(r["best_fid"], ".1f"), H.fmt(r["best_kimg"], ".1f"), H.fmt(r["final_fid"], ".1f"), len(r["curve"]),
                      f"{100 * d['gen_no_face'] / d['n']:.1f} / {100 * d['ref_no_face'] / d['n']:.1f} {d['detector']['name']}",
                      H.pr_cell(d),
-                     H.fmt(r["cpu_wall_s"] / 60, ".0f"), " ".join(r["overrides"]) or "(as shipped)"))
+                     H.fmt(r["cpu_wall_s"] / 60, ".0f"),
+                     f"`{r['recipe']}` " + (" ".join(changes(r["recipe"], r["overrides"])) or "as it ships")))
     lines = ["# Batch 512 against 64 and 128 at equal GPU time, 2 gloo ranks", "",
-             f"Budget: {results['budget_kimg']:g} kimg at batch 128. Every run: `recipe=bigbatch` (the textbook row: `dcgan64`) plus its overrides, at {results['resolution']} px, "
+             f"Budget: {results['budget_kimg']:g} kimg at batch 128. Every run: its recipe (`bigbatch`; the textbook row: `dcgan64`) with the keys of the last column changed from the recipe as it ships, at {results['resolution']} px, "
              f"2 gloo ranks. kimg = budget x (H100 img/s at the batch / at batch 128), so each row gets the GPU time batch 128 "
              f"spends on the budget; the `_img` rows instead get batch 128's kimg (equal images). FID of G_ema against the training shards, n = {results['fid_n']}, measured "
              f"at the end and, where FID pts is 2, half way too; best = checkpoints/best.pt. No face: detector misses on best.pt's "
              f"samples / on as many reals (%); P / R: improved precision and recall (k = 3) of the same samples against as many reals (-: not scored). Wall min: the whole CPU run, FID measurements included. Machine: {results['machine']}.", ""]
     lines += H.md_table(("data", "row", "seed", "batch", "kimg", "GPU s (est.)", "best FID", "at kimg", "final FID", "FID pts",
-                         "no face % (gen / real, detector)", "P / R", "wall min", "overrides"), rows)
-    lines += ["", "Commands: `command.txt` (one per run, in table order)."]
+                         "no face % (gen / real, detector)", "P / R", "wall min", "recipe and changes"), rows)
+    lines += ["", "Commands: `command.txt` (one per run, in table order: every key each row spells out)."]
     if results.get("notes"):
         lines += ["", *results["notes"]]
     return "\n".join(lines) + "\n"
@@ -305,7 +332,14 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     p.add_argument("--work", type=Path, default=Path(os.environ.get("DIST_GAN_BENCH_CACHE", Path.home() / ".cache" / "dist_gan_bench")) / "batch_scaling")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--merge", action="store_true", help="keep the runs already in OUT/results.json")
+    p.add_argument("--render", action="store_true", help="rewrite OUT's table and curves from its results.json; train nothing")
     a = p.parse_args(argv)
+    if a.render:
+        results = json.loads((a.out / "results.json").read_text())
+        H.write_tables(a.out, "results", results, render(results), [x["command"] for x in ordered(results)])
+        plot(results, a.out)
+        print(f"wrote {a.out / 'results.md'}")
+        return results
     results: Dict[str, Any] = {"resolution": a.resolution, "fid_n": a.fid_n,
                                "budget_kimg": a.budget_kimg, "limit": a.limit, "machine": H.machine(), "gpu_img_per_s": {b: round(gpu_img_per_s(b)) for b in sorted({r["batch"] for r in ROWS.values()})},
                                "runs": {}}
@@ -327,7 +361,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                 results["runs"][key(r)] = r
                 print(f"{key(r)}: best FID {r['best_fid']:.1f} at {r['best_kimg']} kimg, final {r['final_fid']:.1f}, "
                       f"{r['cpu_wall_s'] / 60:.0f} CPU min", flush=True)
-                H.write_tables(a.out, "results", results, render(results), [x["command"] for x in results["runs"].values()])
+                H.write_tables(a.out, "results", results, render(results), [x["command"] for x in ordered(results)])
                 plot(results, a.out)
     figure(results, a.out, shards)
     print(f"wrote {a.out / 'results.md'}")

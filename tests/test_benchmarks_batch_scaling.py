@@ -76,3 +76,35 @@ def test_a_merge_whose_kept_runs_left_no_checkpoint_keeps_the_sample_figure(tmp_
     B.figure({"runs": {"celeba/b128_sn/s0": gone}}, tmp_path, {"celeba": tmp_path / "shards"})
     assert figure.read_bytes() == b"the grid of every row"
     assert "kept as it was" in capsys.readouterr().out
+
+
+def test_the_table_names_each_row_by_what_it_changes_from_the_recipe_as_it_ships():
+    """A row spells out every key it ran with (some twice); the table shows each changed key once, its last value."""
+    from benchmarks import batch_scaling as B
+
+    assert B.changes("bigbatch", B.ROWS["b512_b0_plain"]["overrides"]) == []
+    assert B.changes("bigbatch", B.ROWS["b128_plain"]["overrides"]) == ["train.batch=128"]
+    assert B.changes("bigbatch", ["train.ema_kimg=10", "optim.g_lr=1e-3", "train.ema_kimg=30"]) == ["optim.g_lr=1e-3"]
+    assert B.changes("dcgan64", ["train.batch=512", "optim.g_betas=[0.5,0.999]"]) == ["train.batch=512"]
+
+
+def test_render_rewrites_the_table_and_lists_commands_in_table_order(tmp_path):
+    """--render trains nothing: the table and command.txt come from results.json, in the same order."""
+    from benchmarks import batch_scaling as B
+
+    def run(row, seed, batch, fid):
+        return {"data": "celeba", "row": row, "seed": seed, "batch": batch, "recipe": "bigbatch",
+                "overrides": B.ROWS[row]["overrides"], "kimg": 10.0, "gpu_s_est": 1.0, "best_fid": fid, "best_kimg": 10.0,
+                "final_fid": fid, "curve": [{"kimg": 10.0, "fid": fid, "fid_s": 1.0}], "cpu_wall_s": 60.0,
+                "detect": {"gen_no_face": 1, "ref_no_face": 1, "n": 10, "detector": {"name": "mtcnn"}},
+                "command": f"train {row} s{seed}"}
+    runs = [run("b512_b0_plain", 1, 512, 60.0), run("b128_plain", 0, 128, 70.0), run("b512_b0_plain", 0, 512, 65.0)]
+    (tmp_path / "results.json").write_text(json.dumps({"budget_kimg": 10, "resolution": 32, "fid_n": 8, "machine": "m",
+                                                       "runs": {B.key(r): r for r in runs}}))
+    B.main(["--render", "--out", str(tmp_path)])
+    assert (tmp_path / "command.txt").read_text().split("\n")[:3] == ["train b128_plain s0", "train b512_b0_plain s0",
+                                                                      "train b512_b0_plain s1"]
+    table = [line for line in (tmp_path / "results.md").read_text().splitlines() if line.startswith("| celeba")]
+    assert [line.split(" | ")[1:3] for line in table] == [["b128_plain", "0"], ["b512_b0_plain", "0"], ["b512_b0_plain", "1"]]
+    assert table[0].endswith("`bigbatch` train.batch=128 |") and table[1].endswith("`bigbatch` as it ships |")
+    assert (tmp_path / "fid_curves.png").is_file()
