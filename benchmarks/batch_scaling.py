@@ -27,6 +27,8 @@ changes, so it keeps its meaning when the recipe moves on):
 - ``b512_b0_near`` / ``b512_b0_hinge`` / ``b512_b0_plain`` / ``b512_b0_ramp``: ``b512_b0`` with G's transposed
   convs started as nearest upsampling + 3x3 conv, with the hinge loss, with no smoothing or instance noise
   (bigbatch as it ships), and with the EMA ramp-up at 20% (the 30-kimg half-life uncapped from 150 kimg) plus 15- and 60-kimg probes;
+- ``b512_plain_nobn`` / ``b512_plain_ln`` / ``b512_plain_mbstd``: bigbatch as it ships with D's batch norms
+  removed (SNGAN's D), swapped for layer norms, and with a minibatch-stddev channel at 4x4 (groups of 4);
 - ``b512_ttur``, ``b128``, ``b64``: bigbatch's earlier settings (TTUR G 1e-4 / D 4e-4, no spectral norm);
 - ``b512_sqrt`` / ``b512_linear``: those rates scaled from batch 128 by sqrt(4) / 4, with a warm-up;
 - ``b512_sn_sqrt`` / ``b512_sn_16e4`` / ``b512_sn_hinge``: spectral norm on D with the TTUR rates
@@ -158,6 +160,8 @@ ROWS: Dict[str, Dict[str, Any]] = {
     # D's side of bigbatch as it ships: SNGAN's D (spectral norm, no batch norm), layer norm in its place
     "b512_plain_nobn": {"batch": 512, "overrides": _plain("model.d_norm=none")},
     "b512_plain_ln": {"batch": 512, "overrides": _plain("model.d_norm=layer")},
+    # recall stays at 0.02-0.04 on every CelebA row: a minibatch-stddev channel lets D see a batch of look-alikes
+    "b512_plain_mbstd": {"batch": 512, "overrides": _plain("model.mbstd_group=4")},
     "textbook512": {"batch": 512, "recipe": "dcgan64", "overrides": ["train.batch=512", "train.ema_kimg=0.001", "train.ema_rampup=0"]},
     # equal images: batch 512 given only batch 128's kimg (a prefix of the long run: no rate depends on the length)
     "b512_img": {"batch": 512, "overrides": [], "equal_images": True},

@@ -30,7 +30,7 @@ from dist_gan.engine.schedule import LR_DECAY_NETS, LR_SCALINGS
 from dist_gan.engine.state import NAN_POLICIES
 from dist_gan.errors import UserError
 from dist_gan.losses import LOSSES, BEGANLoss
-from dist_gan.models import ARCHS, D_NORMS, G_INITS, RESOLUTIONS
+from dist_gan.models import ARCHS, D_NORMS, G_INITS, MBSTD_ARCHS, RESOLUTIONS
 from dist_gan.models.fastconv import SWAP_WGRAD_MODES
 from dist_gan.recipes import available_recipes, recipes_dir
 
@@ -45,13 +45,13 @@ class ModelCfg:
     spectral_norm: bool = False  # spectral normalisation on every D conv/linear
     d_norm: str = "batch"  # D's normalisation: batch (as the arch builds it) | layer | none (batch norms swapped out)
     g_init: str = "dcgan"  # dcgan: N(0, 0.02) | nearest: G's stride-2 transposed convs start as upsample + 3x3 conv (no checkerboard)
+    mbstd_group: int = 0  # D's minibatch standard deviation, dcgan and stylegan2 (its recipes use 4): samples per group; 0 = off
     # stylegan2 only (ngf/ndf unused there): widths min(channel_base // res, channel_max) at each resolution
     channel_base: int = 16384
     channel_max: int = 512
     w_dim: int = 512  # size of w (z's size is model.nz)
     mapping_depth: int = 8  # layers of the mapping network z -> w, 2..8
     style_mixing_prob: float = 0.9  # share of training batches whose w switches to a second z's at a random layer
-    mbstd_group: int = 4  # D's minibatch standard deviation: samples per group (0 = off)
 
 
 @dataclass
@@ -366,10 +366,13 @@ def validate(cfg: DictConfig) -> None:
         raise UserError(str(exc)) from None
     m = cfg.model
     if cfg.model.arch == "stylegan2" and not (2 <= m.mapping_depth <= 8 and m.channel_base > 0 and m.channel_max > 0
-                                              and m.w_dim > 0 and 0.0 <= m.style_mixing_prob <= 1.0 and m.mbstd_group >= 0):
+                                              and m.w_dim > 0 and 0.0 <= m.style_mixing_prob <= 1.0):
         raise UserError(f"stylegan2 needs model.mapping_depth in 2..8, positive channel_base, channel_max and w_dim, "
-                        f"style_mixing_prob in [0, 1] and mbstd_group >= 0; got {m.mapping_depth}, {m.channel_base}, "
-                        f"{m.channel_max}, {m.w_dim}, {m.style_mixing_prob} and {m.mbstd_group}")
+                        f"style_mixing_prob in [0, 1]; got {m.mapping_depth}, {m.channel_base}, "
+                        f"{m.channel_max}, {m.w_dim} and {m.style_mixing_prob}")
+    if m.mbstd_group < 0 or (m.mbstd_group and m.arch not in MBSTD_ARCHS):
+        raise UserError(f"model.mbstd_group must be >= 0 (0 = off) and is read by {', '.join(MBSTD_ARCHS)} only; "
+                        f"got {m.mbstd_group} with model.arch={m.arch}")
     try:
         parse_policy(cfg.train.diffaug)
     except ValueError as exc:

@@ -56,3 +56,16 @@ def test_rng_round_trip_through_a_weights_only_file(tmp_path):
     random.seed(9), np.random.seed(9), torch.manual_seed(9)
     ckpt.restore_rng(ckpt.load_checkpoint(tmp_path)["rng"])
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+def test_an_older_dcgan_checkpoint_resumes_as_the_networks_it_trained(tmp_path):
+    """/1 stored mbstd_group=4 for every arch but only stylegan2 read it; read as /2, a dcgan run has none."""
+    from dist_gan.config import load_config, to_dict
+
+    model = to_dict(load_config(["recipe=bigbatch"]))["model"]
+    for arch, stored, read in (("dcgan", 4, 0), ("stylegan2", 4, 4)):
+        path = tmp_path / f"{arch}.pt"
+        torch.save({"format": "dist_gan.ckpt/1", "cfg": {"model": {**model, "arch": arch, "mbstd_group": stored}}}, path)
+        state = ckpt.load_checkpoint(path)
+        assert state["format"] == ckpt.FORMAT and state["cfg"]["model"]["mbstd_group"] == read
+    ckpt.check_resumable(ckpt.load_checkpoint(tmp_path / "dcgan.pt"), model)  # no "networks differ"

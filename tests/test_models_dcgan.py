@@ -82,3 +82,29 @@ def test_recipe_key_reaches_the_generator():
     last = [m for m in G.modules() if isinstance(m, nn.ConvTranspose2d)][-1]
     x = torch.ones(1, last.in_channels, 6, 6)
     assert _phase_spread(last(x)[..., 2:-2, 2:-2]) < 1e-6
+
+
+def test_minibatch_std_lets_the_dcgan_d_see_the_batch_spread_and_is_off_by_default():
+    from dist_gan.models import build_discriminator
+    from dist_gan.models.dcgan import Discriminator
+    from dist_gan.models.minibatch_std import MinibatchStd
+
+    torch.manual_seed(0)
+    x = torch.randn(8, 3, 32, 32)
+    same = x[:1].expand(8, -1, -1, -1).clone()
+    plain = build_discriminator(dict(load_config(["recipe=bigbatch", "model.resolution=32"]).model))
+    assert not any(isinstance(m, MinibatchStd) for m in plain.modules())  # as every shipped dcgan recipe trains
+    D = build_discriminator(dict(load_config(["recipe=bigbatch", "model.resolution=32", "model.mbstd_group=4"]).model))
+    assert sum(isinstance(m, MinibatchStd) for m in D.modules()) == 1
+    D.eval(), plain.eval()
+    with torch.no_grad():  # eval mode: BN uses running stats, so only the mbstd channel links the samples
+        assert abs(float(D(x)[0] - D(same)[0])) > 1e-4
+        assert torch.allclose(plain(x)[0], plain(same)[0], atol=1e-6)
+    assert Discriminator(32, 8, mbstd_group=4).net[-1].in_channels == 8 * 4 + 1
+
+
+def test_mbstd_group_is_refused_where_no_d_reads_it():
+    with pytest.raises(UserError, match="model.mbstd_group"):
+        load_config(["recipe=keras_improved", "model.mbstd_group=4"])
+    with pytest.raises(UserError, match="model.mbstd_group"):
+        load_config(["recipe=bigbatch", "model.mbstd_group=-1"])

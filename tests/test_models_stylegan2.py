@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from dist_gan.models.dcgan import Discriminator as DCGANDiscriminator
-from dist_gan.models.stylegan2 import (EqualConv2d, EqualLinear, MappingNetwork, MinibatchStd, ModulatedConv2d,
+from dist_gan.models.stylegan2 import (EqualConv2d, EqualLinear, MappingNetwork, ModulatedConv2d,
                                        StyleGAN2Discriminator, StyleGAN2Generator, SynthesisLayer, SynthesisNetwork,
                                        ToRGB, num_ws_for)
 
@@ -213,10 +213,6 @@ def test_minibatch_std_lets_d_see_the_batch_spread():
         assert abs(float(D(x)[0] - D(same)[0])) > 1e-4
         plain = StyleGAN2Discriminator(32, mbstd_channels=0, **SMALL).eval()  # control: per-sample D
         assert torch.allclose(plain(x)[0], plain(same)[0], atol=1e-6)
-    mb = MinibatchStd(group_size=4)
-    assert mb(same)[:, -1].max() < 1e-3 < mb(x)[:, -1].min()
-    for n in (6, 3, 1):  # batches not divisible by the group size still work
-        assert mb(torch.randn(n, 8, 4, 4)).shape == (n, 9, 4, 4)
 
 
 def test_backward_gives_finite_grads_on_every_parameter():

@@ -4,7 +4,7 @@ A checkpoint is one ``ckpt-<nimg>.pt`` file that loads with
 ``torch.load(weights_only=True)`` and holds everything needed to resume bit-for-bit
 (plain containers and tensors only, so the safe unpickler accepts it):
 
-- ``format``: ``dist_gan.ckpt/1``; ``cfg``: the resolved recipe;
+- ``format``: ``dist_gan.ckpt/2``; ``cfg``: the resolved recipe (``/1`` files load too: see ``_upgrade``);
 - per network ``G``/``D``: ``G``, ``opt_G``, ``scaler_G`` (weights, Adam state per
   parameter index, fp16 loss scale), the same for ``D``; ``G_ema`` and
   ``G_ema_probes`` (``{"<half-life>": state_dict}``, only when the run keeps probes);
@@ -37,7 +37,8 @@ from dist_gan.files import atomic_write, process_alive
 from dist_gan.models import build_generator
 
 NETS = ("G", "D")
-FORMAT = "dist_gan.ckpt/1"
+FORMAT = "dist_gan.ckpt/2"
+OLD_FORMATS = ("dist_gan.ckpt/1",)  # read and upgraded in memory by _upgrade
 BEST = "best.pt"
 WHICH = ("latest", "best")  # resolve_checkpoint(which=...): the newest numbered checkpoint, or best.pt
 _NAME = re.compile(r"^ckpt-(\d{9,})\.pt$")
@@ -176,9 +177,21 @@ def load_checkpoint(path_or_run: str | Path, map_location: str | torch.device = 
         state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:  # truncated file, not a torch file, unsafe pickle
         raise UserError(f"cannot read checkpoint {path}: {exc.__class__.__name__}: {exc}") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+    if not isinstance(state, dict) or state.get("format") not in (FORMAT, *OLD_FORMATS):
         raise UserError(f"{path} is not a dist_gan checkpoint (expected format {FORMAT})")
     state["path"] = str(path)
+    return _upgrade(state)
+
+
+def _upgrade(state: Dict[str, Any]) -> Dict[str, Any]:
+    """A ``/1`` checkpoint as ``/2`` reads it. In ``/1``, ``model.mbstd_group`` (stored as 4 by default) was
+    read by stylegan2 alone; from ``/2`` dcgan reads it too, so an older non-stylegan2 run is recorded as
+    the networks it trained: no minibatch stddev (else its resume would be refused as other networks)."""
+    if state["format"] == "dist_gan.ckpt/1":
+        model = state.get("cfg", {}).get("model", {})
+        if model.get("arch") != "stylegan2" and "mbstd_group" in model:
+            model["mbstd_group"] = 0
+        state["format"] = FORMAT
     return state
 
 

@@ -16,13 +16,14 @@ from dist_gan.models.variants import (D_NORMS, BeganDiscriminator, KerasDiscrimi
                                       began_generator)
 
 RESOLUTIONS = SUPPORTED_RESOLUTIONS  # model.resolution: every arch is built for these
-__all__ = ["ARCHS", "D_NORMS", "G_INITS", "RESOLUTIONS", "build_discriminator", "build_generator"]
+MBSTD_ARCHS = ("dcgan", "stylegan2")  # the archs whose D reads model.mbstd_group
+__all__ = ["ARCHS", "D_NORMS", "G_INITS", "MBSTD_ARCHS", "RESOLUTIONS", "build_discriminator", "build_generator"]
 
 # name -> (make_G(cfg), make_D(cfg)); cfg is the ``model`` section plus ``resolution``.
 ARCHS: Dict[str, Tuple[Callable[[Mapping[str, Any]], nn.Module], Callable[[Mapping[str, Any]], nn.Module]]] = {
     "dcgan": (
         lambda c: Generator(c["resolution"], c["nz"], c["ngf"], init=c.get("g_init", "dcgan")),
-        lambda c: Discriminator(c["resolution"], c["ndf"]),
+        lambda c: Discriminator(c["resolution"], c["ndf"], mbstd_group=c.get("mbstd_group", 0)),
     ),
     "keras_improved": (
         lambda c: KerasGenerator(c["resolution"], c["nz"], c["ngf"]),

@@ -3,7 +3,8 @@
 G: z (nz) -> 4x4 by a transposed conv, then stride-2 ConvTranspose+BN+ReLU blocks
 doubling the size and halving the width, and a last ConvTranspose to RGB + tanh.
 D: the mirror image, Conv+BN+LeakyReLU(0.2) blocks (no BN on the first, as in the
-paper) down to 4x4 and a 4x4 conv to one logit. D returns logits: the loss applies
+paper) down to 4x4 and a 4x4 conv to one logit; with ``mbstd_group`` > 0 a minibatch
+stddev channel joins the 4x4 features before that conv (not in the paper). D returns logits: the loss applies
 the sigmoid (BCEWithLogits), which autocast accepts and is numerically safer.
 """
 
@@ -14,6 +15,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from dist_gan.models.minibatch_std import MinibatchStd
 
 SUPPORTED_RESOLUTIONS = (32, 64, 128)
 G_INITS = ("dcgan", "nearest")  # model.g_init: how G's stride-2 transposed convs start
@@ -91,7 +94,7 @@ class Generator(nn.Module):
 class Discriminator(nn.Module):
     """DCGAN discriminator: (N, 3, R, R) images -> (N,) logits."""
 
-    def __init__(self, resolution: int = 64, ndf: int = 64, channels: int = 3) -> None:
+    def __init__(self, resolution: int = 64, ndf: int = 64, channels: int = 3, mbstd_group: int = 0) -> None:
         super().__init__()
         self.resolution = resolution
         n = num_blocks(resolution)
@@ -99,7 +102,9 @@ class Discriminator(nn.Module):
         layers: list[nn.Module] = [nn.Conv2d(channels, widths[0], 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True)]
         for cin, cout in zip(widths[:-1], widths[1:]):
             layers += [nn.Conv2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.LeakyReLU(0.2, True)]
-        layers += [nn.Conv2d(widths[-1], 1, 4, 1, 0, bias=False)]
+        if mbstd_group:  # why: D can tell a batch of look-alikes from the reals' spread (low recall is G's weak point)
+            layers += [MinibatchStd(mbstd_group)]
+        layers += [nn.Conv2d(widths[-1] + (1 if mbstd_group else 0), 1, 4, 1, 0, bias=False)]
         self.net = nn.Sequential(*layers)
         dcgan_init(self)
 

@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dist_gan.models.minibatch_std import MinibatchStd
+
 __all__ = [
     "SUPPORTED_RESOLUTIONS",
     "NOISE_MODES",
@@ -43,7 +45,6 @@ __all__ = [
     "ToRGB",
     "SynthesisBlock",
     "SynthesisNetwork",
-    "MinibatchStd",
     "DiscriminatorBlock",
     "DiscriminatorEpilogue",
     "StyleGAN2Generator",
@@ -438,34 +439,6 @@ class StyleGAN2Generator(nn.Module):
 
 
 # --------------------------------------------------------------------------- discriminator
-
-
-class MinibatchStd(nn.Module):
-    """Appends the stddev across groups of samples as extra feature maps.
-
-    Why: D then sees the batch's variety and can penalise a G whose samples are too alike
-    (mode collapse). Groups of ``min(group_size, N)`` samples; where N is not divisible by
-    it, the largest divisor of N below it is used (the official code would fail there).
-    """
-
-    def __init__(self, group_size: int = 4, num_channels: int = 1) -> None:
-        super().__init__()
-        self.group_size, self.num_channels = group_size, num_channels
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, c, h, w = x.shape
-        g = min(self.group_size, n)
-        while n % g:
-            g -= 1
-        f = self.num_channels
-        y = x.reshape(g, -1, f, c // f, h, w)  # group members are samples i, i + N/G, ...
-        y = (y - y.mean(dim=0)).square().mean(dim=0)
-        y = (y + 1e-8).sqrt().mean(dim=(2, 3, 4))  # (N/G, F)
-        y = y.reshape(-1, f, 1, 1).repeat(g, 1, h, w)
-        return torch.cat([x, y], dim=1)
-
-    def extra_repr(self) -> str:
-        return f"group_size={self.group_size}, num_channels={self.num_channels}"
 
 
 class DiscriminatorBlock(nn.Module):
