@@ -364,6 +364,23 @@ def shown_path(path: Path) -> str:
     return f"~/{path.relative_to(home)}" if path.is_relative_to(home) else str(path)
 
 
+def shown_command(argv: Sequence[str]) -> str:
+    """``argv`` as a recorded table spells it, to be run from the repository root in bash on any machine: this
+    Python as ``python``, the repository's files relative to it, the home folder as ``~`` (bash expands it after
+    ``=`` too) wherever the word needs no quotes."""
+    home, repo = str(Path.home()), str(REPO)
+
+    def word(w: str) -> str:
+        if w == sys.executable:
+            return "python"
+        for prefix, short in ((repo + "/", ""), (home + "/", "~/")):
+            if prefix in w and shlex.quote(w) == w:
+                return w.replace(prefix, short)
+        return shlex.quote(w)
+
+    return " ".join(word(w) for w in argv)
+
+
 def machine() -> str:
     """Cores, CPU model and native bf16, the line a study table names its machine by."""
     import torch

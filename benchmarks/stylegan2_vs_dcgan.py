@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import shutil
 import subprocess
 import sys
@@ -79,7 +78,7 @@ def evaluate(run: Path, shards: Path, data: str, n: int) -> Dict[str, Any]:
     rep = json.loads(report.read_text())
     s = H.scores(rep)
     pr = rep["metrics"].get("pr", {})
-    return {**s, "precision": pr.get("precision"), "recall": pr.get("recall"), "command": shlex.join(cmd)}
+    return {**s, "precision": pr.get("precision"), "recall": pr.get("recall"), "command": H.shown_command(cmd)}
 
 
 def run_row(row: str, data: str, shards: Path, work: Path, kimg: float, seed: int, fid_n: int, fid_points: int,
@@ -100,7 +99,7 @@ def run_row(row: str, data: str, shards: Path, work: Path, kimg: float, seed: in
     return {"data": data, "row": row, "recipe": recipe, "seed": seed, "kimg": kimg, "fid_n": fid_n, "curve": curve,
             "train_s": curve[-1]["train_s"] if curve else None, "cpu_wall_s": wall, "world_size": final["world_size"],
             "img_per_s": H.last_metrics(run).get("img_per_s"), "params": params, "eval": evaluate(run, shards, data, n),
-            "run": str(run), "command": "ACCELERATE_USE_CPU=1 OMP_NUM_THREADS=1 " + shlex.join(H.two_rank_cmd(args))}
+            "run": str(run), "command": "ACCELERATE_USE_CPU=1 OMP_NUM_THREADS=1 " + H.shown_command(H.two_rank_cmd(args))}
 
 
 def resume_check(shards: Path, work: Path, kimg: float, extra: Sequence[str]) -> Dict[str, Any]:
