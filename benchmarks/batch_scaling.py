@@ -28,7 +28,9 @@ changes, so it keeps its meaning when the recipe moves on):
   convs started as nearest upsampling + 3x3 conv, with the hinge loss, with no smoothing or instance noise
   (bigbatch as it ships), and with the EMA ramp-up at 20% (the 30-kimg half-life uncapped from 150 kimg) plus 15- and 60-kimg probes;
 - ``b512_plain_nobn`` / ``b512_plain_ln`` / ``b512_plain_mbstd``: bigbatch as it ships with D's batch norms
-  removed (SNGAN's D), swapped for layer norms, and with a minibatch-stddev channel at 4x4 (groups of 4);
+  removed (SNGAN's D), swapped for layer norms, with a minibatch-stddev channel at 4x4 (groups of 4), and
+  with the reals mirrored at random (``loader.xflip``); ``b512_plain_lr4`` / ``b512_plain_trans``: with both rates
+  at 4e-4, with DiffAugment translation (as ``anime64``);
 - ``b512_ttur``, ``b128``, ``b64``: bigbatch's earlier settings (TTUR G 1e-4 / D 4e-4, no spectral norm);
 - ``b512_sqrt`` / ``b512_linear``: those rates scaled from batch 128 by sqrt(4) / 4, with a warm-up;
 - ``b512_sn_sqrt`` / ``b512_sn_16e4`` / ``b512_sn_hinge``: spectral norm on D with the TTUR rates
@@ -53,7 +55,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -162,6 +163,11 @@ ROWS: Dict[str, Dict[str, Any]] = {
     "b512_plain_ln": {"batch": 512, "overrides": _plain("model.d_norm=layer")},
     # recall stays at 0.02-0.04 on every CelebA row: a minibatch-stddev channel lets D see a batch of look-alikes
     "b512_plain_mbstd": {"batch": 512, "overrides": _plain("model.mbstd_group=4")},
+    # 365 kimg is 37 passes over celeba-10k: mirrored reals (StyleGAN2's --mirror) give D twice the distinct faces
+    "b512_plain_xflip": {"batch": 512, "overrides": _plain("loader.xflip=true")},
+    # both rates halved (beta1 0 may leave 8e-4 above the best rate), and the anime64 recipe's DiffAugment translation
+    "b512_plain_lr4": {"batch": 512, "overrides": _plain("optim.g_lr=4e-4", "optim.d_lr=4e-4")},
+    "b512_plain_trans": {"batch": 512, "overrides": _plain("train.diffaug=translation")},
     "textbook512": {"batch": 512, "recipe": "dcgan64", "overrides": ["train.batch=512", "train.ema_kimg=0.001", "train.ema_rampup=0"]},
     # equal images: batch 512 given only batch 128's kimg (a prefix of the long run: no rate depends on the length)
     "b512_img": {"batch": 512, "overrides": [], "equal_images": True},
@@ -199,7 +205,7 @@ def row_overrides(row: Dict[str, Any], kimg: float) -> List[str]:
 
 
 def run_row(name: str, data: str, shards: Path, work: Path, resolution: int, budget_kimg: float, seed: int,
-            fid_n: int, fid_points: int, det_n: int) -> Dict[str, Any]:
+            fid_n: int, fid_points: int, det_n: int, rescore_n: int = 0) -> Dict[str, Any]:
     """Train one row on 2 ranks (reused when the same command finished before), then detect faces on best.pt."""
     row = ROWS[name]
     kimg = budget_kimg if row.get("equal_images") else row_kimg(row["batch"], budget_kimg)
@@ -215,12 +221,14 @@ def run_row(name: str, data: str, shards: Path, work: Path, resolution: int, bud
     curve = [{"kimg": r["kimg"], "fid": r["fid"], "fid_s": r["fid_s"]} for r in read_metrics(run / "metrics.jsonl") if "fid" in r]
     best = min(curve, key=lambda p: p["fid"])
     detect = detect_best(run, shards, data, det_n)
+    rescored = rescore_best(run, shards, rescore_n) if rescore_n else None
     return {"data": data, "row": name, "seed": seed, "batch": row["batch"], "recipe": recipe, "overrides": overrides,
             "kimg": kimg, "fid_points": fid_points, "resolution": resolution, "fid_n": fid_n, "best_fid": best["fid"], "best_kimg": best["kimg"],
             "final_fid": curve[-1]["fid"], "curve": curve, "fid_s_each": sum(p["fid_s"] for p in curve) / len(curve),
             "gpu_s_est": kimg * 1000 / gpu_img_per_s(row["batch"]), "cpu_wall_s": wall, "world_size": final["world_size"],
             "train_img_per_s": H.last_metrics(run).get("img_per_s"), "detect": detect, "run": str(run),
-            "command": "ACCELERATE_USE_CPU=1 OMP_NUM_THREADS=1 " + shlex.join(H.two_rank_cmd(args))}
+            **({"rescored": rescored} if rescored else {}),
+            "command": "ACCELERATE_USE_CPU=1 OMP_NUM_THREADS=1 " + H.shown_command(H.two_rank_cmd(args))}
 
 
 def detect_best(run: Path, shards: Path, data: str, n: int) -> Dict[str, Any]:
@@ -238,7 +246,7 @@ def detect_best(run: Path, shards: Path, data: str, n: int) -> Dict[str, Any]:
     report = json.loads((out / "report.json").read_text())
     s, pr = H.scores(report), report["metrics"].get("pr", {})
     return {"gen_no_face": s["gen_no_face"], "ref_no_face": s["ref_no_face"], "n": s["gen_n"], "detector": s["detector"],
-            "precision": pr.get("precision"), "recall": pr.get("recall"), "command": shlex.join(cmd)}
+            "precision": pr.get("precision"), "recall": pr.get("recall"), "command": H.shown_command(cmd)}
 
 
 def changes(recipe: str, overrides: Sequence[str]) -> List[str]:
@@ -251,6 +259,21 @@ def changes(recipe: str, overrides: Sequence[str]) -> List[str]:
     base, full = load_config([f"recipe={recipe}"]), load_config([f"recipe={recipe}", *overrides])
     last = dict(o.split("=", 1) for o in overrides)
     return [f"{k}={v}" for k, v in last.items() if OmegaConf.select(full, k) != OmegaConf.select(base, k)]
+
+
+def rescore_best(run: Path, shards: Path, n: int) -> Dict[str, Any]:
+    """best.pt's FID at ``n`` samples against ``n`` training images: FID's bias shrinks as n grows (about as 1/n),
+    and it pulls every score up alike, so a ratio of two FIDs at the in-training n reads closer to 1 than it is."""
+    out = run / f"eval_fid{n}"
+    cmd = [sys.executable, "-m", "dist_gan", "eval", str(run), "--ckpt", "best", "--fid", "--ref", str(shards),
+           "-n", str(n), "--out", str(out)]
+    stamp = out / "cmd.json"
+    if not ((out / "report.json").is_file() and stamp.is_file() and json.loads(stamp.read_text()) == cmd):
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode:
+            raise SystemExit(f"FID at n = {n} on {run}: {proc.stderr[-2000:]}")
+        stamp.write_text(json.dumps(cmd))
+    return {"n": n, "fid": H.scores(json.loads((out / "report.json").read_text()))["fid"], "command": H.shown_command(cmd)}
 
 
 def key(r: Dict[str, Any]) -> str:
@@ -267,7 +290,8 @@ def render(results: Dict[str, Any]) -> str:
     for r in ordered(results):
         d = r["detect"]
         rows.append((r["data"], r["row"], r["seed"], r["batch"], H.fmt(r["kimg"], ".1f"), H.fmt(r["gpu_s_est"], ".1f"),
-                     H.fmt(r["best_fid"], ".1f"), H.fmt(r["best_kimg"], ".1f"), H.fmt(r["final_fid"], ".1f"), len(r["curve"]),
+                     H.fmt(r["best_fid"], ".1f") + (f" ({r['rescored']['fid']:.1f} at n = {r['rescored']['n']})" if "rescored" in r else ""),
+                     H.fmt(r["best_kimg"], ".1f"), H.fmt(r["final_fid"], ".1f"), len(r["curve"]),
                      f"{100 * d['gen_no_face'] / d['n']:.1f} / {100 * d['ref_no_face'] / d['n']:.1f} {d['detector']['name']}",
                      H.pr_cell(d),
                      H.fmt(r["cpu_wall_s"] / 60, ".0f"),
@@ -276,11 +300,11 @@ def render(results: Dict[str, Any]) -> str:
              f"Budget: {results['budget_kimg']:g} kimg at batch 128. Every run: its recipe (`bigbatch`; the textbook row: `dcgan64`) with the keys of the last column changed from the recipe as it ships, at {results['resolution']} px, "
              f"2 gloo ranks. kimg = budget x (H100 img/s at the batch / at batch 128), so each row gets the GPU time batch 128 "
              f"spends on the budget; the `_img` rows instead get batch 128's kimg (equal images). FID of G_ema against the training shards, n = {results['fid_n']}, measured "
-             f"at the end and, where FID pts is 2, half way too; best = checkpoints/best.pt. No face: detector misses on best.pt's "
+             f"at the end and, where FID pts is 2, half way too; best = checkpoints/best.pt (in brackets: re-scored by `dist-gan eval --fid` at a larger n, against as many training images). No face: detector misses on best.pt's "
              f"samples / on as many reals (%); P / R: improved precision and recall (k = 3) of the same samples against as many reals (-: not scored). Wall min: the whole CPU run, FID measurements included. Machine: {results['machine']}.", ""]
     lines += H.md_table(("data", "row", "seed", "batch", "kimg", "GPU s (est.)", "best FID", "at kimg", "final FID", "FID pts",
                          "no face % (gen / real, detector)", "P / R", "wall min", "recipe and changes"), rows)
-    lines += ["", "Commands: `command.txt` (one per run, in table order: every key each row spells out)."]
+    lines += ["", "Commands: `command.txt` (one per run, in table order: every key each row spells out; run from the repository root)."]
     if results.get("notes"):
         lines += ["", *results["notes"]]
     return "\n".join(lines) + "\n"
@@ -332,6 +356,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     p.add_argument("--fid-n", type=int, default=2000, help="samples per FID (log.fid_n)")
     p.add_argument("--fid-points", type=int, default=4, help="FID measurements per run (log.fid_kimg = kimg / this)")
     p.add_argument("--detect-n", type=int, default=1000, help="samples (and reals) for the face detector")
+    p.add_argument("--rescore-n", type=int, default=0, help="also score each row's best.pt at this n (0: no)")
     p.add_argument("--limit", type=int, default=None, help="pack only the first N images (smoke runs)")
     p.add_argument("--work", type=Path, default=Path(os.environ.get("DIST_GAN_BENCH_CACHE", Path.home() / ".cache" / "dist_gan_bench")) / "batch_scaling")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -361,7 +386,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     for data in a.data:
         for seed in a.seeds:
             for name in a.rows:
-                r = run_row(name, data, shards[data], a.work, a.resolution, a.budget_kimg, seed, a.fid_n, a.fid_points, a.detect_n)
+                r = run_row(name, data, shards[data], a.work, a.resolution, a.budget_kimg, seed, a.fid_n, a.fid_points, a.detect_n,
+                            a.rescore_n)
                 results["runs"][key(r)] = r
                 print(f"{key(r)}: best FID {r['best_fid']:.1f} at {r['best_kimg']} kimg, final {r['final_fid']:.1f}, "
                       f"{r['cpu_wall_s'] / 60:.0f} CPU min", flush=True)

@@ -50,7 +50,7 @@ def test_batch_scaling_gives_each_batch_the_same_gpu_time_on_two_ranks_and_reuse
     assert B.row_kimg(512, 10) / B.row_kimg(128, 10) == pytest.approx(B.gpu_img_per_s(512) / B.gpu_img_per_s(128), rel=0.01)
     assert B.row_kimg(128, 10) == 10
     cmd = [sys.executable, str(REPO / "benchmarks" / "batch_scaling.py"), "--data", "celeba", "--rows", "b512",
-           "--budget-kimg", "0.2", "--fid-n", "8", "--fid-points", "1", "--detect-n", "8", "--limit", "64",
+           "--budget-kimg", "0.2", "--fid-n", "8", "--fid-points", "1", "--detect-n", "8", "--limit", "64", "--rescore-n", "16",
            "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -59,6 +59,8 @@ def test_batch_scaling_gives_each_batch_the_same_gpu_time_on_two_ranks_and_reuse
     r = runs["celeba/b512/s0"]
     assert r["world_size"] == 2 and r["fid_n"] == 8 and r["best_fid"] > 0 and r["detect"]["n"] == 8
     assert r["detect"]["detector"]["name"] == "mtcnn" and 0 <= r["detect"]["precision"] <= 1 and 0 <= r["detect"]["recall"] <= 1
+    assert r["rescored"]["n"] == 16 and r["rescored"]["fid"] > 0 and "-n 16" in r["rescored"]["command"]
+    assert f"({r['rescored']['fid']:.1f} at n = 16)" in (tmp_path / "out" / "results.md").read_text()
     assert r["kimg"] == B.row_kimg(512, 0.2) and r["gpu_s_est"] == pytest.approx(0.2 * 1000 / B.gpu_img_per_s(128), rel=0.05)
     for name in ("results.md", "fid_curves.png", "samples_celeba.png", "command.txt"):
         assert (tmp_path / "out" / name).is_file(), name
