@@ -55,7 +55,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -234,16 +233,8 @@ def run_row(name: str, data: str, shards: Path, work: Path, resolution: int, bud
 def detect_best(run: Path, shards: Path, data: str, n: int) -> Dict[str, Any]:
     """Face-detector misses on ``n`` samples of best.pt and on ``n`` reals (the floor), with improved precision
     and recall (k = 3) of the same samples; reused while the command is unchanged."""
-    out = run / "eval_detect"
-    cmd = [sys.executable, "-m", "dist_gan", "eval", str(run), "--ckpt", "best", "--detect", "--pr", "--ref", str(shards),
-           "-n", str(n), "--out", str(out), *H.detector_args(data)]
-    stamp = out / "cmd.json"
-    if not ((out / "report.json").is_file() and stamp.is_file() and json.loads(stamp.read_text()) == cmd):
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode:
-            raise SystemExit(f"detect on {run}: {proc.stderr[-2000:]}")
-        stamp.write_text(json.dumps(cmd))
-    report = json.loads((out / "report.json").read_text())
+    report, cmd = H.eval_once(run, run / "eval_detect", ["--ckpt", "best", "--detect", "--pr", "--ref", str(shards),
+                                                         "-n", str(n), *H.detector_args(data)], "detect")
     s, pr = H.scores(report), report["metrics"].get("pr", {})
     return {"gen_no_face": s["gen_no_face"], "ref_no_face": s["ref_no_face"], "n": s["gen_n"], "detector": s["detector"],
             "precision": pr.get("precision"), "recall": pr.get("recall"), "command": H.shown_command(cmd)}
@@ -262,18 +253,11 @@ def changes(recipe: str, overrides: Sequence[str]) -> List[str]:
 
 
 def rescore_best(run: Path, shards: Path, n: int) -> Dict[str, Any]:
-    """best.pt's FID at ``n`` samples against ``n`` training images: FID's bias shrinks as n grows (about as 1/n),
-    and it pulls every score up alike, so a ratio of two FIDs at the in-training n reads closer to 1 than it is."""
-    out = run / f"eval_fid{n}"
-    cmd = [sys.executable, "-m", "dist_gan", "eval", str(run), "--ckpt", "best", "--fid", "--ref", str(shards),
-           "-n", str(n), "--out", str(out)]
-    stamp = out / "cmd.json"
-    if not ((out / "report.json").is_file() and stamp.is_file() and json.loads(stamp.read_text()) == cmd):
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode:
-            raise SystemExit(f"FID at n = {n} on {run}: {proc.stderr[-2000:]}")
-        stamp.write_text(json.dumps(cmd))
-    return {"n": n, "fid": H.scores(json.loads((out / "report.json").read_text()))["fid"], "command": H.shown_command(cmd)}
+    """best.pt's FID at ``n`` samples against ``n`` training images. FID's bias shrinks as n grows and lifts
+    both scores of a ratio, so a ratio taken at the in-training n reads closer to 1 than at a larger n."""
+    report, cmd = H.eval_once(run, run / f"eval_fid{n}", ["--ckpt", "best", "--fid", "--ref", str(shards), "-n", str(n)],
+                              f"FID at n = {n}")
+    return {"n": n, "fid": H.scores(report)["fid"], "command": H.shown_command(cmd)}
 
 
 def key(r: Dict[str, Any]) -> str:

@@ -364,6 +364,19 @@ def shown_path(path: Path) -> str:
     return f"~/{path.relative_to(home)}" if path.is_relative_to(home) else str(path)
 
 
+def eval_once(run: Path, out: Path, flags: Sequence[str], label: str) -> Tuple[Dict[str, Any], List[str]]:
+    """``dist-gan eval RUN *flags --out OUT``, reused while OUT holds the report of the same command (its
+    ``cmd.json``); the report and the command. A failed evaluation ends the study, its stderr's tail shown."""
+    cmd = [sys.executable, "-m", "dist_gan", "eval", str(run), *flags, "--out", str(out)]
+    report, stamp = out / "report.json", out / "cmd.json"
+    if not (report.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == cmd):
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode:
+            raise SystemExit(f"{label} on {run}: {proc.stderr[-2000:]}")
+        stamp.write_text(json.dumps(cmd))
+    return json.loads(report.read_text()), cmd
+
+
 def shown_command(argv: Sequence[str]) -> str:
     """``argv`` as a recorded table spells it, to be run from the repository root in bash on any machine: this
     Python as ``python``, the repository's files relative to it, the home folder as ``~`` (bash expands it after

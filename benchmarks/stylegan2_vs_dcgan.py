@@ -32,7 +32,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -65,20 +64,10 @@ def at_time(curve: List[Dict[str, float]], seconds: float) -> Optional[Dict[str,
 
 def evaluate(run: Path, shards: Path, data: str, n: int) -> Dict[str, Any]:
     """The evaluator on the run's last checkpoint: FID, KID, P&R, detectability and leak, n samples."""
-    out = run / "eval_final"
-    cmd = [sys.executable, "-m", "dist_gan", "eval", str(run), "--fid", "--kid", "--pr", "--detect", "--leak",
-           "--ref", str(shards), "-n", str(n), "--out", str(out), *H.detector_args(data)]
-    report = out / "report.json"
-    stamp = out / "cmd.json"
-    if not (report.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == cmd):
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode:
-            raise SystemExit(f"eval of {run}: {proc.stderr[-2000:]}")
-        stamp.write_text(json.dumps(cmd))
-    rep = json.loads(report.read_text())
-    s = H.scores(rep)
+    rep, cmd = H.eval_once(run, run / "eval_final", ["--fid", "--kid", "--pr", "--detect", "--leak", "--ref", str(shards),
+                                                      "-n", str(n), *H.detector_args(data)], "eval")
     pr = rep["metrics"].get("pr", {})
-    return {**s, "precision": pr.get("precision"), "recall": pr.get("recall"), "command": H.shown_command(cmd)}
+    return {**H.scores(rep), "precision": pr.get("precision"), "recall": pr.get("recall"), "command": H.shown_command(cmd)}
 
 
 def run_row(row: str, data: str, shards: Path, work: Path, kimg: float, seed: int, fid_n: int, fid_points: int,
