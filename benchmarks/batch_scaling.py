@@ -27,8 +27,8 @@ changes, so it keeps its meaning when the recipe moves on):
 - ``b512_b0_near`` / ``b512_b0_hinge`` / ``b512_b0_plain`` / ``b512_b0_ramp``: ``b512_b0`` with G's transposed
   convs started as nearest upsampling + 3x3 conv, with the hinge loss, with no smoothing or instance noise
   (bigbatch as it ships), and with the EMA ramp-up at 20% (the 30-kimg half-life uncapped from 150 kimg) plus 15- and 60-kimg probes;
-- ``b512_plain_nobn`` / ``b512_plain_ln`` / ``b512_plain_mbstd``: bigbatch as it ships with D's batch norms
-  removed (SNGAN's D), swapped for layer norms, with a minibatch-stddev channel at 4x4 (groups of 4), and
+- ``b512_plain_nobn`` / ``b512_plain_mbstd`` / ``b512_plain_xflip``: bigbatch as it ships with D's batch norms
+  removed (SNGAN's D), with a minibatch-stddev channel at 4x4 (groups of 4), and
   with the reals mirrored at random (``loader.xflip``); ``b512_plain_lr4`` / ``b512_plain_trans``: with both rates
   at 4e-4, with DiffAugment translation (as ``anime64``);
 - ``b512_ttur``, ``b128``, ``b64``: bigbatch's earlier settings (TTUR G 1e-4 / D 4e-4, no spectral norm);
@@ -157,9 +157,8 @@ ROWS: Dict[str, Dict[str, Any]] = {
     # the 5% ramp-up caps the 30-kimg half-life at 18 kimg by 365 kimg; at 20% it is 30 from 150 kimg on, and two
     # eval-only probes (15 and 60 kimg) score the half-lives around it from the same run
     "b512_b0_ramp": {"batch": 512, "overrides": _b0("train.ema_rampup=0.2", "train.ema_probes=[15,60]")},
-    # D's side of bigbatch as it ships: SNGAN's D (spectral norm, no batch norm), layer norm in its place
+    # D's side of bigbatch as it ships: SNGAN's D (spectral norm, no batch norm)
     "b512_plain_nobn": {"batch": 512, "overrides": _plain("model.d_norm=none")},
-    "b512_plain_ln": {"batch": 512, "overrides": _plain("model.d_norm=layer")},
     # recall stays at 0.02-0.04 on every CelebA row: a minibatch-stddev channel lets D see a batch of look-alikes
     "b512_plain_mbstd": {"batch": 512, "overrides": _plain("model.mbstd_group=4")},
     # 365 kimg is 37 passes over celeba-10k: mirrored reals (StyleGAN2's --mirror) give D twice the distinct faces
