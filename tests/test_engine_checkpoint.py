@@ -69,3 +69,14 @@ def test_an_older_dcgan_checkpoint_resumes_as_the_networks_it_trained(tmp_path):
         state = ckpt.load_checkpoint(path)
         assert state["format"] == ckpt.FORMAT and state["cfg"]["model"]["mbstd_group"] == read
     ckpt.check_resumable(ckpt.load_checkpoint(tmp_path / "dcgan.pt"), model)  # no "networks differ"
+
+
+def test_the_resume_advice_spells_each_key_as_an_override_reads_it():
+    from dist_gan.config import load_config, to_dict
+
+    here = to_dict(load_config(["recipe=bigbatch"]))["model"]
+    there = {**here, "spectral_norm": False, "mbstd_group": 4}
+    with pytest.raises(UserError, match="resume with model.mbstd_group=4 model.spectral_norm=false,") as err:
+        ckpt.check_resumable({"cfg": {"model": there}}, here)
+    load_config(["recipe=bigbatch", *str(err.value).split("resume with ")[1].split(",")[0].split()])  # valid overrides
+

@@ -244,8 +244,10 @@ def test_a_run_dir_that_cannot_be_a_folder_fails_in_one_line(shards32, tmp_path)
 
 def test_resume_into_other_networks_names_the_keys_before_loading(shards32, tmp_path):
     run_inprocess(f"data={shards32}", f"run_dir={tmp_path / 'r'}", "train.kimg=0.032", "model.ngf=8")
-    with pytest.raises(UserError, match=r"networks differ \(model.ngf=8 there, 16 here\)"):
+    with pytest.raises(UserError, match=r"networks differ \(model.ngf=8 there, 16 here\); resume with model.ngf=8,"):
         run_inprocess(f"data={shards32}", f"run_dir={tmp_path / 'r'}", "train.kimg=0.064", "model.ngf=16", "resume=auto")
+    # the advice works: the same keys resume
+    run_inprocess(f"data={shards32}", f"run_dir={tmp_path / 'r'}", "train.kimg=0.064", "model.ngf=8", "resume=auto")
 
 
 def test_stale_checkpoint_temps_of_dead_writers_are_removed(shards32, tmp_path):

@@ -63,11 +63,12 @@ def remove_stale_temps(ckpt_dir: Path) -> List[Path]:
 def check_resumable(payload: Dict[str, Any], model_cfg: Dict[str, Any]) -> None:
     """A checkpoint resumes only into the networks it was trained as: compare the recipes before loading."""
     saved = payload.get("cfg", {}).get("model", {})
-    differ = [f"model.{k}={saved[k]!r} there, {model_cfg.get(k)!r} here" for k in sorted(saved)
-              if k in model_cfg and saved[k] != model_cfg[k]]
-    if differ:
-        raise UserError(f"cannot resume from {payload.get('path', 'the checkpoint')}: its networks differ "
-                        f"({'; '.join(differ)}); drop those overrides, or start a new run_dir")
+    keys = [k for k in sorted(saved) if k in model_cfg and saved[k] != model_cfg[k]]
+    if keys:
+        differ = "; ".join(f"model.{k}={saved[k]!r} there, {model_cfg.get(k)!r} here" for k in keys)
+        same = " ".join(f"model.{k}={str(saved[k]).lower() if isinstance(saved[k], bool) else saved[k]}" for k in keys)
+        raise UserError(f"cannot resume from {payload.get('path', 'the checkpoint')}: its networks differ ({differ}); "
+                        f"resume with {same}, or start a new run_dir")
 
 
 def nimg_of(path: Path) -> int:
