@@ -102,6 +102,7 @@ class TrainCfg:
     diffaug_until_kimg: float = 0.0  # DiffAugment only until this many kimg, then D sees plain images (fine detail late); 0 = the whole run
     ema_kimg: float = 10.0  # EMA half-life in kimg: independent of the batch size
     ema_rampup: float = 0.05  # half-life <= rampup * images seen, so early EMA is not stale; 0 = off
+    ema_bn_recal: bool = False  # before each FID, grid and checkpoint, re-estimate G_ema's (and the probes') BatchNorm statistics for their own weights from 4096 latents; off = G's, copied
     ema_probes: List[float] = field(default_factory=list)  # extra half-lives (kimg) averaged beside G_ema, for eval only: one run scores several (dist-gan eval --ema-kimg)
     nan_policy: str = "stop"  # stop | rollback (reload the last checkpoint, up to 3 times)
     max_rollbacks: int = 3  # rollbacks before a NaN stops the run

@@ -15,7 +15,7 @@ import torch
 
 from conftest import REPO, SMOKE
 from dist_gan.config import load_config
-from dist_gan.engine.checkpoint import list_checkpoints, load_checkpoint
+from dist_gan.engine.checkpoint import list_checkpoints, load_checkpoint, load_generator
 from dist_gan.engine.loop import TrainingDiverged, train
 from dist_gan.errors import UserError
 
@@ -352,3 +352,42 @@ def test_a_loss_key_the_chosen_loss_ignores_is_named_at_start_up(shards32, tmp_p
     assert "loss.real_label=0.9 has no effect with loss.name=hinge; only bce, lsgan read it" in capsys.readouterr().err
     run_inprocess(f"data={shards32}", f"run_dir={tmp_path / 'b'}", "loss.real_label=0.9", "train.kimg=0.032")
     assert "has no effect" not in capsys.readouterr().err
+
+
+class SnapshotFid(ScriptedFid):
+    """Keeps a copy of the generator it is asked to score, buffers included."""
+
+    def measure(self, G, nz):
+        self.seen = {k: v.clone() for k, v in G.state_dict().items()}
+        return super().measure(G, nz)
+
+
+def bn_means(state: dict) -> list:
+    return [k for k in state if k.endswith("running_mean")]
+
+
+def test_ema_bn_recal_gives_g_ema_statistics_of_its_own_weights_for_fid_and_checkpoints(shards32, tmp_path):
+    common = [f"data={shards32}", "loader.workers=1", "train.kimg=0.192", "log.snapshot_kimg=0.096",
+              "train.ema_bn_recal=true", "train.ema_probes=[0.05]"]
+    a, b = straight_and_resumed(tmp_path, *common)  # bit for bit across a resume, buffers included
+    assert states_equal(a["G_ema_probes"]["0.05"], b["G_ema_probes"]["0.05"])
+    stored, _ = load_generator(tmp_path / "a")
+    refitted, _ = load_generator(tmp_path / "a", bn_recal=True)
+    assert states_equal(stored.state_dict(), refitted.state_dict())  # what eval --bn-recal would compute
+    probe_refitted, _ = load_generator(tmp_path / "a", ema_kimg=0.05, bn_recal=True)
+    assert states_equal(a["G_ema_probes"]["0.05"], probe_refitted.state_dict())
+    keys = bn_means(a["G_ema"])
+    assert keys and not any(torch.allclose(a["G_ema"][k], a["G"][k]) for k in keys)  # not G's statistics
+
+    # the FID measures the refitted network
+    run, probe = fid_run(f"data={shards32}", f"run_dir={tmp_path / 'c'}", "log.fid_kimg=0.16", "train.ema_bn_recal=true",
+                         probe=SnapshotFid([1.0]))
+    assert states_equal(probe.seen, load_checkpoint(run)["G_ema"])
+    assert states_equal(probe.seen, load_generator(run, bn_recal=True)[0].state_dict())
+
+
+def test_without_ema_bn_recal_g_ema_samples_with_g_statistics(shards32, tmp_path):
+    run = run_inprocess(f"data={shards32}", f"run_dir={tmp_path / 'a'}", "train.kimg=0.064")
+    state = load_checkpoint(run)
+    keys = bn_means(state["G_ema"])
+    assert keys and all(torch.equal(state["G_ema"][k], state["G"][k]) for k in keys)

@@ -288,7 +288,11 @@ def _train(cfg: DictConfig, preempt: PreemptionFlag, fid: Optional[FidProbe]) ->
                 "Lower the learning rates, use train.precision=bf16 instead of fp16, or set train.nan_policy=rollback."
             )
         best = False
-        if fid_every and (crossed_fid or done) and not stop:
+        wants_fid = bool(fid_every) and (crossed_fid or done) and not stop
+        if cfg.train.ema_bn_recal and (wants_fid or crossed_sample or crossed_snap or done or stop):
+            with _rng_untouched():
+                training.recalibrate_averages()
+        if wants_fid:
             best = measure_fid(record)
             meter = Throughput(run.nimg)  # the FID's time is not training time
         if monitor:

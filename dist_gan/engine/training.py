@@ -20,7 +20,7 @@ from torch import nn
 
 from dist_gan.engine import checkpoint as ckpt
 from dist_gan.engine.backends import DDPBackend, DeepSpeedBackend
-from dist_gan.engine.ema import make_probes
+from dist_gan.engine.ema import make_probes, recalibrate_bn
 from dist_gan.engine.precision import Precision, make_adam
 from dist_gan.engine.schedule import lr_factor, scaled_rates, warmup_factor
 from dist_gan.engine.state import RunState
@@ -118,6 +118,17 @@ class Training:
         for net in ("G", "D"):
             self.backend.set_lr(net, self.recipe_lr[net] * warm * (decay if net in decaying else 1.0))
         return warm * decay
+
+    def recalibrate_averages(self) -> None:
+        """Fit G_ema's and the probes' BN statistics to their own weights (``train.ema_bn_recal``).
+
+        Why: the EMA copies G's running statistics, which describe G's activations; at batch 512 and
+        high rates G's weights move far within one half-life, so the averaged network samples with
+        statistics that are not its own. The next step copies G's again, so training never sees these:
+        they only reach the FID, the grids and the checkpoints. Same latents on every rank: ranks agree.
+        """
+        for G in (self.G_ema, *self.ema_probes.values()):
+            recalibrate_bn(G, int(self.cfg.model.nz))
 
     def payload(self, run: RunState, world_size: int, rng_per_rank: List[Dict[str, Any]], cfg: Dict[str, Any]) -> Dict[str, Any]:
         """The checkpoint of this run at ``run`` (collective under ZeRO: every rank must call it)."""
