@@ -30,7 +30,9 @@ changes, so it keeps its meaning when the recipe moves on):
 - ``b512_plain_nobn`` / ``b512_plain_mbstd`` / ``b512_plain_xflip``: bigbatch as it ships with D's batch norms
   removed (SNGAN's D), with a minibatch-stddev channel at 4x4 (groups of 4), and
   with the reals mirrored at random (``loader.xflip``); ``b512_plain_lr4`` / ``b512_plain_trans``: with both rates
-  at 4e-4, with DiffAugment translation (as ``anime64``);
+  at 4e-4, with DiffAugment translation (as ``anime64``); ``b512_plain_recal`` / ``b128_plain_recal``: bigbatch as it
+  ships, G_ema's BatchNorm statistics re-estimated for its own weights (``train.ema_bn_recal``), at 512 and 128;
+  ``b512_recal_ramp``: ``b512_plain_recal`` with the EMA ramp-up at 20% and 10- and 60-kimg probes;
 - ``b512_ttur``, ``b128``, ``b64``: bigbatch's earlier settings (TTUR G 1e-4 / D 4e-4, no spectral norm);
 - ``b512_sqrt`` / ``b512_linear``: those rates scaled from batch 128 by sqrt(4) / 4, with a warm-up;
 - ``b512_sn_sqrt`` / ``b512_sn_16e4`` / ``b512_sn_hinge``: spectral norm on D with the TTUR rates
@@ -70,9 +72,10 @@ STEP_JSON = H.REPO / "benchmarks" / "results" / "nvidia-h100-80gb-hbm3.json"
 SWEEP_JSON = H.REPO / "benchmarks" / "results" / "scaling_gpu.json"
 REF_BATCH = 128  # the batch that gets --budget-kimg; the others get the same GPU time
 PINNED = ["train.ema_kimg=10", "optim.g_betas=[0.5,0.999]", "optim.d_betas=[0.5,0.999]", "loss.real_label=0.9",
-          "loss.instance_noise=0.02"]
+          "loss.instance_noise=0.02", "train.ema_bn_recal=false"]
 """bigbatch keys every ``recipe=bigbatch`` row spells out because the study ran with them (the recipe has since
-moved on to a 30-kimg EMA, Adam beta1 0 and no smoothing or noise), so a recorded row reruns as it ran."""
+moved on to a 30-kimg EMA, Adam beta1 0, no smoothing or noise and G_ema's own BN statistics), so a recorded
+row reruns as it ran."""
 
 TTUR = {"model.spectral_norm": "false", "optim.g_lr": "1e-4", "optim.d_lr": "4e-4", "optim.warmup_kimg": "0"}
 """``bigbatch``'s settings before this study: TTUR G 1e-4 / D 4e-4, no spectral norm, no warm-up."""
@@ -166,6 +169,15 @@ ROWS: Dict[str, Dict[str, Any]] = {
     # both rates halved (beta1 0 may leave 8e-4 above the best rate), and the anime64 recipe's DiffAugment translation
     "b512_plain_lr4": {"batch": 512, "overrides": _plain("optim.g_lr=4e-4", "optim.d_lr=4e-4")},
     "b512_plain_trans": {"batch": 512, "overrides": _plain("train.diffaug=translation")},
+    # G_ema samples with G's BN statistics, copied each step; at 8e-4 G moves far within the EMA's 18-kimg window,
+    # so the averaged weights get statistics fitted to themselves (train.ema_bn_recal); the training is unchanged
+    "b512_plain_recal": {"batch": 512, "overrides": _plain("train.ema_bn_recal=true")},
+    # with G_ema's own statistics a longer average may pay where it lost with G's: the 20% ramp-up lets the
+    # 30-kimg half-life hold from 150 kimg on, and eval-only probes score 10 and 60 kimg from the same run
+    "b512_recal_ramp": {"batch": 512, "overrides": _plain("train.ema_bn_recal=true", "train.ema_rampup=0.2",
+                                                          "train.ema_probes=[10,60]")},
+    "b128_plain_recal": {"batch": 128, "overrides": _b0("train.batch=128", "loss.real_label=1.0", "loss.instance_noise=0",
+                                                         "train.ema_bn_recal=true")},
     "textbook512": {"batch": 512, "recipe": "dcgan64", "overrides": ["train.batch=512", "train.ema_kimg=0.001", "train.ema_rampup=0"]},
     # equal images: batch 512 given only batch 128's kimg (a prefix of the long run: no rate depends on the length)
     "b512_img": {"batch": 512, "overrides": [], "equal_images": True},
@@ -301,22 +313,25 @@ def plot(results: Dict[str, Any], out: Path) -> None:
 
 
 def figure(results: Dict[str, Any], out: Path, shards: Dict[str, Path]) -> None:
-    """Per data set: reals, then the best checkpoint of each row (seed 0 where there is one)."""
+    """Per data set: reals, then the best checkpoint of each row (seed 0 where there is one): of the rows in
+    ``results["figure_rows"]`` in that order where the study names them (``--figure-rows``), else of every row."""
     import numpy as np
     import torch
 
     from dist_gan.engine.checkpoint import load_generator
     from dist_gan.imaging import to_uint8
 
+    chosen = list(results.get("figure_rows") or [])
+    place = {row: i for i, row in enumerate(chosen)}
     for data, path in shards.items():
-        runs = [r for r in results["runs"].values() if r["data"] == data]
-        gone = sorted(key(r) for r in runs if not (Path(r["run"]) / "checkpoints" / "best.pt").is_file())
+        runs = [r for r in results["runs"].values() if r["data"] == data and (not chosen or r["row"] in place)]
+        seen: Dict[str, Dict[str, Any]] = {}
+        for r in sorted(runs, key=lambda r: (place.get(r["row"], 0), r["batch"], r["row"], r["seed"])):
+            seen.setdefault(r["row"], r)
+        gone = sorted(key(r) for r in seen.values() if not (Path(r["run"]) / "checkpoints" / "best.pt").is_file())
         if gone:
             print(f"samples_{data}.png kept as it was: {len(gone)} run(s) have no best.pt here ({', '.join(gone[:3])}...)")
             continue
-        seen: Dict[str, Dict[str, Any]] = {}
-        for r in sorted(runs, key=lambda r: (r["batch"], r["row"], r["seed"])):
-            seen.setdefault(r["row"], r)
         if not seen:
             continue
         panels = [("reals", data, H.real_grid(path))]
@@ -345,11 +360,20 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--merge", action="store_true", help="keep the runs already in OUT/results.json")
     p.add_argument("--render", action="store_true", help="rewrite OUT's table and curves from its results.json; train nothing")
+    p.add_argument("--figure-rows", nargs="+", default=None, choices=sorted(ROWS),
+                   help="the rows samples_<data>.png shows, in this order (kept in results.json; default: every row); "
+                        "with --render, redraws the figure from the runs' best.pt")
     a = p.parse_args(argv)
     if a.render:
         results = json.loads((a.out / "results.json").read_text())
+        if a.figure_rows:
+            results["figure_rows"] = a.figure_rows
         H.write_tables(a.out, "results", results, render(results), [x["command"] for x in ordered(results)])
         plot(results, a.out)
+        if a.figure_rows:
+            limit = f"-{results['limit']}" if results.get("limit") else ""
+            data = sorted({r["data"] for r in results["runs"].values()})
+            figure(results, a.out, {d: a.work / f"shards-{d}-{results['resolution']}{limit}" for d in data})
         print(f"wrote {a.out / 'results.md'}")
         return results
     results: Dict[str, Any] = {"resolution": a.resolution, "fid_n": a.fid_n,
@@ -362,6 +386,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         if any(kept[k] != results[k] for k in same):
             raise SystemExit(f"--merge: {previous} was measured with other {', '.join(same)}")
         results["runs"], results["notes"] = kept["runs"], kept.get("notes", [])
+        if kept.get("figure_rows"):
+            results["figure_rows"] = kept["figure_rows"]
+    if a.figure_rows:
+        results["figure_rows"] = a.figure_rows
     shards = {d: H.pack_once(H.shared_zip(d), a.work / (f"shards-{d}-{a.resolution}" + (f"-{a.limit}" if a.limit else "")),
                              crop="auto", limit=a.limit,
                              resolution=a.resolution) for d in a.data}

@@ -80,12 +80,34 @@ def test_a_merge_whose_kept_runs_left_no_checkpoint_keeps_the_sample_figure(tmp_
     assert "kept as it was" in capsys.readouterr().out
 
 
+def test_the_figure_looks_only_at_the_rows_the_study_picked(tmp_path, capsys):
+    """--figure-rows: rows outside the pick neither appear nor hold the figure back."""
+    from benchmarks import batch_scaling as B
+
+    def gone(row, batch):
+        return {"data": "celeba", "row": row, "seed": 0, "batch": batch, "run": str(tmp_path / row)}
+
+    figure = tmp_path / "samples_celeba.png"
+    figure.write_bytes(b"the grid of the picked rows")
+    runs = {"celeba/b128_sn/s0": gone("b128_sn", 128), "celeba/b512/s0": gone("b512", 512)}
+    runs["celeba/b512/s1"] = {**gone("b512", 512), "seed": 1}  # not drawn: the grid shows each row's lowest seed
+    B.figure({"runs": runs, "figure_rows": ["b512"]}, tmp_path, {"celeba": tmp_path / "shards"})
+    out = capsys.readouterr().out
+    assert "1 run(s) have no best.pt here (celeba/b512/s0" in out and "b128_sn" not in out
+    assert figure.read_bytes() == b"the grid of the picked rows"
+
+
 def test_the_table_names_each_row_by_what_it_changes_from_the_recipe_as_it_ships():
     """A row spells out every key it ran with (some twice); the table shows each changed key once, its last value."""
     from benchmarks import batch_scaling as B
 
     assert B.changes("bigbatch", B.ROWS["b512_b0_plain"]["overrides"]) == []
     assert B.changes("bigbatch", B.ROWS["b128_plain"]["overrides"]) == ["train.batch=128"]
+    # as run: the study's pinned keys first, so a row that ran before the recipe moved on says how it differs now
+    ran = lambda row: B.row_overrides(B.ROWS[row], 365.3)  # noqa: E731
+    assert B.changes("bigbatch", ran("b512_b0_plain")) == ["train.ema_bn_recal=false"]
+    assert B.changes("bigbatch", ran("b512_plain_recal")) == []
+    assert B.changes("bigbatch", ran("b128_plain_recal")) == ["train.batch=128"]
     assert B.changes("bigbatch", ["train.ema_kimg=10", "optim.g_lr=1e-3", "train.ema_kimg=30"]) == ["optim.g_lr=1e-3"]
     assert B.changes("dcgan64", ["train.batch=512", "optim.g_betas=[0.5,0.999]"]) == ["train.batch=512"]
 
