@@ -176,13 +176,13 @@ ROWS: Dict[str, Dict[str, Any]] = {
     # 30-kimg half-life hold from 150 kimg on, and eval-only probes score 10 and 60 kimg from the same run
     "b512_recal_ramp": {"batch": 512, "overrides": _plain("train.ema_bn_recal=true", "train.ema_rampup=0.2",
                                                           "train.ema_probes=[10,60]")},
-    "b128_plain_recal": {"batch": 128, "overrides": _b0("train.batch=128", "loss.real_label=1.0", "loss.instance_noise=0",
-                                                         "train.ema_bn_recal=true")},
     "textbook512": {"batch": 512, "recipe": "dcgan64", "overrides": ["train.batch=512", "train.ema_kimg=0.001", "train.ema_rampup=0"]},
     # equal images: batch 512 given only batch 128's kimg (a prefix of the long run: no rate depends on the length)
     "b512_img": {"batch": 512, "overrides": [], "equal_images": True},
     "b512_ttur_img": {"batch": 512, "overrides": _ttur(), "equal_images": True},
 }
+# b512_plain_recal's batch-128 rival: b128_plain with G_ema's own statistics
+ROWS["b128_plain_recal"] = {"batch": 128, "overrides": [*ROWS["b128_plain"]["overrides"], "train.ema_bn_recal=true"]}
 
 
 def gpu_img_per_s(batch: int) -> float:
@@ -269,6 +269,11 @@ def rescore_best(run: Path, shards: Path, n: int) -> Dict[str, Any]:
     report, cmd = H.eval_once(run, run / f"eval_fid{n}", ["--ckpt", "best", "--fid", "--ref", str(shards), "-n", str(n)],
                               f"FID at n = {n}")
     return {"n": n, "fid": H.scores(report)["fid"], "command": H.shown_command(cmd)}
+
+
+def shards_dir(work: Path, data: str, resolution: int, limit: Optional[int]) -> Path:
+    """Where a study packs (and --render finds) one data set's shards."""
+    return work / (f"shards-{data}-{resolution}" + (f"-{limit}" if limit else ""))
 
 
 def key(r: Dict[str, Any]) -> str:
@@ -371,9 +376,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         H.write_tables(a.out, "results", results, render(results), [x["command"] for x in ordered(results)])
         plot(results, a.out)
         if a.figure_rows:
-            limit = f"-{results['limit']}" if results.get("limit") else ""
             data = sorted({r["data"] for r in results["runs"].values()})
-            figure(results, a.out, {d: a.work / f"shards-{d}-{results['resolution']}{limit}" for d in data})
+            figure(results, a.out, {d: shards_dir(a.work, d, results["resolution"], results.get("limit")) for d in data})
         print(f"wrote {a.out / 'results.md'}")
         return results
     results: Dict[str, Any] = {"resolution": a.resolution, "fid_n": a.fid_n,
@@ -390,7 +394,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             results["figure_rows"] = kept["figure_rows"]
     if a.figure_rows:
         results["figure_rows"] = a.figure_rows
-    shards = {d: H.pack_once(H.shared_zip(d), a.work / (f"shards-{d}-{a.resolution}" + (f"-{a.limit}" if a.limit else "")),
+    shards = {d: H.pack_once(H.shared_zip(d), shards_dir(a.work, d, a.resolution, a.limit),
                              crop="auto", limit=a.limit,
                              resolution=a.resolution) for d in a.data}
     a.out.mkdir(parents=True, exist_ok=True)
