@@ -243,7 +243,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         shards = packed_shards(data, a.cache, a.limit)
         rows, reports, panels = [], [], [("reals", data, H.real_grid(shards))]
         fig = f"samples_{data}.png"
-        block = {"shards": str(shards), "detector": "?", "rows": rows, "figure": fig, "machine": H.machine(),
+        block = {"shards": H.shown_path(shards), "detector": "?", "rows": rows, "figure": fig, "machine": H.machine(),
                  "threads": int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)}
         results["datasets"] = dict(sorted({**results["datasets"], data: block}.items()))  # the order of ``every``
         for variant in a.variants:

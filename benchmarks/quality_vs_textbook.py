@@ -515,7 +515,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             if latest.get("schema") == SCHEMA:
                 results = latest
         results["datasets"][data] = {
-            "command": command, "shards": str(shards), "images": manifest.get("num_samples"), "crop": manifest.get("crop"),
+            "command": command, "shards": H.shown_path(shards), "images": manifest.get("num_samples"), "crop": manifest.get("crop"),
             "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items() if k not in ("data", "out", "cache")},
             "rows": rows, "ratios": ratios(rows), "figure": fig,
             "machine": {**machine_info(torch.device("cpu")), "torch_threads": a.threads},
