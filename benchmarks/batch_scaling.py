@@ -33,6 +33,8 @@ changes, so it keeps its meaning when the recipe moves on):
   at 4e-4, with DiffAugment translation (as ``anime64``); ``b512_plain_recal`` / ``b128_plain_recal``: bigbatch as it
   ships, G_ema's BatchNorm statistics re-estimated for its own weights (``train.ema_bn_recal``), at 512 and 128;
   ``b512_recal_ramp``: ``b512_plain_recal`` with the EMA ramp-up at 20% and 10- and 60-kimg probes;
+  ``b512_recal_hinge`` / ``b512_recal_g16`` / ``b512_recal_ngf128``: ``b512_plain_recal`` with the hinge loss, with
+  G at 1.6e-3, with G twice as wide (``model.ngf=128``) and with D twice as wide (``b512_recal_ndf128``);
 - ``b512_ttur``, ``b128``, ``b64``: bigbatch's earlier settings (TTUR G 1e-4 / D 4e-4, no spectral norm);
 - ``b512_sqrt`` / ``b512_linear``: those rates scaled from batch 128 by sqrt(4) / 4, with a warm-up;
 - ``b512_sn_sqrt`` / ``b512_sn_16e4`` / ``b512_sn_hinge``: spectral norm on D with the TTUR rates
@@ -176,6 +178,14 @@ ROWS: Dict[str, Dict[str, Any]] = {
     # 30-kimg half-life hold from 150 kimg on, and eval-only probes score 10 and 60 kimg from the same run
     "b512_recal_ramp": {"batch": 512, "overrides": _plain("train.ema_bn_recal=true", "train.ema_rampup=0.2",
                                                           "train.ema_probes=[10,60]")},
+    # one change each on bigbatch as it ships: the hinge loss (65.9 against 69.5 on b512_b0), G at twice D's rate
+    # (lost with G's statistics, which fit G_ema worse the faster G moves), and G twice as wide (1.07M -> 3.45M
+    # parameters at 32 px; D's 0.66M unchanged)
+    "b512_recal_hinge": {"batch": 512, "overrides": _plain("train.ema_bn_recal=true", "loss.name=hinge")},
+    "b512_recal_g16": {"batch": 512, "overrides": _plain("train.ema_bn_recal=true", "optim.g_lr=1.6e-3")},
+    "b512_recal_ngf128": {"batch": 512, "overrides": _plain("train.ema_bn_recal=true", "model.ngf=128")},
+    # D sits near chance all run (mean D(real) / D(fake) 0.52 / 0.48 at the end): D twice as wide (0.66M -> 2.63M)
+    "b512_recal_ndf128": {"batch": 512, "overrides": _plain("train.ema_bn_recal=true", "model.ndf=128")},
     "textbook512": {"batch": 512, "recipe": "dcgan64", "overrides": ["train.batch=512", "train.ema_kimg=0.001", "train.ema_rampup=0"]},
     # equal images: batch 512 given only batch 128's kimg (a prefix of the long run: no rate depends on the length)
     "b512_img": {"batch": 512, "overrides": [], "equal_images": True},
@@ -202,6 +212,18 @@ def gpu_img_per_s(batch: int) -> float:
 def row_kimg(batch: int, budget_kimg: float) -> float:
     """The kimg that gives ``batch`` the GPU time batch 128 spends on ``budget_kimg``."""
     return round(budget_kimg * gpu_img_per_s(batch) / gpu_img_per_s(REF_BATCH), 1)
+
+
+# keys that change a step's work per image: the H100 img/s were measured with bigbatch's nets, so a row that
+# changes one runs bigbatch's kimg (equal images) and gets no GPU-time estimate
+COST_KEYS = ("model.ngf", "model.ndf")
+
+
+def gpu_s_est(row: Dict[str, Any], kimg: float) -> Optional[float]:
+    """Estimated H100 seconds of ``kimg`` images at the row's batch; None where its nets were never timed there."""
+    if any(o.split("=", 1)[0] in COST_KEYS for o in row["overrides"]):
+        return None
+    return kimg * 1000 / gpu_img_per_s(row["batch"])
 
 
 def row_overrides(row: Dict[str, Any], kimg: float) -> List[str]:
@@ -235,7 +257,7 @@ def run_row(name: str, data: str, shards: Path, work: Path, resolution: int, bud
     return {"data": data, "row": name, "seed": seed, "batch": row["batch"], "recipe": recipe, "overrides": overrides,
             "kimg": kimg, "fid_points": fid_points, "resolution": resolution, "fid_n": fid_n, "best_fid": best["fid"], "best_kimg": best["kimg"],
             "final_fid": curve[-1]["fid"], "curve": curve, "fid_s_each": sum(p["fid_s"] for p in curve) / len(curve),
-            "gpu_s_est": kimg * 1000 / gpu_img_per_s(row["batch"]), "cpu_wall_s": wall, "world_size": final["world_size"],
+            "gpu_s_est": gpu_s_est(row, kimg), "cpu_wall_s": wall, "world_size": final["world_size"],
             "train_img_per_s": H.last_metrics(run).get("img_per_s"), "detect": detect, "run": str(run),
             **({"rescored": rescored} if rescored else {}),
             "command": "ACCELERATE_USE_CPU=1 OMP_NUM_THREADS=1 " + H.shown_command(H.two_rank_cmd(args))}
@@ -299,7 +321,7 @@ def render(results: Dict[str, Any]) -> str:
     lines = ["# Batch 512 against 64 and 128 at equal GPU time, 2 gloo ranks", "",
              f"Budget: {results['budget_kimg']:g} kimg at batch 128. Every run: its recipe (`bigbatch`; the textbook row: `dcgan64`) with the keys of the last column changed from the recipe as it ships, at {results['resolution']} px, "
              f"2 gloo ranks. kimg = budget x (H100 img/s at the batch / at batch 128), so each row gets the GPU time batch 128 "
-             f"spends on the budget; the `_img` rows instead get batch 128's kimg (equal images). FID of G_ema against the training shards, n = {results['fid_n']}, measured "
+             f"spends on the budget; the `_img` rows instead get batch 128's kimg (equal images); GPU s -: a row that changes the nets' widths, whose H100 speed was never measured, runs bigbatch's kimg. FID of G_ema against the training shards, n = {results['fid_n']}, measured "
              f"at the end and, where FID pts is 2, half way too; best = checkpoints/best.pt (in brackets: re-scored by `dist-gan eval --fid` at a larger n, against as many training images). No face: detector misses on best.pt's "
              f"samples / on as many reals (%); P / R: improved precision and recall (k = 3) of the same samples against as many reals (-: not scored). Wall min: the whole CPU run, FID measurements included. Machine: {results['machine']}.", ""]
     lines += H.md_table(("data", "row", "seed", "batch", "kimg", "GPU s (est.)", "best FID", "at kimg", "final FID", "FID pts",
@@ -313,7 +335,8 @@ def render(results: Dict[str, Any]) -> str:
 def plot(results: Dict[str, Any], out: Path) -> None:
     """FID against kimg (left) and against estimated GPU seconds (right), one line per run."""
     H.plot_fid_curves(results, out, order=lambda r: (r["batch"], r["row"]), label=lambda r: f"{r['row']} s{r['seed']}",
-                      right_x=lambda r, p: p["kimg"] * r["gpu_s_est"] / r["kimg"], right_label="estimated H100 seconds",
+                      right_x=lambda r, p: None if r["gpu_s_est"] is None else p["kimg"] * r["gpu_s_est"] / r["kimg"],
+                      right_label="estimated H100 seconds (rows with untimed nets left out)",
                       group=lambda r: r["row"])
 
 

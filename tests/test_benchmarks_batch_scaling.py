@@ -132,3 +132,31 @@ def test_render_rewrites_the_table_and_lists_commands_in_table_order(tmp_path):
     assert [line.split(" | ")[1:3] for line in table] == [["b128_plain", "0"], ["b512_b0_plain", "0"], ["b512_b0_plain", "1"]]
     assert table[0].endswith("`bigbatch` train.batch=128 |") and table[1].endswith("`bigbatch` as it ships |")
     assert (tmp_path / "fid_curves.png").is_file()
+
+
+def test_a_row_that_changes_the_nets_widths_claims_no_gpu_time_and_leaves_the_gpu_axis(tmp_path):
+    """The H100 img/s were measured with bigbatch's nets: a wider G or D runs bigbatch's kimg, but its GPU
+    seconds are unknown: the table shows -, and the figure draws it against kimg only."""
+    from benchmarks import batch_scaling as B
+
+    assert B.gpu_s_est(B.ROWS["b512_recal_ngf128"], 365.3) is None
+    assert B.gpu_s_est(B.ROWS["b512_recal_ndf128"], 365.3) is None
+    plain = B.gpu_s_est(B.ROWS["b512_plain_recal"], 365.3)
+    assert plain == pytest.approx(365.3 * 1000 / B.gpu_img_per_s(512))
+    assert B.gpu_s_est(B.ROWS["b128_plain_recal"], 80.0) == pytest.approx(plain, rel=0.01)  # equal GPU time
+    assert B.row_kimg(512, 80) == 365.3  # what every batch-512 row runs, widened nets included
+
+    def run(row, gpu_s):
+        return {"data": "celeba", "row": row, "seed": 0, "batch": 512, "recipe": "bigbatch", "overrides": B.ROWS[row]["overrides"],
+                "kimg": 10.0, "gpu_s_est": gpu_s, "best_fid": 60.0, "best_kimg": 10.0, "final_fid": 60.0,
+                "curve": [{"kimg": 5.0, "fid": 90.0, "fid_s": 1.0}, {"kimg": 10.0, "fid": 60.0, "fid_s": 1.0}],
+                "cpu_wall_s": 60.0, "detect": {"gen_no_face": 1, "ref_no_face": 1, "n": 10, "detector": {"name": "mtcnn"}},
+                "command": f"train {row}"}
+    runs = [run("b512_plain_recal", 0.2), run("b512_recal_ngf128", None)]
+    (tmp_path / "results.json").write_text(json.dumps({"budget_kimg": 10, "resolution": 32, "fid_n": 8, "machine": "m",
+                                                       "runs": {B.key(r): r for r in runs}}))
+    B.main(["--render", "--out", str(tmp_path)])
+    cells = {line.split(" | ")[1]: line.split(" | ")[5] for line in (tmp_path / "results.md").read_text().splitlines()
+             if line.startswith("| celeba")}
+    assert cells == {"b512_plain_recal": "0.2", "b512_recal_ngf128": "-"}
+    assert (tmp_path / "fid_curves.png").stat().st_size > 0
