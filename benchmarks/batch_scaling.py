@@ -33,8 +33,8 @@ changes, so it keeps its meaning when the recipe moves on):
   at 4e-4, with DiffAugment translation (as ``anime64``); ``b512_plain_recal`` / ``b128_plain_recal``: bigbatch as it
   ships, G_ema's BatchNorm statistics re-estimated for its own weights (``train.ema_bn_recal``), at 512 and 128;
   ``b512_recal_ramp``: ``b512_plain_recal`` with the EMA ramp-up at 20% and 10- and 60-kimg probes;
-  ``b512_recal_hinge`` / ``b512_recal_g16`` / ``b512_recal_ngf128``: ``b512_plain_recal`` with the hinge loss, with
-  G at 1.6e-3, with G twice as wide (``model.ngf=128``) and with D twice as wide (``b512_recal_ndf128``);
+  ``b512_recal_hinge`` / ``b512_recal_g16`` / ``b512_recal_ngf128`` / ``b512_recal_ndf128``: ``b512_plain_recal``
+  with the hinge loss, with G at 1.6e-3, with G twice as wide (``model.ngf=128``), with D twice as wide (``model.ndf=128``);
 - ``b512_ttur``, ``b128``, ``b64``: bigbatch's earlier settings (TTUR G 1e-4 / D 4e-4, no spectral norm);
 - ``b512_sqrt`` / ``b512_linear``: those rates scaled from batch 128 by sqrt(4) / 4, with a warm-up;
 - ``b512_sn_sqrt`` / ``b512_sn_16e4`` / ``b512_sn_hinge``: spectral norm on D with the TTUR rates
@@ -108,6 +108,11 @@ def _plain(*over: str) -> List[str]:
     return _b0("loss.real_label=1.0", "loss.instance_noise=0", *over)
 
 
+def _recal(*over: str) -> List[str]:
+    """``bigbatch`` as it ships now (``b512_plain_recal``: G_ema samples with its own BN statistics), then ``over``."""
+    return _plain("train.ema_bn_recal=true", *over)
+
+
 ROWS: Dict[str, Dict[str, Any]] = {
     # bigbatch's settings (spectral norm on D, G and D at 8e-4, 5-kimg warm-up, the pinned 10-kimg EMA), at three batch sizes
     "b64_sn": {"batch": 64, "overrides": ["train.batch=64"]},
@@ -173,19 +178,18 @@ ROWS: Dict[str, Dict[str, Any]] = {
     "b512_plain_trans": {"batch": 512, "overrides": _plain("train.diffaug=translation")},
     # G_ema samples with G's BN statistics, copied each step; at 8e-4 G moves far within the EMA's 18-kimg window,
     # so the averaged weights get statistics fitted to themselves (train.ema_bn_recal); the training is unchanged
-    "b512_plain_recal": {"batch": 512, "overrides": _plain("train.ema_bn_recal=true")},
+    "b512_plain_recal": {"batch": 512, "overrides": _recal()},
     # with G_ema's own statistics a longer average may pay where it lost with G's: the 20% ramp-up lets the
     # 30-kimg half-life hold from 150 kimg on, and eval-only probes score 10 and 60 kimg from the same run
-    "b512_recal_ramp": {"batch": 512, "overrides": _plain("train.ema_bn_recal=true", "train.ema_rampup=0.2",
-                                                          "train.ema_probes=[10,60]")},
+    "b512_recal_ramp": {"batch": 512, "overrides": _recal("train.ema_rampup=0.2", "train.ema_probes=[10,60]")},
     # one change each on bigbatch as it ships: the hinge loss (65.9 against 69.5 on b512_b0), G at twice D's rate
     # (lost with G's statistics, which fit G_ema worse the faster G moves), and G twice as wide (1.07M -> 3.45M
     # parameters at 32 px; D's 0.66M unchanged)
-    "b512_recal_hinge": {"batch": 512, "overrides": _plain("train.ema_bn_recal=true", "loss.name=hinge")},
-    "b512_recal_g16": {"batch": 512, "overrides": _plain("train.ema_bn_recal=true", "optim.g_lr=1.6e-3")},
-    "b512_recal_ngf128": {"batch": 512, "overrides": _plain("train.ema_bn_recal=true", "model.ngf=128")},
-    # D sits near chance all run (mean D(real) / D(fake) 0.52 / 0.48 at the end): D twice as wide (0.66M -> 2.63M)
-    "b512_recal_ndf128": {"batch": 512, "overrides": _plain("train.ema_bn_recal=true", "model.ndf=128")},
+    "b512_recal_hinge": {"batch": 512, "overrides": _recal("loss.name=hinge")},
+    "b512_recal_g16": {"batch": 512, "overrides": _recal("optim.g_lr=1.6e-3")},
+    "b512_recal_ngf128": {"batch": 512, "overrides": _recal("model.ngf=128")},
+    # D sits near chance all run (mean D(real) / D(fake) 0.52 / 0.48 at the end): D twice as wide (0.66M -> 2.64M)
+    "b512_recal_ndf128": {"batch": 512, "overrides": _recal("model.ndf=128")},
     "textbook512": {"batch": 512, "recipe": "dcgan64", "overrides": ["train.batch=512", "train.ema_kimg=0.001", "train.ema_rampup=0"]},
     # equal images: batch 512 given only batch 128's kimg (a prefix of the long run: no rate depends on the length)
     "b512_img": {"batch": 512, "overrides": [], "equal_images": True},
