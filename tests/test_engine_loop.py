@@ -329,6 +329,22 @@ def test_fid_marks_log_each_value_and_best_pt_keeps_the_lowest_past_pruning(shar
     assert not states_equal(best["G_ema"], last["G_ema"])
 
 
+def test_g_only_steps_repeat_no_mark(shards32, tmp_path):
+    """2 G steps per D step: a G-only step shows D no reals, so it crosses no FID, sample or snapshot mark; the
+    marks fall where a 1:1 run puts them, once each, and none at 0 kimg."""
+    common = [f"data={shards32}", "log.fid_kimg=0.032", "log.sample_kimg=0.064", "log.snapshot_kimg=0.064",
+              "optim.g_steps=2"]
+    run, probe = fid_run(*common, f"run_dir={tmp_path / 'a'}", values=[5.0, 3.0, 4.0, 2.0, 6.0])
+    assert len(probe.calls) == 5
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["kimg"] for r in records if "fid" in r] == [0.032, 0.064, 0.096, 0.128, 0.16]
+    assert [p.name for p in sorted((run / "samples").glob("fakes-*.png"))] == [
+        "fakes-000000064.png", "fakes-000000128.png", "fakes-000000160.png"]
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == [
+        "ckpt-000000064.pt", "ckpt-000000128.pt", "ckpt-000000160.pt"]
+    assert records[-1]["step"] == 2 * 160 // load_config([*SMOKE]).train.batch  # two iterations per D step
+
+
 def test_the_best_fid_so_far_survives_resume(shards32, tmp_path):
     common = [f"data={shards32}", "log.fid_kimg=0.032", "log.snapshot_kimg=0.096"]
     run, _ = fid_run(*common, f"run_dir={tmp_path / 'a'}", "train.kimg=0.096", values=[5.0, 3.0, 4.0])

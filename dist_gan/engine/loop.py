@@ -248,14 +248,15 @@ def _train(cfg: DictConfig, preempt: PreemptionFlag, fid: Optional[FidProbe]) ->
         do_d, do_g = phases(run.iteration, cfg.optim.d_steps, cfg.optim.g_steps)
         lr_scale = training.set_learning_rates(run.nimg)
         ctx = training.context(run.nimg)
-        run.nimg += step(next_real, do_d, do_g, ctx, run.nimg)
+        shown = step(next_real, do_d, do_g, ctx, run.nimg)
+        run.nimg += shown
         run.iteration += 1
         if monitor:
             monitor.advance(run.nimg)
         steps_since_log += 1
         done = run.nimg >= end_nimg
-        crossed_sample, crossed_snap = _crossed(run.nimg, batch, sample_every), _crossed(run.nimg, batch, snap_every)
-        crossed_fid = bool(fid_every) and _crossed(run.nimg, batch, fid_every)
+        crossed_sample, crossed_snap = _crossed(run.nimg, shown, sample_every), _crossed(run.nimg, shown, snap_every)
+        crossed_fid = bool(fid_every) and _crossed(run.nimg, shown, fid_every)
         if steps_since_log < cfg.log.every and not done and not crossed_snap and not crossed_sample and not crossed_fid:
             continue
 
@@ -359,9 +360,10 @@ def _rng_untouched() -> Iterator[None]:
         ckpt.restore_rng(state)
 
 
-def _crossed(nimg: int, batch: int, every: int) -> bool:
-    """True on the step at which ``nimg`` passed a multiple of ``every``."""
-    return nimg // every > (nimg - batch) // every
+def _crossed(nimg: int, shown: int, every: int) -> bool:
+    """True on the step whose ``shown`` images took ``nimg`` past a multiple of ``every``; never on a G-only
+    step (it shows D no reals), which would repeat the mark of the step before it."""
+    return nimg // every > (nimg - shown) // every
 
 
 def accelerator_gather_rng(accelerator: Accelerator):
