@@ -33,6 +33,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import common  # noqa: E402
+from benchmarks.harness import shown_path  # noqa: E402
 from benchmarks.loader import DEFAULT_SRC, ensure_imagefolder, ensure_shards  # noqa: E402
 
 
@@ -138,7 +139,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     results["ratio"] = results["dist_gan"]["img_per_s"] / results["textbook"]["img_per_s"]
     results["ratio_paired"] = common.paired_ratio(results["dist_gan"], results["textbook"])
     settings = {"batch": batch, "steps": steps, "warmup_steps": args.every, "workers": args.workers, "device": str(device),
-                "repeats": args.repeats, "shards": str(shards), "imagefolder": str(folder), "dist_gan_overrides": list(args.set),
+                "repeats": args.repeats, "shards": shown_path(shards), "imagefolder": shown_path(folder), "dist_gan_overrides": list(args.set),
                 "dist_gan_recipe": "dcgan64", "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
     path = Path(args.out) if args.out else common.default_out("end_to_end", device)
     common.write_json(path, "end_to_end", settings, results, device)

@@ -135,7 +135,7 @@ def identity(n_ref: int, work: Path, kimg: float, out: Path, n_planted: int = 50
     ok = ~np.isnan(q).any(axis=1)
     _, idx = nearest_neighbours(q[ok], train_emb[train_rows]) if ok.any() else (None, np.zeros(0, np.int64))
     planted_to_own = int((train_rows[idx] == sources[ok]).sum())
-    return {"n_ref": n_ref, "kimg": kimg, "run": str(run), "planted": n_planted, "calibrated": calibrated, "dlib": dlib,
+    return {"n_ref": n_ref, "kimg": kimg, "run": H.shown_path(run), "planted": n_planted, "calibrated": calibrated, "dlib": dlib,
             "planted_no_face": int(np.isnan(q).any(axis=1).sum()), "planted_nearest_is_source": planted_to_own,
             "rest": len(rest), "rest_faces": rest_faces, "train_no_face": r["train_no_face"], "gen_no_face": r["gen_no_face"],
             "embed_s_per_1000": per_1000, "match_s": match_s, "heldout_to_train": r["heldout_to_train"],

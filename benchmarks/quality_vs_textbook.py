@@ -179,9 +179,9 @@ def run_facts(job: Any, run: Path, budget: Optional[float] = None) -> Dict[str, 
     """What a training took and reached: clocks, images seen (from its newest checkpoint), last losses."""
     ck = H.newest_checkpoint(run)
     nimg = H.checkpoint_nimg(ck) if ck else 0
-    facts: Dict[str, Any] = {"command": shlex.join(job.cmd), "wall_s": round(job.wall_s, 1), "cpu_s": round(job.cpu_s, 1),
+    facts: Dict[str, Any] = {"command": H.shown_command(job.cmd), "wall_s": round(job.wall_s, 1), "cpu_s": round(job.cpu_s, 1),
                              "nimg": nimg, "kimg": nimg / 1000, "img_per_cpu_s": round(nimg / job.cpu_s, 2) if job.cpu_s else None,
-                             "checkpoint": str(ck) if ck else None}
+                             "checkpoint": H.shown_path(ck) if ck else None}
     if budget is not None:
         facts["budget_s"] = round(budget, 1)
         facts["stopped_by_budget"] = job.terminated

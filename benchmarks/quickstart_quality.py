@@ -71,7 +71,7 @@ def run_candidate(name: str, overrides: Sequence[str], work: Path, n: int, n_ima
     reproduce = shlex.join(["python", "benchmarks/quickstart_quality.py", "--merge", "--candidate",
                             f"{name}={shlex.join(overrides)}" if overrides else name])
     return {"overrides": list(overrides), "reproduce": reproduce, "wall_s": wall, "kimg": last.get("kimg"), "img_per_s": last.get("img_per_s"),
-            "fid": H.scores(report).get("fid"), "n": n, "command": shlex.join(cmd[2:]), "run": str(run)}
+            "fid": H.scores(report).get("fid"), "n": n, "command": H.shown_command(cmd[2:]), "run": H.shown_path(run)}
 
 
 def drawn_floor(n: int, n_images: int) -> Dict[str, float]:
@@ -185,15 +185,15 @@ def commands(results: Dict[str, Any]) -> List[str]:
 
 def figure(results: Dict[str, Any], out: Path, panels_max: int = 4) -> None:
     """Drawn faces beside the shipped recipe's samples and those of the last other rows whose runs are still on disk."""
-    runs = [(name, r) for name, r in results["candidates"].items() if (Path(r["run"]) / "checkpoints").is_dir()]
+    runs = [(name, r) for name, r in results["candidates"].items() if (Path(r["run"]).expanduser() / "checkpoints").is_dir()]
     shipped = [(name, r) for name, r in runs if name == "shipped"]
     others = [(name, r) for name, r in runs if name != "shipped"]
     runs = shipped + others[-(panels_max - len(shipped)):]
     if not runs:
         return
-    first = Path(runs[0][1]["run"])
+    first = Path(runs[0][1]["run"]).expanduser()
     panels = [("drawn faces", "what it trains on", H.real_grid(first.parent / "shards"))]
-    panels += [(name, f"FID {H.fmt(r['fid'], '.0f')}, {H.fmt(r['wall_s'], '.0f')} s", H.sample_grid(Path(r["run"])))
+    panels += [(name, f"FID {H.fmt(r['fid'], '.0f')}, {H.fmt(r['wall_s'], '.0f')} s", H.sample_grid(Path(r["run"]).expanduser()))
                for name, r in runs]
     H.compose_figure(panels, out / "samples.png", "dist-gan quickstart: drawn faces and EMA samples")
 

@@ -88,7 +88,7 @@ def run_row(row: str, data: str, shards: Path, work: Path, kimg: float, seed: in
     return {"data": data, "row": row, "recipe": recipe, "seed": seed, "kimg": kimg, "fid_n": fid_n, "curve": curve,
             "train_s": curve[-1]["train_s"] if curve else None, "cpu_wall_s": wall, "world_size": final["world_size"],
             "img_per_s": H.last_metrics(run).get("img_per_s"), "params": params, "eval": evaluate(run, shards, data, n),
-            "run": str(run), "command": "ACCELERATE_USE_CPU=1 OMP_NUM_THREADS=1 " + H.shown_command(H.two_rank_cmd(args))}
+            "run": H.shown_path(run), "command": "ACCELERATE_USE_CPU=1 OMP_NUM_THREADS=1 " + H.shown_command(H.two_rank_cmd(args))}
 
 
 def resume_check(shards: Path, work: Path, kimg: float, extra: Sequence[str]) -> Dict[str, Any]:
@@ -190,7 +190,7 @@ def figure(results: Dict[str, Any], out: Path, shards: Dict[str, Path]) -> None:
         if not runs:
             continue
         panels = [("reals", data, H.real_grid(path))]
-        panels += [(r["row"], f"{r['recipe']}: FID {r['eval']['fid']:.0f} at {r['kimg']:g} kimg", H.sample_grid(Path(r["run"])))
+        panels += [(r["row"], f"{r['recipe']}: FID {r['eval']['fid']:.0f} at {r['kimg']:g} kimg", H.sample_grid(Path(r["run"]).expanduser()))
                    for r in runs]
         H.compose_figure(panels, out / f"samples_{data}.png", f"{data}: DCGAN and StyleGAN2 at equal images")
 
