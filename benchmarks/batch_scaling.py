@@ -190,6 +190,10 @@ ROWS: Dict[str, Dict[str, Any]] = {
     "b512_recal_ngf128": {"batch": 512, "overrides": _recal("model.ngf=128")},
     # D sits near chance all run (mean D(real) / D(fake) 0.52 / 0.48 at the end): D twice as wide (0.66M -> 2.64M)
     "b512_recal_ndf128": {"batch": 512, "overrides": _recal("model.ndf=128")},
+    # the D:G schedule: two G steps per D step (G-only iterations show D no reals, so G gets 1428 steps in the
+    # same kimg), and two D steps per G step (G gets 357)
+    "b512_recal_g2": {"batch": 512, "overrides": _recal("optim.g_steps=2")},
+    "b512_recal_d2": {"batch": 512, "overrides": _recal("optim.d_steps=2")},
     "textbook512": {"batch": 512, "recipe": "dcgan64", "overrides": ["train.batch=512", "train.ema_kimg=0.001", "train.ema_rampup=0"]},
     # equal images: batch 512 given only batch 128's kimg (a prefix of the long run: no rate depends on the length)
     "b512_img": {"batch": 512, "overrides": [], "equal_images": True},
@@ -218,9 +222,9 @@ def row_kimg(batch: int, budget_kimg: float) -> float:
     return round(budget_kimg * gpu_img_per_s(batch) / gpu_img_per_s(REF_BATCH), 1)
 
 
-# keys that change a step's work per image: the H100 img/s were measured with bigbatch's nets, so a row that
-# changes one runs bigbatch's kimg (equal images) and gets no GPU-time estimate
-COST_KEYS = ("model.ngf", "model.ndf")
+# keys that change the work per image: the H100 img/s were measured with bigbatch's nets and its 1:1 schedule, so
+# a row that changes one runs bigbatch's kimg (equal images) and gets no GPU-time estimate
+COST_KEYS = ("model.ngf", "model.ndf", "optim.d_steps", "optim.g_steps")
 
 
 def gpu_s_est(row: Dict[str, Any], kimg: float) -> Optional[float]:
@@ -262,7 +266,7 @@ def run_row(name: str, data: str, shards: Path, work: Path, resolution: int, bud
             "kimg": kimg, "fid_points": fid_points, "resolution": resolution, "fid_n": fid_n, "best_fid": best["fid"], "best_kimg": best["kimg"],
             "final_fid": curve[-1]["fid"], "curve": curve, "fid_s_each": sum(p["fid_s"] for p in curve) / len(curve),
             "gpu_s_est": gpu_s_est(row, kimg), "cpu_wall_s": wall, "world_size": final["world_size"],
-            "train_img_per_s": H.last_metrics(run).get("img_per_s"), "detect": detect, "run": str(run),
+            "train_img_per_s": H.last_metrics(run).get("img_per_s"), "detect": detect, "run": H.shown_path(run),
             **({"rescored": rescored} if rescored else {}),
             "command": "ACCELERATE_USE_CPU=1 OMP_NUM_THREADS=1 " + H.shown_command(H.two_rank_cmd(args))}
 
@@ -325,7 +329,7 @@ def render(results: Dict[str, Any]) -> str:
     lines = ["# Batch 512 against 64 and 128 at equal GPU time, 2 gloo ranks", "",
              f"Budget: {results['budget_kimg']:g} kimg at batch 128. Every run: its recipe (`bigbatch`; the textbook row: `dcgan64`) with the keys of the last column changed from the recipe as it ships, at {results['resolution']} px, "
              f"2 gloo ranks. kimg = budget x (H100 img/s at the batch / at batch 128), so each row gets the GPU time batch 128 "
-             f"spends on the budget; the `_img` rows instead get batch 128's kimg (equal images); GPU s -: a row that changes the nets' widths, whose H100 speed was never measured, runs bigbatch's kimg. FID of G_ema against the training shards, n = {results['fid_n']}, measured "
+             f"spends on the budget; the `_img` rows instead get batch 128's kimg (equal images); GPU s -: a row that changes the nets' widths or the D:G schedule, whose H100 speed was never measured, runs bigbatch's kimg. FID of G_ema against the training shards, n = {results['fid_n']}, measured "
              f"at the end and, where FID pts is 2, half way too; best = checkpoints/best.pt (in brackets: re-scored by `dist-gan eval --fid` at a larger n, against as many training images). No face: detector misses on best.pt's "
              f"samples / on as many reals (%); P / R: improved precision and recall (k = 3) of the same samples against as many reals (-: not scored). Wall min: the whole CPU run, FID measurements included. Machine: {results['machine']}.", ""]
     lines += H.md_table(("data", "row", "seed", "batch", "kimg", "GPU s (est.)", "best FID", "at kimg", "final FID", "FID pts",
@@ -340,7 +344,7 @@ def plot(results: Dict[str, Any], out: Path) -> None:
     """FID against kimg (left) and against estimated GPU seconds (right), one line per run."""
     H.plot_fid_curves(results, out, order=lambda r: (r["batch"], r["row"]), label=lambda r: f"{r['row']} s{r['seed']}",
                       right_x=lambda r, p: None if r["gpu_s_est"] is None else p["kimg"] * r["gpu_s_est"] / r["kimg"],
-                      right_label="estimated H100 seconds (rows with untimed nets left out)",
+                      right_label="estimated H100 seconds (untimed rows left out)",
                       group=lambda r: r["row"])
 
 
@@ -360,7 +364,7 @@ def figure(results: Dict[str, Any], out: Path, shards: Dict[str, Path]) -> None:
         seen: Dict[str, Dict[str, Any]] = {}
         for r in sorted(runs, key=lambda r: (place.get(r["row"], 0), r["batch"], r["row"], r["seed"])):
             seen.setdefault(r["row"], r)
-        gone = sorted(key(r) for r in seen.values() if not (Path(r["run"]) / "checkpoints" / "best.pt").is_file())
+        gone = sorted(key(r) for r in seen.values() if not (Path(r["run"]).expanduser() / "checkpoints" / "best.pt").is_file())
         if gone:
             print(f"samples_{data}.png kept as it was: {len(gone)} run(s) have no best.pt here ({', '.join(gone[:3])}...)")
             continue
@@ -368,7 +372,7 @@ def figure(results: Dict[str, Any], out: Path, shards: Dict[str, Path]) -> None:
             continue
         panels = [("reals", data, H.real_grid(path))]
         for name, r in seen.items():
-            G, cfg = load_generator(Path(r["run"]) / "checkpoints" / "best.pt")
+            G, cfg = load_generator(Path(r["run"]).expanduser() / "checkpoints" / "best.pt")
             z = torch.randn(H.GRID_N, int(cfg["model"]["nz"]), generator=torch.Generator().manual_seed(H.GRID_SEED))
             with torch.no_grad():
                 grid = H.tile(np.asarray(to_uint8(G(z))))

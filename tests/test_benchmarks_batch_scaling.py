@@ -80,6 +80,25 @@ def test_a_merge_whose_kept_runs_left_no_checkpoint_keeps_the_sample_figure(tmp_
     assert "kept as it was" in capsys.readouterr().out
 
 
+def test_a_run_recorded_from_home_is_found_on_the_machine_that_reads_the_table(tmp_path, monkeypatch, capsys):
+    """results.json names runs from ~ (no machine's home in a recorded table); the figure expands it again."""
+    from benchmarks import batch_scaling as B
+    from benchmarks import harness as H
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "here" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "here" / "checkpoints" / "best.pt").write_bytes(b"a checkpoint")
+    assert H.shown_path(tmp_path / "here") == "~/here"
+
+    def row(name, batch, run):
+        return {"data": "celeba", "row": name, "seed": 0, "batch": batch, "run": run}
+
+    runs = {"celeba/b512/s0": row("b512", 512, H.shown_path(tmp_path / "here")), "celeba/b128_sn/s0": row("b128_sn", 128, "~/gone")}
+    B.figure({"runs": runs}, tmp_path, {"celeba": tmp_path / "shards"})
+    out = capsys.readouterr().out
+    assert "1 run(s) have no best.pt here (celeba/b128_sn/s0" in out and "celeba/b512/s0" not in out
+
+
 def test_the_figure_looks_only_at_the_rows_the_study_picked(tmp_path, capsys):
     """--figure-rows: rows outside the pick neither appear nor hold the figure back."""
     from benchmarks import batch_scaling as B
@@ -134,13 +153,14 @@ def test_render_rewrites_the_table_and_lists_commands_in_table_order(tmp_path):
     assert (tmp_path / "fid_curves.png").is_file()
 
 
-def test_a_row_that_changes_the_nets_widths_claims_no_gpu_time_and_leaves_the_gpu_axis(tmp_path):
-    """The H100 img/s were measured with bigbatch's nets: a wider G or D runs bigbatch's kimg, but its GPU
-    seconds are unknown: the table shows -, and the figure draws it against kimg only."""
+def test_a_row_that_changes_the_work_per_image_claims_no_gpu_time_and_leaves_the_gpu_axis(tmp_path):
+    """The H100 img/s were measured with bigbatch's nets and its 1:1 D:G schedule: a wider G or D, or another
+    schedule, runs bigbatch's kimg, but its GPU seconds are unknown: the table shows -, and the figure draws it
+    against kimg only."""
     from benchmarks import batch_scaling as B
 
-    assert B.gpu_s_est(B.ROWS["b512_recal_ngf128"], 365.3) is None
-    assert B.gpu_s_est(B.ROWS["b512_recal_ndf128"], 365.3) is None
+    for row in ("b512_recal_ngf128", "b512_recal_ndf128", "b512_recal_g2", "b512_recal_d2"):
+        assert B.gpu_s_est(B.ROWS[row], 365.3) is None, row
     plain = B.gpu_s_est(B.ROWS["b512_plain_recal"], 365.3)
     assert plain == pytest.approx(365.3 * 1000 / B.gpu_img_per_s(512))
     assert B.gpu_s_est(B.ROWS["b128_plain_recal"], 80.0) == pytest.approx(plain, rel=0.01)  # equal GPU time
