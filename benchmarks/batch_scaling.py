@@ -40,6 +40,7 @@ changes, so it keeps its meaning when the recipe moves on):
 - ``b512_sn_sqrt`` / ``b512_sn_16e4`` / ``b512_sn_hinge``: spectral norm on D with the TTUR rates
   sqrt-scaled, with both rates at 1.6e-3, and with hinge loss at G 1.6e-3 / D 8e-4 (as ``quickstart``);
 - ``b512_img`` / ``b512_ttur_img``: equal images instead: batch 512 for batch 128's kimg;
+- ``b512_recal_g2`` / ``b512_recal_d2``: ``b512_plain_recal`` with two G steps per D step, and two D steps per G step;
 - ``textbook512``: the textbook DCGAN (recipe ``dcgan64``: Adam 2e-4 (0.5, 0.999), no smoothing,
   no noise) at batch 512 for bigbatch's kimg, its G_ema set to follow G (``train.ema_kimg=0.001``:
   the textbook has no average).
