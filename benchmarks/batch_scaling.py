@@ -365,7 +365,8 @@ def figure(results: Dict[str, Any], out: Path, shards: Dict[str, Path]) -> None:
         seen: Dict[str, Dict[str, Any]] = {}
         for r in sorted(runs, key=lambda r: (place.get(r["row"], 0), r["batch"], r["row"], r["seed"])):
             seen.setdefault(r["row"], r)
-        gone = sorted(key(r) for r in seen.values() if not (Path(r["run"]).expanduser() / "checkpoints" / "best.pt").is_file())
+        best = {name: H.recorded_path(r["run"]) / "checkpoints" / "best.pt" for name, r in seen.items()}
+        gone = sorted(key(seen[name]) for name, path in best.items() if not path.is_file())
         if gone:
             print(f"samples_{data}.png kept as it was: {len(gone)} run(s) have no best.pt here ({', '.join(gone[:3])}...)")
             continue
@@ -373,7 +374,7 @@ def figure(results: Dict[str, Any], out: Path, shards: Dict[str, Path]) -> None:
             continue
         panels = [("reals", data, H.real_grid(path))]
         for name, r in seen.items():
-            G, cfg = load_generator(Path(r["run"]).expanduser() / "checkpoints" / "best.pt")
+            G, cfg = load_generator(best[name])
             z = torch.randn(H.GRID_N, int(cfg["model"]["nz"]), generator=torch.Generator().manual_seed(H.GRID_SEED))
             with torch.no_grad():
                 grid = H.tile(np.asarray(to_uint8(G(z))))

@@ -364,6 +364,11 @@ def shown_path(path: Path) -> str:
     return f"~/{path.relative_to(home)}" if path.is_relative_to(home) else str(path)
 
 
+def recorded_path(shown: str) -> Path:
+    """A path a recorded table holds (``shown_path``'s spelling) as a path on this machine."""
+    return Path(shown).expanduser()
+
+
 def eval_once(run: Path, out: Path, flags: Sequence[str], label: str) -> Tuple[Dict[str, Any], List[str]]:
     """``dist-gan eval RUN *flags --out OUT``, reused while OUT holds the report of the same command (its
     ``cmd.json``); the report and the command. A failed evaluation ends the study, its stderr's tail shown."""

@@ -185,15 +185,15 @@ def commands(results: Dict[str, Any]) -> List[str]:
 
 def figure(results: Dict[str, Any], out: Path, panels_max: int = 4) -> None:
     """Drawn faces beside the shipped recipe's samples and those of the last other rows whose runs are still on disk."""
-    runs = [(name, r) for name, r in results["candidates"].items() if (Path(r["run"]).expanduser() / "checkpoints").is_dir()]
+    runs = [(name, r) for name, r in results["candidates"].items() if (H.recorded_path(r["run"]) / "checkpoints").is_dir()]
     shipped = [(name, r) for name, r in runs if name == "shipped"]
     others = [(name, r) for name, r in runs if name != "shipped"]
     runs = shipped + others[-(panels_max - len(shipped)):]
     if not runs:
         return
-    first = Path(runs[0][1]["run"]).expanduser()
+    first = H.recorded_path(runs[0][1]["run"])
     panels = [("drawn faces", "what it trains on", H.real_grid(first.parent / "shards"))]
-    panels += [(name, f"FID {H.fmt(r['fid'], '.0f')}, {H.fmt(r['wall_s'], '.0f')} s", H.sample_grid(Path(r["run"]).expanduser()))
+    panels += [(name, f"FID {H.fmt(r['fid'], '.0f')}, {H.fmt(r['wall_s'], '.0f')} s", H.sample_grid(H.recorded_path(r["run"])))
                for name, r in runs]
     H.compose_figure(panels, out / "samples.png", "dist-gan quickstart: drawn faces and EMA samples")
 

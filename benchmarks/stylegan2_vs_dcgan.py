@@ -190,7 +190,7 @@ def figure(results: Dict[str, Any], out: Path, shards: Dict[str, Path]) -> None:
         if not runs:
             continue
         panels = [("reals", data, H.real_grid(path))]
-        panels += [(r["row"], f"{r['recipe']}: FID {r['eval']['fid']:.0f} at {r['kimg']:g} kimg", H.sample_grid(Path(r["run"]).expanduser()))
+        panels += [(r["row"], f"{r['recipe']}: FID {r['eval']['fid']:.0f} at {r['kimg']:g} kimg", H.sample_grid(H.recorded_path(r["run"])))
                    for r in runs]
         H.compose_figure(panels, out / f"samples_{data}.png", f"{data}: DCGAN and StyleGAN2 at equal images")
 
